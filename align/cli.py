@@ -1,0 +1,166 @@
+"""The `align` command line. Each sub-command is a thin shell over a library function."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from align.errors import AlignError
+
+HEADLINE_METRICS = (
+    "last_loss", "eval_loss", "tokens_per_second", "kept", "rankings", "heldout_accuracy", "accuracy",
+    "objective/scores", "objective/kl", "gold_score", "strict_accuracy", "win_rate",
+)
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    COMMANDS[fn.__name__.removeprefix("cmd_").replace("_", "-")] = fn
+    return fn
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def print_summary(records, run_dir: str) -> None:
+    """End-of-run table: what ran, how long, the numbers that matter."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"align run: {run_dir}")
+    for col in ("stage", "status", "time", "key metrics"):
+        table.add_column(col)
+    for rec in records:
+        shown = [(k, rec.metrics[k]) for k in HEADLINE_METRICS if k in rec.metrics and rec.metrics[k] is not None]
+        if not shown:
+            shown = [(k, v) for k, v in rec.metrics.items() if isinstance(v, (int, float)) and k != "seconds"][:4]
+        seconds = rec.seconds or rec.metrics.get("seconds") or 0
+        table.add_row(rec.name, rec.status, f"{seconds:.0f}s" if rec.status == "ran" else "-",
+                      ", ".join(f"{k}={_fmt(v)}" for k, v in shown[:5]))
+    Console(stderr=False).print(table)
+
+
+@command
+def cmd_run(args: argparse.Namespace) -> int:
+    from align.runner import run_recipe
+
+    records = run_recipe(args.recipe, args.out, args.overrides, args.from_stage, args.only, args.force)
+    from align.config import load_recipe
+
+    run_dir = args.out or os.path.join("runs", load_recipe(args.recipe, args.overrides).name)
+    print_summary(records, run_dir)
+    return 0
+
+
+@command
+def cmd_validate(args: argparse.Namespace) -> int:
+    from align.config import load_recipe
+    from align.stages import STAGE_ORDER
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    stages = [s for s in STAGE_ORDER if getattr(recipe, s, None) is not None]
+    print(f"{args.recipe}: OK ({recipe.name}: {' -> '.join(stages)})")
+    return 0
+
+
+def _chat_messages(prompt: str, system: str | None) -> list[dict]:
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+
+
+@command
+def cmd_generate(args: argparse.Namespace) -> int:
+    from align.generation import generate_chat
+    from align.models import load_for_generation
+
+    model, tokenizer = load_for_generation(args.model)
+    conversations = [_chat_messages(p, args.system) for p in args.prompt]
+    responses = generate_chat(model, tokenizer, conversations, max_new_tokens=args.max_new_tokens,
+                              temperature=args.temperature, seed=args.seed)
+    for prompt, response in zip(args.prompt, responses):
+        if len(args.prompt) > 1:
+            print(f"### {prompt}")
+        print(response)
+    return 0
+
+
+@command
+def cmd_chat(args: argparse.Namespace) -> int:
+    from align.generation import generate_chat
+    from align.models import load_for_generation
+
+    model, tokenizer = load_for_generation(args.model)
+    history: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
+    print("Chatting with", args.model, "- empty line or Ctrl-D to quit, /reset to clear the history.")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        if line == "/reset":
+            history = history[:1] if args.system else []
+            continue
+        history.append({"role": "user", "content": line})
+        reply = generate_chat(model, tokenizer, [history], max_new_tokens=args.max_new_tokens,
+                              temperature=args.temperature, seed=args.seed)[0]
+        history.append({"role": "assistant", "content": reply})
+        print(f"model> {reply}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="align", description="Post-training alignment: Self-Instruct, SFT, "
+                                     "reward models, PPO RLHF, evaluation.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="Run a recipe's stages (skips stages already done).")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", help="Dotted overrides, e.g. sft.train.lr=1e-4")
+    p.add_argument("--out", help="Run directory (default runs/<recipe name>).")
+    p.add_argument("--from", dest="from_stage", help="Re-run this stage and every later one.")
+    p.add_argument("--only", help="Run only this stage (its inputs must be complete).")
+    p.add_argument("--force", action="store_true", help="Re-run every stage from scratch.")
+
+    p = sub.add_parser("validate", help="Check a recipe without running it.")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+
+    for name, help_text in (("generate", "Answer prompts with a model or a run's output."),
+                            ("chat", "Chat with a model or a run's output in the terminal.")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("model", help="Model reference, model/adapter dir, or a run's stage dir (e.g. runs/x/sft).")
+        if name == "generate":
+            p.add_argument("--prompt", action="append", required=True, help="Repeat for several prompts.")
+        p.add_argument("--system", help="System message.")
+        p.add_argument("--max-new-tokens", type=int, default=256)
+        p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy.")
+        p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return COMMANDS[args.command](args)
+    except AlignError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Recipes: YAML files naming the stages to run, validated against typed settings.
+
+A recipe is a mapping with a few top-level keys (``name``, ``description``, ``seed``, ``vars``)
+and one section per stage (``self_instruct``, ``sft``, ``rank``, ``reward``, ``ppo``, ``eval``).
+Stages always run in that order. Two kinds of references:
+
+- ``${a.b.c}`` copies another field of the recipe (resolved when the recipe loads);
+  ``${env:NAME}`` / ``${env:NAME,default}`` reads an environment variable.
+- ``@stage`` (or ``@stage.output``) names the output of an earlier stage (resolved when the
+  run reaches it, e.g. ``sft.data: "@self_instruct"``, ``ppo.policy: "@sft"``).
+
+Command-line overrides are dotted paths: ``sft.train.lr=1e-4``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from align.errors import AlignError
+from align.stages import STAGE_ORDER, stage_config_classes
+
+_REF = re.compile(r"\$\{([^}]+)\}")
+
+
+class TrainConfig(BaseModel):
+    """Optimisation settings shared by the training stages (mapped to TRL/transformers in one place)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the data (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    batch_size: int = Field(4, gt=0, description="Per-device micro-batch size.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    max_length: int = Field(512, gt=8, description="Truncate tokenized examples to this many tokens.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps for linear warm-up.")
+    weight_decay: float = Field(0.0, ge=0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    max_grad_norm: float = Field(1.0, gt=0)
+    optim: str = Field("adamw_torch", description="transformers optimizer name, e.g. adamw_torch, paged_adamw_8bit.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    logging_steps: int = Field(5, gt=0)
+    save_steps: int = Field(50, gt=0, description="Checkpoint every N optimizer steps (resume point after a kill).")
+    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description="tensorboard, wandb, none...")
+
+
+def recipe_model() -> type[BaseModel]:
+    """The recipe schema: common keys + one optional section per known stage."""
+    fields: dict[str, Any] = {
+        "name": (str, Field("recipe", description="Recipe name, shown in reports.")),
+        "description": (str, ""),
+        "seed": (int, Field(42, description="Seed for every stage that samples or shuffles.")),
+        "vars": (dict[str, Any], Field(default_factory=dict, description="Free values for ${vars.x} references.")),
+    }
+    for stage, cls in stage_config_classes().items():
+        fields[stage] = (cls | None, None)
+    return create_model("Recipe", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> BaseModel:
+    """Read, override, interpolate and validate a recipe; every failure is one clear AlignError."""
+    path = Path(path)
+    if not path.is_file():
+        raise AlignError(f"recipe not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise AlignError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise AlignError(f"{path}: a recipe must be a mapping of keys to values, got {type(raw).__name__}")
+    for item in overrides or []:
+        apply_override(raw, item, source=str(path))
+    raw = resolve_references(raw, source=str(path))
+    return validate_recipe(raw, source=str(path), text=text)
+
+
+def validate_recipe(raw: dict, source: str = "<recipe>", text: str | None = None) -> BaseModel:
+    model = recipe_model()
+    try:
+        recipe = model.model_validate(raw)
+    except ValidationError as exc:
+        raise AlignError(format_validation_error(exc, model, source, text)) from None
+    present = [s for s in STAGE_ORDER if getattr(recipe, s, None) is not None]
+    if not present:
+        raise AlignError(f"{source}: the recipe has no stages; add at least one of: {', '.join(STAGE_ORDER)}")
+    check_stage_inputs(recipe, source)
+    return recipe
+
+
+def apply_override(raw: dict, item: str, source: str) -> None:
+    """Apply `a.b.c=value` (value parsed as YAML) to the raw recipe mapping."""
+    if "=" not in item:
+        raise AlignError(f"override {item!r}: expected KEY=VALUE with a dotted key, e.g. sft.train.lr=1e-4")
+    key, value_text = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise AlignError(f"override {item!r}: empty part in key {key!r}")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else ""
+    except yaml.YAMLError as exc:
+        raise AlignError(f"override {item!r}: value is not valid YAML: {exc}") from exc
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise AlignError(f"override {item!r}: {where} is a {type(child).__name__} in {source}, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _lookup(raw: dict, dotted: str) -> Any:
+    node: Any = raw
+    for part in dotted.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise KeyError(dotted)
+    return node
+
+
+def resolve_references(raw: dict, source: str = "<recipe>") -> dict:
+    """Replace ${a.b} with the value at a.b (whole-string refs keep their type) and ${env:X,default}."""
+    resolved = copy.deepcopy(raw)
+
+    def resolve_value(value: Any, where: str, stack: tuple[str, ...]) -> Any:
+        if isinstance(value, dict):
+            return {k: resolve_value(v, f"{where}.{k}" if where else str(k), stack) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve_value(v, f"{where}.{i}", stack) for i, v in enumerate(value)]
+        if not isinstance(value, str) or "${" not in value:
+            return value
+
+        def one(ref: str) -> Any:
+            if ref.startswith("env:"):
+                name, _, default = ref[4:].partition(",")
+                if name in os.environ:
+                    return os.environ[name]
+                if _:
+                    return default
+                raise AlignError(f"{source}: {where}: environment variable {name} is not set (and no default given)")
+            if ref in stack:
+                raise AlignError(f"{source}: {where}: circular reference ${{{ref}}} ({' -> '.join(stack + (ref,))})")
+            try:
+                target = _lookup(raw, ref)
+            except KeyError:
+                raise AlignError(f"{source}: {where}: reference ${{{ref}}} points to no key in the recipe") from None
+            return resolve_value(target, ref, stack + (ref,))
+
+        match = _REF.fullmatch(value)
+        if match:
+            return one(match.group(1).strip())
+        return _REF.sub(lambda m: str(one(m.group(1).strip())), value)
+
+    resolved = resolve_value(resolved, "", ())
+    return resolved
+
+
+def stage_refs(value: Any) -> list[str]:
+    """All `@stage` references inside a stage section, as stage names."""
+    found: list[str] = []
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    if isinstance(value, dict):
+        for v in value.values():
+            found.extend(stage_refs(v))
+    elif isinstance(value, list):
+        for v in value:
+            found.extend(stage_refs(v))
+    elif isinstance(value, str) and value.startswith("@"):
+        found.append(value[1:].split(".")[0])
+    return found
+
+
+def check_stage_inputs(recipe: BaseModel, source: str) -> None:
+    """Every @stage reference must name an earlier stage that the recipe has."""
+    present = [s for s in STAGE_ORDER if getattr(recipe, s, None) is not None]
+    for stage in present:
+        for ref in stage_refs(getattr(recipe, stage)):
+            if ref not in STAGE_ORDER:
+                hint = _did_you_mean(ref, STAGE_ORDER)
+                raise AlignError(f"{source}: {stage}: '@{ref}' names no stage{hint}; stages are {', '.join(STAGE_ORDER)}")
+            if ref not in present:
+                raise AlignError(
+                    f"{source}: {stage}: input '@{ref}' refers to stage '{ref}', which this recipe does not have "
+                    f"(it has: {', '.join(present)}); add a '{ref}' section or point to a file instead"
+                )
+            if STAGE_ORDER.index(ref) >= STAGE_ORDER.index(stage):
+                raise AlignError(f"{source}: {stage}: input '@{ref}' must name an earlier stage ({ref} runs after {stage})")
+
+
+# --------------------------------------------------------------------------- error messages
+
+
+def _did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that owns the key at `loc` (to list valid keys)."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        current = _unwrap_model(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) is not None or type(annotation).__name__ == "UnionType":
+        for arg in get_args(annotation):
+            found = _unwrap_model(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _line_of(text: str | None, loc: tuple) -> int | None:
+    """1-based line of the key at `loc` in the YAML text, or of its closest existing parent."""
+    if not text:
+        return None
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in loc:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        for key_node, value_node in node.value:
+            if key_node.value == str(part):
+                line, node = key_node.start_mark.line + 1, value_node
+                break
+        else:
+            break
+    return line
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str, text: str | None) -> str:
+    lines = [f"{source}: invalid recipe ({exc.error_count()} problem{'s' if exc.error_count() > 1 else ''}):"]
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("function-before", "function-after")))
+        # drop union branch markers like 'ModelConfig' or 'str' that pydantic inserts
+        clean = tuple(p for p in loc if not (isinstance(p, str) and p[:1].isupper()) and p not in ("str",))
+        key = ".".join(str(p) for p in clean) or "(top level)"
+        line = _line_of(text, clean)
+        where = f"{source}:{line}: " if line else ""
+        if err["type"] == "extra_forbidden":
+            owner = _model_at(model, clean[:-1]) if clean[:-1] else model
+            allowed = list(owner.model_fields) if owner else []
+            hint = _did_you_mean(str(clean[-1]), allowed)
+            msg = f"unknown key{hint}" + (f"; allowed here: {', '.join(allowed)}" if allowed and not hint else "")
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            got = err.get("input")
+            got_text = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
+            msg = f"{err['msg']}{got_text}"
+        lines.append(f"  {where}{key}: {msg}")
+    return "\n".join(lines)

@@ -1,0 +1,222 @@
+"""Instruction data in, conversational prompt/completion examples out.
+
+Accepted inputs (detected per record, or forced with `format:`):
+- Alpaca JSON/JSONL: ``{instruction, input, output}``
+- Self-Instruct JSONL: ``{instruction, instances: [{input, output}]}`` (one example per instance)
+- chat JSONL: ``{messages: [{role, content}, ...]}`` (the last assistant turn is the completion)
+- prompt/completion: ``{prompt, completion}`` (strings or message lists)
+- anything `datasets.load_dataset` takes (hub id, local csv/parquet/json) with those columns.
+
+Output: ``{"prompt": [messages...], "completion": [{"role": "assistant", ...}]}``, which TRL's
+SFTTrainer turns into a loss on the completion tokens only, for any chat template.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from align.errors import AlignError
+
+DataFormat = Literal["auto", "alpaca", "self_instruct", "chat", "prompt_completion"]
+
+
+class DataConfig(BaseModel):
+    """Where training examples come from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="JSON/JSONL file, directory, datasets hub id, or @stage.")
+    format: DataFormat = Field("auto", description="Record format; auto detects it per record.")
+    split: str = Field("train", description="Split to read when loading through datasets.")
+    max_samples: int | None = Field(None, gt=0, description="Use only the first N examples.")
+    eval_fraction: float = Field(0.0, ge=0, lt=1, description="Hold out this fraction for evaluation loss.")
+    system_prompt: str | None = Field(None, description="Prepended as a system message when set.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
+
+
+def read_records(path: str | Path) -> list[tuple[str, dict]]:
+    """Records of a local .json (list) or .jsonl file, each with 'file:line' for error messages."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json" or text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise AlignError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+        if not isinstance(data, list):
+            raise AlignError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+        out = []
+        for i, rec in enumerate(data):
+            if not isinstance(rec, dict):
+                raise AlignError(f"{path}: record {i}: expected an object, got {type(rec).__name__}")
+            out.append((f"{path} record {i}", rec))
+        return out
+    out = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise AlignError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from None
+        if not isinstance(rec, dict):
+            raise AlignError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        out.append((f"{path}:{lineno}", rec))
+    return out
+
+
+def detect_format(rec: dict) -> str | None:
+    if "messages" in rec:
+        return "chat"
+    if "instances" in rec and "instruction" in rec:
+        return "self_instruct"
+    if "instruction" in rec and "output" in rec:
+        return "alpaca"
+    if "prompt" in rec and "completion" in rec:
+        return "prompt_completion"
+    return None
+
+
+def _text(where: str, rec: dict, key: str, required: bool = True) -> str:
+    value = rec.get(key, None if required else "")
+    if value is None:
+        value = "" if not required else None
+    if not isinstance(value, str):
+        raise AlignError(f"{where}: key '{key}' must be a string, got {type(value).__name__ if value is not None else 'nothing'}")
+    return value
+
+
+def alpaca_user_message(instruction: str, input_text: str) -> str:
+    """The Alpaca convention: instruction, then the input (if any) after a blank line."""
+    return f"{instruction.strip()}\n\n{input_text.strip()}" if input_text.strip() else instruction.strip()
+
+
+def to_examples(where: str, rec: dict, fmt: str) -> list[dict]:
+    """One record → list of {prompt: [...], completion: [...]} examples."""
+    fmt = detect_format(rec) if fmt == "auto" else fmt
+    if fmt is None:
+        raise AlignError(
+            f"{where}: unrecognised record with keys {sorted(rec)}; expected one of: "
+            "{instruction, input, output} (Alpaca), {instruction, instances} (Self-Instruct), "
+            "{messages} (chat), {prompt, completion}"
+        )
+    if fmt == "alpaca":
+        user = alpaca_user_message(_text(where, rec, "instruction"), _text(where, rec, "input", required=False))
+        return [_pair(where, user, _text(where, rec, "output"))]
+    if fmt == "self_instruct":
+        instances = rec.get("instances")
+        if not isinstance(instances, list) or not instances:
+            raise AlignError(f"{where}: 'instances' must be a non-empty list of {{input, output}} objects")
+        instruction = _text(where, rec, "instruction")
+        out = []
+        for j, inst in enumerate(instances):
+            if not isinstance(inst, dict):
+                raise AlignError(f"{where}: instances[{j}] must be an object with input and output")
+            out.append(_pair(f"{where} instances[{j}]", alpaca_user_message(
+                instruction, _text(where, inst, "input", required=False)), _text(f"{where} instances[{j}]", inst, "output")))
+        return out
+    if fmt == "chat":
+        return [_chat(where, rec.get("messages"))]
+    prompt, completion = rec.get("prompt"), rec.get("completion")
+    if isinstance(prompt, str) and isinstance(completion, str):
+        return [_pair(where, prompt, completion)]
+    if isinstance(prompt, list) and isinstance(completion, list):
+        return [_chat(where, prompt + completion)]
+    raise AlignError(f"{where}: 'prompt' and 'completion' must both be strings or both be message lists")
+
+
+def _pair(where: str, user: str, assistant: str) -> dict:
+    if not user.strip():
+        raise AlignError(f"{where}: empty instruction")
+    if not assistant.strip():
+        raise AlignError(f"{where}: empty output (nothing to learn from)")
+    return {"prompt": [{"role": "user", "content": user}], "completion": [{"role": "assistant", "content": assistant}]}
+
+
+def _chat(where: str, messages: Any) -> dict:
+    if not isinstance(messages, list) or not messages:
+        raise AlignError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
+    for j, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise AlignError(f"{where}: messages[{j}] must be an object with string 'role' and 'content'")
+        if m["role"] not in ("system", "user", "assistant", "tool"):
+            raise AlignError(f"{where}: messages[{j}].role is {m['role']!r}; expected system, user, assistant or tool")
+    last = max((j for j, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last is None or last == 0:
+        raise AlignError(f"{where}: a chat record needs an assistant message after at least one other message")
+    clean = [{"role": m["role"], "content": m["content"]} for m in messages]
+    return {"prompt": clean[:last], "completion": [clean[last]]}
+
+
+def load_examples(cfg: DataConfig | str) -> list[dict]:
+    """All examples of a data source in conversational prompt/completion form."""
+    cfg = DataConfig.model_validate(cfg)
+    path = Path(cfg.path).expanduser()
+    if path.is_dir():
+        files = sorted([*path.glob("*.jsonl"), *path.glob("*.json")])
+        files = [f for f in files if f.name not in ("result.json", "metrics.json", "config.json", "stats.json")]
+        if not files:
+            raise AlignError(f"{path}: directory holds no .json or .jsonl data files")
+        records = [r for f in files for r in read_records(f)]
+    elif path.is_file() and path.suffix in (".json", ".jsonl"):
+        records = read_records(path)
+    elif path.exists() or cfg.path.startswith((".", "/", "~")):
+        if not path.exists():
+            raise AlignError(f"data file not found: {cfg.path}")
+        records = _records_from_datasets(str(path), cfg.split, local=True)
+    else:
+        records = _records_from_datasets(cfg.path, cfg.split, local=False)
+    examples: list[dict] = []
+    for where, rec in records:
+        examples.extend(to_examples(where, rec, cfg.format))
+        if cfg.max_samples and len(examples) >= cfg.max_samples:
+            break
+    if cfg.max_samples:
+        examples = examples[: cfg.max_samples]
+    if cfg.system_prompt:
+        for ex in examples:
+            if ex["prompt"][0]["role"] != "system":
+                ex["prompt"].insert(0, {"role": "system", "content": cfg.system_prompt})
+    if not examples:
+        raise AlignError(f"{cfg.path}: no examples found")
+    return examples
+
+
+def _records_from_datasets(name: str, split: str, local: bool) -> list[tuple[str, dict]]:
+    """Anything datasets.load_dataset understands: csv/parquet files or a hub dataset id."""
+    import datasets
+
+    try:
+        if local:
+            builder = {".csv": "csv", ".parquet": "parquet", ".txt": "text"}.get(Path(name).suffix)
+            if builder is None:
+                raise AlignError(f"{name}: unsupported data file type; use .json, .jsonl, .csv or .parquet")
+            ds = datasets.load_dataset(builder, data_files=name, split=split)
+        else:
+            ds = datasets.load_dataset(name, split=split)
+    except AlignError:
+        raise
+    except Exception as exc:  # datasets raises many types; the user needs the name and the reason
+        raise AlignError(f"cannot load dataset {name!r} (split {split!r}): {type(exc).__name__}: {exc}") from None
+    return [(f"{name} row {i}", dict(row)) for i, row in enumerate(ds)]
+
+
+def split_examples(examples: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Deterministic train / held-out split."""
+    import random
+
+    if eval_fraction <= 0 or len(examples) < 2:
+        return examples, []
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(round(len(examples) * eval_fraction)))
+    held = set(order[:n_eval])
+    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]

