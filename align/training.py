@@ -55,12 +55,29 @@ def trainer_args(args_cls: type, train: TrainConfig, output_dir: Path, precision
 
 
 def last_checkpoint(output_dir: Path) -> str | None:
-    """The newest complete `checkpoint-N` folder, to resume a killed run from."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest *complete* `checkpoint-N` folder, to resume a killed run from.
+
+    The Trainer writes trainer_state.json last, so a folder without a readable one was cut off mid-save
+    (a kill during checkpointing); such folders are removed so the run can write them again.
+    """
+    import json
+    import re
+    import shutil
 
     if not output_dir.is_dir():
         return None
-    return get_last_checkpoint(str(output_dir))
+    found = []
+    for path in output_dir.iterdir():
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path))
+    for _, path in sorted(found, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            return str(path)
+        except (OSError, ValueError):
+            shutil.rmtree(path, ignore_errors=True)
+    return None
 
 
 def loss_history(log_history: list[dict], key: str = "loss") -> list[tuple[int, float]]:

@@ -37,12 +37,19 @@ class Config(BaseModel):
     merge: bool = Field(False, description="Also write merged/: the adapter folded into a full-precision base.")
 
 
-def run(cfg: Config, ctx: StageContext) -> StageResult:
+def build_trainer(cfg: Config, ctx: StageContext):
+    """Load data, tokenizer and model and wire them into TRL's SFTTrainer (not yet trained)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from align.models import guard_4bit_cpu_gradients, load_causal_lm, load_tokenizer, peft_config, pick_precision
-    from align.training import last_checkpoint, loss_history, trainer_args
+    from align.models import (
+        guard_4bit_cpu_gradients,
+        load_causal_lm,
+        load_tokenizer,
+        peft_config,
+        pick_precision,
+    )
+    from align.training import trainer_args
 
     model_cfg = cfg.model.model_copy(update={"name": ctx.resolve(cfg.model.name)})
     data_cfg = cfg.data.model_copy(update={"path": ctx.resolve(cfg.data.path)})
@@ -63,9 +70,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
             raise AlignError("sft: a new adapter on top of an adapter checkpoint needs quantization: none")
         model = model.merge_and_unload()
 
-    checkpoints = ctx.stage_dir / "checkpoints"
     args = trainer_args(
-        SFTConfig, cfg.train, checkpoints, precision, ctx.seed,
+        SFTConfig, cfg.train, ctx.stage_dir / "checkpoints", precision, ctx.seed,
         max_length=cfg.train.max_length, packing=cfg.packing, completion_only_loss=True,
         eval_strategy="steps" if eval_examples else "no",
         eval_steps=cfg.train.save_steps if eval_examples else None,
@@ -78,6 +84,17 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         peft_config=peft_config(cfg.adapter),
     )
     guard_4bit_cpu_gradients(trainer.model)
+    info = {"model_cfg": model_cfg, "precision": precision, "train_examples": len(train_examples),
+            "eval_examples": len(eval_examples), "tokenizer": tokenizer}
+    return trainer, info
+
+
+def run(cfg: Config, ctx: StageContext) -> StageResult:
+    from align.training import last_checkpoint, loss_history
+
+    trainer, info = build_trainer(cfg, ctx)
+    model_cfg, precision, tokenizer = info["model_cfg"], info["precision"], info["tokenizer"]
+    checkpoints = ctx.stage_dir / "checkpoints"
     resume = last_checkpoint(checkpoints)
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume)
@@ -94,8 +111,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         "first_loss": losses[0][1] if losses else None,
         "last_loss": losses[-1][1] if losses else None,
         "steps": trainer.state.global_step,
-        "examples": len(train_examples),
-        "eval_examples": len(eval_examples),
+        "examples": info["train_examples"],
+        "eval_examples": info["eval_examples"],
         "train_seconds": round(seconds, 2),
         "tokens": int(tokens),
         "tokens_per_second": round(tokens / seconds, 1) if tokens and seconds > 0 else None,
@@ -105,13 +122,13 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         "quantization": model_cfg.quantization,
         "precision": precision.dtype_name + ("+bf16-autocast" if precision.bf16 and precision.use_cpu else ""),
     }
-    if eval_examples:
+    if info["eval_examples"]:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
     (ctx.stage_dir / "loss_history.json").write_text(json.dumps(losses))
     outputs = {"model": str(out_dir)}
     if cfg.merge:
         outputs["merged"] = str(merge_adapter(out_dir, ctx.stage_dir / "merged", cfg.adapter.type))
-    del trainer, model
+    del trainer
     return StageResult(outputs=outputs, metrics=metrics)
 
 

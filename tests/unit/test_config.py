@@ -1,0 +1,155 @@
+"""Recipes: every shipped recipe validates; bad recipes fail with one clear message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from align.config import apply_override, load_recipe, resolve_references
+from align.errors import AlignError
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _repo_cwd(monkeypatch):
+    monkeypatch.chdir(REPO)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_shipped_recipe_validates(path):
+    recipe = load_recipe(path)
+    assert recipe.name
+
+
+def test_recipes_exist():
+    assert len(RECIPES) >= 1
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+GOOD = """\
+name: t
+vars:
+  base: tiny-llama
+sft:
+  model: ${vars.base}
+  data: examples/data/alpaca_tiny.json
+  train:
+    lr: 1.0e-3
+"""
+
+
+def test_references_and_overrides(tmp_path):
+    recipe = load_recipe(write(tmp_path, GOOD), ["sft.train.lr=5e-4", "sft.train.batch_size=2"])
+    assert recipe.sft.model.name == "tiny-llama"
+    assert recipe.sft.train.lr == pytest.approx(5e-4)
+    assert recipe.sft.train.batch_size == 2
+
+
+def test_unknown_key_names_file_line_and_suggests(tmp_path):
+    path = write(tmp_path, GOOD.replace("    lr: 1.0e-3", "    lrr: 1.0e-3"))
+    with pytest.raises(AlignError) as err:
+        load_recipe(path)
+    msg = str(err.value)
+    assert f"{path}:8" in msg
+    assert "sft.train.lrr" in msg
+    assert "did you mean 'lr'" in msg
+
+
+def test_unknown_stage_suggests(tmp_path):
+    with pytest.raises(AlignError, match=r"sfft: unknown key \(did you mean 'sft'\?\)"):
+        load_recipe(write(tmp_path, GOOD + "sfft: {}\n"))
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    with pytest.raises(AlignError) as err:
+        load_recipe(write(tmp_path, GOOD.replace("lr: 1.0e-3", "lr: fast")))
+    msg = str(err.value)
+    assert "sft.train.lr" in msg and "'fast'" in msg and "number" in msg
+
+
+def test_missing_required_key(tmp_path):
+    with pytest.raises(AlignError, match=r"sft.data: required key is missing"):
+        load_recipe(write(tmp_path, "name: t\nsft:\n  model: tiny-llama\n"))
+
+
+def test_missing_stage_input(tmp_path):
+    text = GOOD.replace("data: examples/data/alpaca_tiny.json", "data: '@self_instruct'")
+    with pytest.raises(AlignError) as err:
+        load_recipe(write(tmp_path, text))
+    assert "'@self_instruct'" in str(err.value) and "does not have" in str(err.value)
+
+
+def test_stage_input_typo(tmp_path):
+    text = GOOD.replace("data: examples/data/alpaca_tiny.json", "data: '@self_instrct'")
+    with pytest.raises(AlignError, match="did you mean 'self_instruct'"):
+        load_recipe(write(tmp_path, text))
+
+
+def test_bad_override_syntax(tmp_path):
+    with pytest.raises(AlignError, match="expected KEY=VALUE"):
+        load_recipe(write(tmp_path, GOOD), ["sft.train.lr"])
+
+
+def test_override_into_scalar(tmp_path):
+    with pytest.raises(AlignError, match="sft.model is a str"):
+        load_recipe(write(tmp_path, GOOD), ["sft.model.name.x=1"])
+
+
+def test_override_unknown_key_suggests(tmp_path):
+    with pytest.raises(AlignError, match="did you mean 'batch_size'"):
+        load_recipe(write(tmp_path, GOOD), ["sft.train.batch_sise=2"])
+
+
+def test_reference_to_missing_key(tmp_path):
+    with pytest.raises(AlignError, match=r"\$\{vars.nope\} points to no key"):
+        load_recipe(write(tmp_path, GOOD.replace("${vars.base}", "${vars.nope}")))
+
+
+def test_circular_reference():
+    with pytest.raises(AlignError, match="circular"):
+        resolve_references({"a": "${b}", "b": "${a}"})
+
+
+def test_env_reference(monkeypatch):
+    monkeypatch.setenv("ALIGN_TEST_MODEL", "x")
+    out = resolve_references({"a": "${env:ALIGN_TEST_MODEL}", "b": "${env:ALIGN_UNSET_VAR,dflt}", "c": "m-${a}"})
+    assert out == {"a": "x", "b": "dflt", "c": "m-x"}
+
+
+def test_embedded_reference_keeps_type():
+    out = resolve_references({"n": 3, "m": "${n}", "s": "v${n}"})
+    assert out["m"] == 3 and out["s"] == "v3"
+
+
+def test_no_stages(tmp_path):
+    with pytest.raises(AlignError, match="no stages"):
+        load_recipe(write(tmp_path, "name: empty\n"))
+
+
+def test_invalid_yaml(tmp_path):
+    with pytest.raises(AlignError, match="not valid YAML"):
+        load_recipe(write(tmp_path, "sft: [unclosed\n"))
+
+
+def test_apply_override_creates_sections():
+    raw: dict = {}
+    apply_override(raw, "sft.train.lr=0.1", "x")
+    assert raw == {"sft": {"train": {"lr": 0.1}}}
+
+
+def test_cli_validate_reports_error(tmp_path, capsys):
+    from align.cli import main
+
+    path = write(tmp_path, GOOD.replace("lr:", "lrr:"))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and "did you mean 'lr'" in err
+    assert main(["validate", str(write(tmp_path, GOOD))]) == 0
