@@ -138,6 +138,8 @@ def _run_stage(name: str, cfg: BaseModel, digest: str, stage_dir: Path, run_dir:
     loggers = [logging.getLogger(n) for n in ("align", "transformers", "trl", "peft", "accelerate")]
     for lg in loggers:
         lg.addHandler(handler)
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
     log.info("stage %s: running (hash %s) in %s", name, digest, stage_dir)
     started = time.perf_counter()
     try:
