@@ -951,7 +951,7 @@ class RepeatPrompt(Constraint):
         return count_words(self.request) + 5
 
     def sentences_needed(self) -> int:
-        return count_sentences(self.request) + 1
+        return count_sentences(self.request)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1001,6 +1001,9 @@ class QuestionMarks(Constraint):
     def _check(self, text: str) -> bool:
         return sum(ch in _QUESTION_MARKS for ch in text) == self.n
 
+    def sentences_needed(self) -> int:
+        return self.n  # each question mark naturally ends a sentence
+
     def forbids(self, required: Sequence[RequiredText]) -> bool:
         return sum(ch in _QUESTION_MARKS for r in required for ch in r.text) > self.n
 
@@ -1041,6 +1044,11 @@ _AMBIGUOUS_PAIRS = frozenset(
     # A quoted response starts with '"', so its first line is not a list item.
     | {frozenset(("startend:quotation", b)) for b in ("format:bullets", "format:numbered_list", "format:headings")}
 )
+# Constraints whose sentences_needed() counts the answer's content rather than an add-on to it.
+_CONTENT_SENTENCE_TYPES = frozenset(
+    {"length:min_words", "length:min_sentences", "length:paragraphs", "length:nth_paragraph_first_word",
+     "format:divider_paragraphs"}
+)
 # Margin (in words) a "fewer than N words" limit must leave above what the other constraints need.
 _WORD_MARGIN = 20
 
@@ -1074,7 +1082,10 @@ def find_conflicts(constraints: Sequence[Constraint]) -> list[str]:
             if first and other_first and first.casefold() != other_first.casefold() and c.type_id < o.type_id:
                 reasons.append(f"{c.type_id} and {o.type_id} force different first words ({first!r}, {other_first!r})")
         if isinstance(c, MaxSentences):
-            need = sum(o.sentences_needed() for o in others)
+            # The answer's own content (>= 1 sentence, or what paragraphs / minimums ask) plus add-ons such
+            # as an end phrase, question marks or the repeated request.
+            content = max([1] + [o.sentences_needed() for o in others if o.type_id in _CONTENT_SENTENCE_TYPES])
+            need = content + sum(o.sentences_needed() for o in others if o.type_id not in _CONTENT_SENTENCE_TYPES)
             if need > c.n:
                 reasons.append(f"{c.type_id} n={c.n} is below the {need} sentences the others need")
     return reasons

