@@ -70,6 +70,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+@command
+def cmd_report(args: argparse.Namespace) -> int:
+    from align.report import write_report
+
+    md_path, html_path = write_report(args.run_dir)
+    print(f"wrote {md_path} and {html_path}")
+    return 0
+
+
 def _chat_messages(prompt: str, system: str | None) -> list[dict]:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
@@ -133,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="Check a recipe without running it.")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
+
+    p = sub.add_parser("report", help="(Re)write report.md and report.html for a run directory.")
+    p.add_argument("run_dir")
 
     for name, help_text in (("generate", "Answer prompts with a model or a run's output."),
                             ("chat", "Chat with a model or a run's output in the terminal.")):

@@ -122,6 +122,10 @@ def run_recipe(
         records.append(_run_stage(name, cfg, digest, stage_dir, run_dir, recipe.seed, results, fresh=forced))
         results[name] = StageResult(records[-1].outputs, records[-1].metrics)
     (run_dir / "summary.json").write_text(json.dumps([r.__dict__ for r in records], indent=2, default=str))
+    from align.report import write_report
+
+    md_path, _ = write_report(run_dir)
+    log.info("report: %s (and report.html)", md_path)
     return records
 
 

@@ -1,1 +1,1 @@
-
+"""Evaluation: the gold-reward sandbox (verifiable constraints), a simulated labeler, and win rates."""

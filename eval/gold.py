@@ -22,9 +22,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from align.eval import constraints as C
-
 from align.errors import AlignError
+from align.eval import constraints as C
 
 GOLD_PROMPTS_PATH = Path(__file__).with_name("gold_prompts.jsonl")
 SEED = 20231114  # IFEval's arXiv date; any fixed value works
@@ -319,11 +318,16 @@ class GoldPrompt:
         return cls(record["id"], record["task_id"], record["prompt"], constraints, record["split"])
 
 
-PromptLike = GoldPrompt | Mapping[str, Any]
+# A gold prompt given as a GoldPrompt, a JSON record, or its exact prompt text from the shipped set.
+PromptLike = GoldPrompt | Mapping[str, Any] | str
 
 
 def as_gold_prompt(record: PromptLike) -> GoldPrompt:
-    return record if isinstance(record, GoldPrompt) else GoldPrompt.from_record(record)
+    if isinstance(record, GoldPrompt):
+        return record
+    if isinstance(record, str):
+        return lookup_gold_prompt(record)
+    return GoldPrompt.from_record(record)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -430,6 +434,27 @@ def load_gold_prompts(split: str = "train", path: str | Path | None = None) -> l
         raise AlignError(f"unknown gold split {split!r}; expected one of {(*SPLITS, 'all')}")
     prompts = _load_cached(str(Path(path) if path is not None else GOLD_PROMPTS_PATH))
     return [p for p in prompts if split == "all" or p.split == split]
+
+
+@lru_cache(maxsize=1)
+def _prompt_index() -> dict[str, GoldPrompt]:
+    return {p.prompt: p for p in load_gold_prompts("all")}
+
+
+def lookup_gold_prompt(prompt: str) -> GoldPrompt:
+    """The shipped record whose prompt text is exactly `prompt` (outer whitespace ignored)."""
+    if not isinstance(prompt, str):
+        raise AlignError(f"prompt must be a string, got {type(prompt).__name__}")
+    index = _prompt_index()
+    found = index.get(prompt) or index.get(prompt.strip())
+    if found is None:
+        preview = prompt[:80] + ("..." if len(prompt) > 80 else "")
+        raise AlignError(
+            f"prompt is not in the gold prompt set ({GOLD_PROMPTS_PATH.name}): {preview!r}. The gold reward "
+            "only scores prompts from that set, matched by exact text: pass the prompt unchanged (no chat "
+            "template, no added instructions)."
+        )
+    return found
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -15,35 +15,23 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Literal
 
 from align.errors import AlignError
-from align.eval.gold import GoldPrompt, PromptLike, as_gold_prompt, gold_score, load_gold_prompts
+from align.eval.gold import PromptLike, as_gold_prompt, gold_score, lookup_gold_prompt
+
+__all__ = [
+    "SimulatedLabeler",
+    "flatten_ranking",
+    "gold_score_fn",
+    "gold_scores",
+    "lookup_gold_prompt",
+    "rank_by_gold",
+    "ranking_to_pairs",
+]
 
 TiePolicy = Literal["keep", "break"]
 TieBreaker = Literal["shorter", "index", "random"]
-
-
-@lru_cache(maxsize=1)
-def _gold_index() -> dict[str, GoldPrompt]:
-    return {p.prompt: p for p in load_gold_prompts("all")}
-
-
-def lookup_gold_prompt(prompt: str) -> GoldPrompt:
-    """The shipped gold record whose prompt text is exactly `prompt` (outer whitespace ignored)."""
-    index = _gold_index()
-    found = index.get(prompt)
-    if found is None and isinstance(prompt, str):
-        found = index.get(prompt.strip())
-    if found is None:
-        preview = prompt[:80] + ("..." if len(prompt) > 80 else "") if isinstance(prompt, str) else repr(prompt)
-        raise AlignError(
-            f"prompt is not in the gold prompt set (align/eval/gold_prompts.jsonl): {preview!r}. The gold "
-            "reward only scores prompts from that set, matched by exact text; pass the prompt unchanged "
-            "(no chat template)."
-        )
-    return found
 
 
 def gold_score_fn(prompt: str, response: str) -> float:
@@ -58,12 +46,8 @@ def gold_scores(prompts: Sequence[str], responses: Sequence[str]) -> list[float]
     return [gold_score_fn(p, r) for p, r in zip(prompts, responses, strict=True)]
 
 
-def _as_record(prompt: PromptLike | str) -> GoldPrompt:
-    return lookup_gold_prompt(prompt) if isinstance(prompt, str) else as_gold_prompt(prompt)
-
-
 def rank_by_gold(
-    prompt: PromptLike | str,
+    prompt: PromptLike,
     responses: Sequence[str],
     *,
     ties: TiePolicy = "keep",
@@ -86,7 +70,7 @@ def rank_by_gold(
         raise AlignError(f"noise must be a probability in [0, 1], got {noise!r}")
     if not responses:
         raise AlignError("rank_by_gold needs at least one response")
-    record = _as_record(prompt)
+    record = as_gold_prompt(prompt)
     rng = random.Random(f"{seed}:{record.id}")
     scores = [gold_score(record, r) for r in responses]
 
@@ -143,7 +127,7 @@ class SimulatedLabeler:
     noise: float = 0.0
     seed: int = 0
 
-    def rank(self, prompt: PromptLike | str, responses: Sequence[str]) -> list[list[int]]:
+    def rank(self, prompt: PromptLike, responses: Sequence[str]) -> list[list[int]]:
         return rank_by_gold(
             prompt, responses, ties=self.ties, tie_breaker=self.tie_breaker, noise=self.noise, seed=self.seed
         )

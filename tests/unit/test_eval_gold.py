@@ -220,3 +220,12 @@ def test_score_batch_aggregates_prompt_and_instruction_level():
     assert out["pass_rate"] == {"case:lowercase": pytest.approx(2 / 3), "punctuation:no_commas": 0.0}
     with pytest.raises(AlignError, match="2 prompts but 1 responses"):
         gold.score_batch([a, b], ["x"])
+
+
+def test_prompts_can_be_given_by_their_shipped_text():
+    record = gold.load_gold_prompts("train")[3]
+    assert gold.as_gold_prompt(record.prompt) == record
+    response = "a plain answer, with a comma."
+    assert gold.score_batch([record.prompt], [response])["gold_score"] == gold.gold_score(record, response)
+    with pytest.raises(AlignError, match="not in the gold prompt set"):
+        gold.gold_score("An unknown prompt.", "x")

@@ -1,0 +1,318 @@
+"""Judges: put K responses to a prompt in order, best first (the `rank` stage's labeler).
+
+Every judge has ``rank(prompts, responses) -> [ranking per prompt]`` where a ranking is a list of
+tie groups of response indices, best first (see `align.rankings`). Three kinds:
+
+- ``gold``: a Python function ``fn(prompt: str, response: str) -> float`` named ``module:function``
+  (or ``path/to/file.py:function``); equal scores form a tie group.
+- ``llm``: a teacher model asked "Which response is better, A or B?" for every pair in BOTH orders
+  (a pair's preference is the average, so a judge that always answers "A" yields a tie), with
+  pairs aggregated by wins minus losses (Copeland); or listwise, asked for a full order with the
+  responses shown forward and reversed (positions averaged, Borda).
+- ``human``: no ranking here; the stage writes labeling tasks and stops (see `align.stages.rank`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from align.errors import AlignError
+from align.rankings import Ranking
+
+GoldFn = Callable[[str, str], float]
+
+
+class Judge(Protocol):
+    """Anything that ranks the responses of a batch of prompts."""
+
+    def rank(self, prompts: list[str], responses: list[list[str]]) -> list[Ranking]: ...
+
+
+# --------------------------------------------------------------------------- settings
+
+
+class GoldJudgeConfig(BaseModel):
+    """Rank by a programmatic gold reward."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["gold"] = "gold"
+    function: str = Field(description="module:function or path/to/file.py:function; fn(prompt, response) -> float.")
+
+    @field_validator("function")
+    @classmethod
+    def _has_colon(cls, value: str) -> str:
+        if ":" not in value or not value.rsplit(":", 1)[1].isidentifier():
+            raise ValueError(f"expected 'module:function' or 'path/file.py:function', got {value!r}")
+        return value
+
+
+class LLMJudgeConfig(BaseModel):
+    """Rank with a teacher model (local HF model or an OpenAI-compatible endpoint)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["llm"] = "llm"
+    teacher: dict[str, Any] = Field(description="Teacher settings (align.teachers.TeacherConfig).")
+    mode: Literal["pairwise", "listwise"] = Field(
+        "pairwise", description="pairwise: A/B per pair, both orders, Copeland; listwise: full order, forward + reversed.")
+    max_tokens: int = Field(16, gt=0, description="Tokens the judge may write per answer.")
+    temperature: float = Field(0.0, ge=0, description="Judge sampling temperature (0 = greedy).")
+
+    @field_validator("teacher")
+    @classmethod
+    def _valid_teacher(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # align.teachers is written separately; validate against it when it is there.
+        try:
+            from align.teachers import TeacherConfig
+        except ImportError:
+            return value
+        TeacherConfig.model_validate(value)
+        return value
+
+
+class HumanJudgeConfig(BaseModel):
+    """Write labeling tasks (prompt + responses) for people and stop."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["human"] = "human"
+
+
+JudgeConfig = Annotated[GoldJudgeConfig | LLMJudgeConfig | HumanJudgeConfig, Field(discriminator="type")]
+
+
+# --------------------------------------------------------------------------- scores → ranking
+
+
+def ranking_from_scores(scores: Sequence[float]) -> Ranking:
+    """Indices sorted by score, highest first; equal scores share a tie group (index order inside)."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    groups: Ranking = []
+    for i in order:
+        if groups and scores[groups[-1][0]] == scores[i]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+# --------------------------------------------------------------------------- gold
+
+
+def load_gold_function(spec: str) -> GoldFn:
+    """Import ``module:function`` or ``path/to/file.py:function``; AlignError saying what went wrong."""
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr.isidentifier():
+        raise AlignError(f"gold function {spec!r}: expected 'module:function' or 'path/to/file.py:function'")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name).expanduser()
+            if not path.is_file():
+                raise AlignError(f"gold function {spec!r}: file {path} not found")
+            name = f"align_gold_{abs(hash(str(path.resolve())))}"
+            module_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[name] = module
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except AlignError:
+        raise
+    except Exception as exc:  # ImportError, or any error raised while the module runs
+        raise AlignError(f"gold function {spec!r}: cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise AlignError(f"gold function {spec!r}: module {module_name!r} has no attribute {attr!r}")
+    if not callable(fn):
+        raise AlignError(f"gold function {spec!r}: {attr!r} is a {type(fn).__name__}, not callable")
+    return fn
+
+
+class GoldJudge:
+    """Scores each response with fn(prompt, response); higher is better."""
+
+    def __init__(self, fn: GoldFn, name: str = "gold"):
+        self.fn, self.name = fn, name
+        self.last_scores: list[list[float]] = []
+
+    def scores(self, prompt: str, responses: list[str]) -> list[float]:
+        out = []
+        for response in responses:
+            try:
+                value = float(self.fn(prompt, response))
+            except Exception as exc:
+                raise AlignError(f"gold function {self.name} failed on prompt {prompt[:60]!r}: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+            if math.isnan(value):
+                raise AlignError(f"gold function {self.name} returned NaN for prompt {prompt[:60]!r}")
+            out.append(value)
+        return out
+
+    def rank(self, prompts: list[str], responses: list[list[str]]) -> list[Ranking]:
+        self.last_scores = [self.scores(p, rs) for p, rs in zip(prompts, responses)]
+        return [ranking_from_scores(s) for s in self.last_scores]
+
+
+# --------------------------------------------------------------------------- LLM judge
+
+PAIRWISE_SYSTEM = "You are a careful, impartial judge of answers to instructions."
+PAIRWISE_TEMPLATE = """Compare two responses to the same instruction. Judge helpfulness, correctness and clarity; ignore the order in which they are shown and their length.
+
+[Instruction]
+{prompt}
+
+[Response A]
+{a}
+
+[Response B]
+{b}
+
+Which response is better, A or B? Answer with the single letter A or B."""
+
+LISTWISE_TEMPLATE = """Rank {k} responses to the same instruction from best to worst. Judge helpfulness, correctness and clarity; ignore the order in which they are shown and their length.
+
+[Instruction]
+{prompt}
+
+{listing}
+
+Answer with the response numbers from best to worst separated by '>', for example: {example}"""
+
+_CHOICE = re.compile(r"\b([AB])\b")
+
+
+def parse_choice(text: str) -> str | None:
+    """'A', 'B', or None when the answer names neither (first standalone letter wins)."""
+    match = _CHOICE.search(text.replace("Response", ""))
+    return match.group(1) if match else None
+
+
+def parse_order(text: str, k: int) -> list[int]:
+    """'2 > 1 > 3' → [1, 0, 2] (0-based); unknown or repeated numbers are dropped."""
+    order: list[int] = []
+    for number in re.findall(r"\d+", text):
+        i = int(number) - 1
+        if 0 <= i < k and i not in order:
+            order.append(i)
+    return order
+
+
+class LLMJudge:
+    """A judge built on any teacher with ``chat(conversations, *, max_tokens, temperature) -> [str]``."""
+
+    def __init__(self, teacher: Any, mode: str = "pairwise", max_tokens: int = 16, temperature: float = 0.0):
+        if not callable(getattr(teacher, "chat", None)):
+            raise AlignError(f"llm judge: the teacher ({type(teacher).__name__}) has no chat() method")
+        self.teacher, self.mode, self.max_tokens, self.temperature = teacher, mode, max_tokens, temperature
+        self.calls = 0  # conversations sent to the teacher
+        self.unparsed = 0  # answers that named no response
+
+    def _ask(self, conversations: list[list[dict]]) -> list[str]:
+        self.calls += len(conversations)
+        answers = self.teacher.chat(conversations, max_tokens=self.max_tokens, temperature=self.temperature)
+        if len(answers) != len(conversations):
+            raise AlignError(f"llm judge: teacher returned {len(answers)} answers for {len(conversations)} questions")
+        return answers
+
+    def rank(self, prompts: list[str], responses: list[list[str]]) -> list[Ranking]:
+        if self.mode == "listwise":
+            return self._rank_listwise(prompts, responses)
+        return self._rank_pairwise(prompts, responses)
+
+    # pairwise: every unordered pair asked as (A=i, B=j) and (A=j, B=i)
+    def _rank_pairwise(self, prompts: list[str], responses: list[list[str]]) -> list[Ranking]:
+        questions, keys = [], []
+        for p, (prompt, rs) in enumerate(zip(prompts, responses)):
+            for i in range(len(rs)):
+                for j in range(len(rs)):
+                    if i != j:  # both orders of each pair
+                        text = PAIRWISE_TEMPLATE.format(prompt=prompt, a=rs[i], b=rs[j])
+                        questions.append([{"role": "system", "content": PAIRWISE_SYSTEM},
+                                          {"role": "user", "content": text}])
+                        keys.append((p, i, j))
+        answers = self._ask(questions) if questions else []
+        # wins[p][i][j]: how often i was preferred over j, over the two orders (0, 0.5 per unparsed, ..., 2)
+        wins = [[[0.0] * len(rs) for _ in rs] for rs in responses]
+        for (p, a, b), answer in zip(keys, answers):
+            choice = parse_choice(answer)
+            if choice is None:
+                self.unparsed += 1
+                wins[p][a][b] += 0.5
+                wins[p][b][a] += 0.5
+            else:
+                winner, loser = (a, b) if choice == "A" else (b, a)
+                wins[p][winner][loser] += 1.0
+        return [copeland(w) for w in wins]
+
+    # listwise: the full list shown forward and reversed, positions averaged
+    def _rank_listwise(self, prompts: list[str], responses: list[list[str]]) -> list[Ranking]:
+        questions, shown = [], []
+        for prompt, rs in zip(prompts, responses):
+            k = len(rs)
+            for order in (list(range(k)), list(reversed(range(k)))):
+                listing = "\n\n".join(f"[Response {n + 1}]\n{rs[i]}" for n, i in enumerate(order))
+                example = " > ".join(str(n) for n in [2, 1, *range(3, k + 1)][:k])
+                text = LISTWISE_TEMPLATE.format(k=k, prompt=prompt, listing=listing, example=example)
+                questions.append([{"role": "user", "content": text}])
+                shown.append(order)
+        answers = self._ask(questions) if questions else []
+        rankings = []
+        for p, rs in enumerate(responses):
+            k, points = len(rs), [0.0] * len(rs)
+            for q in (2 * p, 2 * p + 1):
+                positions = parse_order(answers[q], k)
+                if len(positions) < k:
+                    self.unparsed += 1
+                for i, points_i in borda(positions, k).items():
+                    points[shown[q][i]] += points_i
+            rankings.append(ranking_from_scores(points))
+        return rankings
+
+
+def copeland(wins: list[list[float]]) -> Ranking:
+    """Pairwise preference counts → ranking by (pairs won − pairs lost); a 50/50 pair counts for neither.
+
+    wins: [K][K], wins[i][j] = times i was preferred over j (over both presentation orders).
+    """
+    k = len(wins)
+    score = [sum((wins[i][j] > wins[j][i]) - (wins[i][j] < wins[j][i]) for j in range(k) if j != i) for i in range(k)]
+    return ranking_from_scores(score)
+
+
+def borda(order: list[int], k: int) -> dict[int, float]:
+    """Borda points (k−1 for first, …, 0 for last) of shown positions; unnamed positions share the rest equally."""
+    points = {i: float(k - 1 - rank) for rank, i in enumerate(order)}
+    rest = [i for i in range(k) if i not in points]
+    if rest:
+        left = [float(k - 1 - rank) for rank in range(len(order), k)]
+        share = sum(left) / len(rest)
+        points.update({i: share for i in rest})
+    return points
+
+
+def make_judge(cfg: GoldJudgeConfig | LLMJudgeConfig) -> Judge:
+    """A ready judge from its settings (the human judge has no ranking step)."""
+    if isinstance(cfg, GoldJudgeConfig):
+        return GoldJudge(load_gold_function(cfg.function), cfg.function)
+    from align.teachers import TeacherConfig, make_teacher  # written separately; imported when used
+
+    teacher = make_teacher(TeacherConfig.model_validate(cfg.teacher))
+    return LLMJudge(teacher, cfg.mode, cfg.max_tokens, cfg.temperature)
+
+
+# --------------------------------------------------------------------------- example gold functions
+
+
+def gold_target_length(prompt: str, response: str, target: int = 12) -> float:
+    """Toy gold reward: prefer answers of about `target` words (−|words − target|). Used by reward-tiny."""
+    return -abs(len(response.split()) - target)

@@ -1,0 +1,281 @@
+"""The PPO model roles on one copy of the base weights.
+
+With a LoRA policy, the base is loaded once (4-bit when asked) and every role is a view of it:
+
+- policy: the trainable adapter ``default`` (saved as a plain PEFT adapter);
+- ref_policy: the model with adapters disabled when the policy starts as a fresh adapter (then the
+  base *is* the starting policy), or a frozen second copy ``ref`` of the policy's starting adapter
+  when the policy was loaded from an adapter (e.g. ``@sft``): InstructGPT's KL is against the SFT
+  model, not the pretrained base underneath it;
+- value_model: a scalar head on the policy trunk's last hidden state (``head``), or its own
+  trainable adapter ``value`` plus a head (``adapter``);
+- reward_model: optionally a frozen adapter ``reward`` plus its score head (see ``rewards``).
+
+A full (non-adapter) policy trains every weight and its ref_policy is a frozen deep copy.
+Dropout stays off throughout (the model is never put in train mode): with dropout the log-probs
+recomputed during the update would not match those of the rollouts (N+ details #5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from align.errors import AlignError
+from align.models import (
+    AdapterConfig,
+    ModelConfig,
+    guard_4bit_cpu_gradients,
+    load_causal_lm,
+    load_tokenizer,
+    peft_config,
+    pick_precision,
+    resolve_model_ref,
+)
+
+log = logging.getLogger("align")
+
+POLICY_ADAPTER = "default"  # PEFT saves the "default" adapter at the top level: plain from_pretrained loads it
+REF_ADAPTER = "ref"
+VALUE_ADAPTER = "value"
+REWARD_ADAPTER = "reward"
+
+
+class ValueHead(nn.Module):
+    """hidden (B, T, H) -> value (B, T), in float32.
+
+    Zero-initialised so the first value-loss gradients do not push random directions into a
+    shared trunk.
+    """
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.summary.weight)
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
+
+
+@dataclass
+class ModelRoles:
+    """Everything that runs a forward pass during PPO, and how the roles map onto modules."""
+
+    model: nn.Module  # the policy: PeftModel on the shared base, or a full causal LM
+    tokenizer: Any
+    value_head: ValueHead
+    ref_kind: str  # "disable_adapter" | "ref_adapter" | "copy"
+    base_dir: str  # resolved directory of the base weights
+    quantization: str
+    ref_model: nn.Module | None = None  # only for ref_kind == "copy"
+    value_adapter: bool = False
+    autocast_bf16: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_peft(self) -> bool:
+        return hasattr(self.model, "peft_config")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on CPU when precision bf16 was asked for (weights stay fp32)."""
+        if self.autocast_bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad] + list(self.value_head.parameters())
+
+
+def _adapter_type(adapter_dir: Path) -> str:
+    return json.loads((adapter_dir / "adapter_config.json").read_text()).get("peft_type", "?")
+
+
+def _set_trainable(model: nn.Module, adapters: tuple[str, ...]) -> None:
+    """Exactly the named adapters' weights train; everything else (base, ref, reward) is frozen."""
+    for name, param in model.named_parameters():
+        param.requires_grad = any(f".{a}." in name for a in adapters)
+
+
+def load_roles(policy: ModelConfig, adapter: AdapterConfig, value_model: str = "head") -> ModelRoles:
+    """Load the policy (and with it the ref_policy and value_model) as described in the module doc."""
+    resolved = Path(resolve_model_ref(policy.name))
+    tokenizer = load_tokenizer(policy.name)
+    tokenizer.padding_side = "left"
+    precision = pick_precision(policy.precision)
+    notes: list[str] = []
+    ref_model = None
+    if (resolved / "adapter_config.json").exists():
+        kind = _adapter_type(resolved)
+        if kind != "LORA":
+            raise AlignError(f"ppo: the policy adapter {resolved} is {kind}; PPO supports LoRA/DoRA adapters "
+                             "(prefix/prompt tuning cannot share the base with the other roles)")
+        model = load_causal_lm(policy, for_training=True)
+        model.load_adapter(str(resolved), adapter_name=REF_ADAPTER, is_trainable=False)
+        ref_kind = "ref_adapter"
+        base_dir = model.peft_config[POLICY_ADAPTER].base_model_name_or_path
+        notes.append(f"policy = LoRA adapter {resolved} (trainable); ref_policy = a frozen copy of that adapter "
+                     "on the same base")
+    else:
+        base = load_causal_lm(policy)
+        base_dir = str(resolved)
+        if adapter.type == "full":
+            if policy.quantization != "none":
+                raise AlignError(f"ppo: full fine-tuning of a {policy.quantization} model is not supported; "
+                                 "use adapter.type: lora (QLoRA) or quantization: none")
+            if value_model == "adapter":
+                raise AlignError("ppo: value_model: adapter needs a LoRA policy; use value_model: head")
+            ref_model = copy.deepcopy(base).eval().requires_grad_(False)
+            model = base.requires_grad_(True)
+            ref_kind = "copy"
+            notes.append("policy = full model (all weights train); ref_policy = a frozen copy (2 copies of the "
+                         "weights in memory)")
+        elif adapter.type in ("lora", "dora"):
+            from peft import get_peft_model
+
+            model = get_peft_model(base, peft_config(adapter))
+            ref_kind = "disable_adapter"
+            notes.append(f"policy = fresh {adapter.type} adapter on {base_dir}; ref_policy = the base (adapters "
+                         "disabled)")
+        else:
+            raise AlignError(f"ppo: adapter.type {adapter.type} is not supported; use lora, dora or full")
+    trainable = (POLICY_ADAPTER,)
+    if value_model == "adapter":
+        if not hasattr(model, "peft_config"):
+            raise AlignError("ppo: value_model: adapter needs a LoRA policy; use value_model: head")
+        value_cfg = copy.deepcopy(model.peft_config[POLICY_ADAPTER])
+        value_cfg.inference_mode = False
+        model.add_adapter(VALUE_ADAPTER, value_cfg)
+        trainable += (VALUE_ADAPTER,)
+        notes.append("value_model = its own LoRA adapter on the shared base + a scalar head")
+    else:
+        notes.append("value_model = a scalar head on the policy trunk's last hidden state")
+    if hasattr(model, "peft_config"):
+        _set_trainable(model, trainable)
+        model.set_adapter(POLICY_ADAPTER)
+        _set_trainable(model, trainable)  # set_adapter flips requires_grad; put ours back
+    guarded = guard_4bit_cpu_gradients(model)
+    if guarded:
+        notes.append(f"4-bit CPU gradient guard on {guarded} layers")
+    model.eval()  # dropout off, for good
+    hidden = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.get_input_embeddings().weight.shape[1]
+    value_head = ValueHead(hidden).to(next(model.parameters()).device)
+    for note in notes:
+        log.info("ppo: %s", note)
+    return ModelRoles(
+        model=model, tokenizer=tokenizer, value_head=value_head, ref_kind=ref_kind, base_dir=str(base_dir),
+        quantization=policy.quantization, ref_model=ref_model, value_adapter=value_model == "adapter",
+        autocast_bf16=precision.bf16 and precision.use_cpu, notes=notes,
+    )
+
+
+@contextlib.contextmanager
+def use_adapter(model: nn.Module, name: str) -> Iterator[None]:
+    """Run forwards with another adapter of a PeftModel active.
+
+    peft's set_adapter also makes the active adapter trainable and freezes the others; which
+    weights the optimizer trains must not depend on which role ran last, so the flags are restored.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    previous = model.active_adapter
+
+    def restore_flags() -> None:
+        for param, flag in flags:
+            param.requires_grad_(flag)
+
+    model.set_adapter(name)
+    restore_flags()
+    try:
+        yield
+    finally:
+        model.set_adapter(previous)
+        restore_flags()
+
+
+def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, as generate() uses with left padding. (B, L) -> (B, L)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def causal_forward(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int, *, hidden: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits predicting the last n_response tokens and, if asked, the hidden states they come from.
+
+    Shapes: input_ids, attention_mask (B, P + R) -> logits (B, R, V), hidden (B, R, H) or None.
+    Position t of the outputs is the prediction made *before* response token t.
+    """
+    out = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask),
+        logits_to_keep=n_response + 1, output_hidden_states=hidden, use_cache=False,
+    )
+    logits = out.logits[:, :-1]
+    states = out.hidden_states[-1][:, -(n_response + 1) : -1] if hidden else None
+    return logits, states
+
+
+def policy_forward(
+    roles: ModelRoles, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trainable forward: policy logits (B, R, V) and value predictions (B, R)."""
+    with roles.autocast():
+        logits, states = causal_forward(roles.model, input_ids, attention_mask, n_response,
+                                        hidden=not roles.value_adapter)
+        if roles.value_adapter:
+            with use_adapter(roles.model, VALUE_ADAPTER):
+                _, states = causal_forward(roles.model, input_ids, attention_mask, n_response, hidden=True)
+        values = roles.value_head(states)
+    return logits, values
+
+
+@torch.no_grad()
+def ref_forward(roles: ModelRoles, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int) -> torch.Tensor:
+    """ref_policy logits predicting the response tokens. (B, P + R) -> (B, R, V)."""
+    with roles.autocast():
+        if roles.ref_kind == "copy":
+            return causal_forward(roles.ref_model, input_ids, attention_mask, n_response, hidden=False)[0]
+        if roles.ref_kind == "ref_adapter":
+            with use_adapter(roles.model, REF_ADAPTER):
+                return causal_forward(roles.model, input_ids, attention_mask, n_response, hidden=False)[0]
+        with roles.model.disable_adapter():
+            return causal_forward(roles.model, input_ids, attention_mask, n_response, hidden=False)[0]
+
+
+def save_policy(roles: ModelRoles, out_dir: Path) -> None:
+    """The policy as a plain PEFT adapter (or a full checkpoint) plus tokenizer."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if roles.is_peft:
+        roles.model.save_pretrained(str(out_dir), selected_adapters=[POLICY_ADAPTER])
+    else:
+        roles.model.save_pretrained(str(out_dir))
+    roles.tokenizer.save_pretrained(str(out_dir))
+
+
+def policy_state_dict(roles: ModelRoles) -> dict[str, torch.Tensor]:
+    """The trainable weights of the policy model (adapters or all weights), for checkpoints."""
+    return {n: p.detach() for n, p in roles.model.named_parameters() if p.requires_grad}
+
+
+def load_policy_state_dict(roles: ModelRoles, state: dict[str, torch.Tensor]) -> None:
+    params = dict(roles.model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in state]
+    unknown = [n for n in state if n not in params]
+    if missing or unknown:
+        raise AlignError(f"ppo: checkpoint does not match the policy (missing {missing[:3]}, unexpected {unknown[:3]}); "
+                         "was it written with other policy/adapter settings?")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor)

@@ -1,0 +1,259 @@
+"""Scoring rollouts: a reward model (sharing the policy's base, or separate) or a Python function.
+
+Every scorer has ``score(queries, responses) -> list[float]`` with queries as conversations
+(lists of messages ending with the user turn) and responses as decoded text without EOS.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import logging
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from align.errors import AlignError
+from align.ppo.queries import Conversation, last_user_message
+
+if TYPE_CHECKING:
+    import torch
+
+    from align.ppo.config import RewardConfig
+    from align.ppo.policy import ModelRoles
+
+log = logging.getLogger("align")
+
+
+class Scorer(Protocol):
+    kind: str
+
+    def score(self, queries: list[Conversation], responses: list[str]) -> list[float]: ...
+
+
+# --------------------------------------------------------------------------- Python functions
+
+
+def is_function_spec(spec: str) -> bool:
+    """`module:function` or `file.py:function` (and not an existing path)."""
+    if ":" not in spec or Path(spec).exists():
+        return False
+    target, _, name = spec.rpartition(":")
+    return bool(target) and name.isidentifier()
+
+
+def load_function(spec: str, what: str = "reward") -> Callable[..., Any]:
+    """Import `module:function` or `path/to/file.py:function`."""
+    if not is_function_spec(spec):
+        raise AlignError(f"ppo: {what} {spec!r}: expected `module:function` or `path/file.py:function`")
+    target, _, name = spec.rpartition(":")
+    if target.endswith(".py"):
+        path = Path(target).expanduser()
+        if not path.is_file():
+            raise AlignError(f"ppo: {what} {spec!r}: file {path} not found")
+        module_name = f"_align_user_{path.stem}_{abs(hash(str(path.resolve())))}"
+        spec_obj = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec_obj)
+        sys.modules[module_name] = module
+        spec_obj.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise AlignError(f"ppo: {what} {spec!r}: cannot import module {target!r}: {exc}") from exc
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise AlignError(f"ppo: {what} {spec!r}: module {target!r} has no function {name!r}")
+    return fn
+
+
+class FunctionScorer:
+    """fn(prompt, response) -> float, with prompt = the last user message of the query."""
+
+    kind = "function"
+
+    def __init__(self, spec: str, what: str = "reward") -> None:
+        self.spec, self.what = spec, what
+        self.fn = load_function(spec, what)
+
+    def score(self, queries: list[Conversation], responses: list[str]) -> list[float]:
+        out = []
+        for query, response in zip(queries, responses, strict=True):
+            value = self.fn(last_user_message(query), response)
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise AlignError(f"ppo: {self.what} {self.spec} returned {value!r}; expected a number") from None
+            if not math.isfinite(value):
+                raise AlignError(f"ppo: {self.what} {self.spec} returned {value}; expected a finite number")
+            out.append(value)
+        return out
+
+
+# --------------------------------------------------------------------------- reward models
+
+
+def reward_texts(tokenizer: Any, queries: list[Conversation], responses: list[str]) -> list[str]:
+    """What the reward model reads: the conversation with the response as the assistant turn."""
+    try:  # use the reward stage's own formatting when it is there, so scores match its training
+        from align.reward_model import format_for_reward  # type: ignore[attr-defined]
+    except ImportError:
+        format_for_reward = None
+    if format_for_reward is not None:
+        return [format_for_reward(tokenizer, q, r) for q, r in zip(queries, responses, strict=True)]
+    return [
+        tokenizer.apply_chat_template([*q, {"role": "assistant", "content": r}], tokenize=False)
+        for q, r in zip(queries, responses, strict=True)
+    ]
+
+
+def read_reward_info(reward_dir: Path) -> dict:
+    """align_reward.json and reward_normalization.json of a reward stage output (defaults when absent)."""
+    info_file = reward_dir / "align_reward.json"
+    info = json.loads(info_file.read_text()) if info_file.exists() else {}
+    norm_file = reward_dir / "reward_normalization.json"
+    info["mean"] = float(json.loads(norm_file.read_text()).get("mean", 0.0)) if norm_file.exists() else 0.0
+    info.setdefault("adapter", (reward_dir / "adapter_config.json").exists())
+    info.setdefault("max_length", None)
+    return info
+
+
+def find_reward_dir(path: Path) -> Path:
+    """A reward stage output dir holds model/; accept that dir or model/ itself."""
+    for candidate in (path / "model", path):
+        if (candidate / "adapter_config.json").exists() or (candidate / "config.json").exists():
+            return candidate
+    raise AlignError(f"ppo: {path} holds no reward model (expected model/ with adapter_config.json or config.json)")
+
+
+class SharedBaseRewardScorer:
+    """A LoRA reward adapter (sequence classifier) on the policy's own copy of the base weights.
+
+    The adapter's LoRA weights go in as a frozen adapter ``reward``; its score head (saved by
+    peft under modules_to_save) becomes a separate Linear on the trunk's last hidden state; the
+    pooled position is the last non-pad token, exactly as transformers' *ForSequenceClassification.
+    """
+
+    kind = "reward_adapter_on_shared_base"
+
+    def __init__(self, roles: ModelRoles, adapter_dir: Path, info: dict, batch_size: int) -> None:
+        import torch
+        from peft import LoraConfig
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        from align.ppo.policy import REWARD_ADAPTER
+
+        self.roles, self.batch_size = roles, batch_size
+        self.mean, self.max_length = info["mean"], info.get("max_length")
+        cfg = LoraConfig.from_pretrained(str(adapter_dir))
+        head_names = tuple(cfg.modules_to_save or ("score", "classifier"))
+        cfg.modules_to_save, cfg.task_type, cfg.inference_mode = None, "CAUSAL_LM", True
+        weights_file = adapter_dir / "adapter_model.safetensors"
+        if not weights_file.exists():
+            raise AlignError(f"ppo: {adapter_dir} has no adapter_model.safetensors")
+        state = load_file(str(weights_file))
+        head = {k: v for k, v in state.items() if any(f".{h}." in k for h in head_names)}
+        lora = {k: v for k, v in state.items() if k not in head}
+        weight = next((v for k, v in head.items() if k.endswith(".weight")), None)
+        if weight is None or weight.shape[0] != 1:
+            raise AlignError(f"ppo: {adapter_dir}: no 1-output score head among the saved modules_to_save "
+                             f"({sorted(head)}); expected a reward adapter saved with task_type SEQ_CLS")
+        bias = next((v for k, v in head.items() if k.endswith(".bias")), None)
+        model = roles.model
+        model.add_adapter(REWARD_ADAPTER, cfg)
+        result = set_peft_model_state_dict(model, lora, adapter_name=REWARD_ADAPTER)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise AlignError(f"ppo: reward adapter {adapter_dir} does not fit the policy's base "
+                             f"(unexpected weights {unexpected[:3]})")
+        for name, param in model.named_parameters():
+            if f".{REWARD_ADAPTER}." in name:
+                param.requires_grad_(False)
+        self.head = torch.nn.Linear(weight.shape[1], 1, bias=bias is not None)
+        with torch.no_grad():
+            self.head.weight.copy_(weight)
+            if bias is not None:
+                self.head.bias.copy_(bias)
+        self.head.requires_grad_(False).to(roles.device)
+        self.pad_id = roles.tokenizer.pad_token_id
+
+    @property
+    def trunk(self) -> torch.nn.Module:
+        """The transformer without its LM head (LlamaModel inside LlamaForCausalLM, etc.)."""
+        return self.roles.model.get_base_model().base_model
+
+    def raw_scores(self, texts: list[str]) -> list[float]:
+        import torch
+
+        from align.ppo.policy import REWARD_ADAPTER, use_adapter
+
+        tok = self.roles.tokenizer
+        side = tok.padding_side
+        tok.padding_side = "right"
+        out: list[float] = []
+        try:
+            with torch.no_grad(), use_adapter(self.roles.model, REWARD_ADAPTER), self.roles.autocast():
+                for start in range(0, len(texts), self.batch_size):
+                    enc = tok(texts[start : start + self.batch_size], return_tensors="pt", padding=True,
+                              truncation=self.max_length is not None, max_length=self.max_length,
+                              add_special_tokens=False).to(self.roles.device)
+                    hidden = self.trunk(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+                    logits = self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)  # (B, L)
+                    # the rightmost non-pad token, as transformers' sequence classifiers pool
+                    non_pad = (enc["input_ids"] != self.pad_id).int()
+                    last = (torch.arange(non_pad.shape[1], device=non_pad.device) * non_pad).argmax(-1)
+                    out.extend(logits[torch.arange(len(last)), last].float().tolist())
+        finally:
+            tok.padding_side = side
+        return out
+
+    def score(self, queries: list[Conversation], responses: list[str]) -> list[float]:
+        raw = self.raw_scores(reward_texts(self.roles.tokenizer, queries, responses))
+        return [r - self.mean for r in raw]
+
+
+class SeparateRewardScorer:
+    """A reward model loaded on its own (another architecture, a full checkpoint, or share_base off)."""
+
+    kind = "separate_reward_model"
+
+    def __init__(self, path: Path) -> None:
+        try:
+            from align.reward_model import load_reward_model
+        except ImportError as exc:
+            raise AlignError("ppo: scoring with a reward model needs align.reward_model (the reward stage); "
+                             "use a `module:function` reward meanwhile") from exc
+        self.model = load_reward_model(str(path))
+
+    def score(self, queries: list[Conversation], responses: list[str]) -> list[float]:
+        return [float(s) for s in self.model.score(queries, responses)]
+
+
+def load_scorer(cfg: RewardConfig, source: str, roles: ModelRoles) -> Scorer:
+    """Pick how to score: a function, the reward adapter on the shared base, or a separate model."""
+    if is_function_spec(source):
+        return FunctionScorer(source)
+    from align.models import resolve_model_ref
+
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise AlignError(f"ppo: reward {source!r} is neither a directory nor a `module:function`")
+    model_dir = find_reward_dir(path)
+    info = read_reward_info(model_dir)
+    if cfg.share_base and info["adapter"] and roles.is_peft:
+        base = json.loads((model_dir / "adapter_config.json").read_text()).get("base_model_name_or_path", "")
+        same = Path(resolve_model_ref(base)).resolve() == Path(roles.base_dir).resolve() if base else False
+        if same and json.loads((model_dir / "adapter_config.json").read_text()).get("peft_type") == "LORA":
+            if roles.quantization != "none":
+                log.info("ppo: the reward adapter runs on the policy's %s base; its scores can differ slightly "
+                         "from the full-precision reward model", roles.quantization)
+            roles.notes.append(f"reward_model = LoRA adapter {model_dir} on the shared base (one copy of base weights)")
+            return SharedBaseRewardScorer(roles, model_dir, info, cfg.batch_size)
+        roles.notes.append(f"reward_model = separate model ({model_dir}: base {base} differs from the policy's)")
+    else:
+        roles.notes.append(f"reward_model = separate model {model_dir}")
+    return SeparateRewardScorer(model_dir)

@@ -1,0 +1,347 @@
+"""Rankings: K responses to one prompt, ordered best to worst by a judge (the reward model's training data).
+
+On disk (``rankings.jsonl``, one record a line)::
+
+    {"prompt": str | [messages], "responses": [str, ...], "ranking": [[i, j], [k], ...]}
+
+``ranking`` lists tie groups of response indices, best first; a flat list of ints (no ties) is
+accepted too, and so is a mix (``[0, [1, 2], 3]``). Every index appears exactly once.
+
+Readers also accept preference pairs, which are rankings with K = 2:
+- plain pairs ``{prompt, chosen, rejected}`` (strings, or TRL's conversational message lists);
+- Anthropic HH ``{chosen, rejected}``: two full ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``
+  transcripts sharing everything up to the last Assistant turn.
+
+Training groups records by prompt (`group_by_prompt`) so that one batch element is one prompt with
+all of its responses, as in InstructGPT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from align.errors import AlignError
+
+RANKINGS_FILE = "rankings.jsonl"
+HUMAN_TURN = "\n\nHuman:"
+ASSISTANT_TURN = "\n\nAssistant:"
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+Ranking = list[list[int]]  # tie groups of response indices, best group first
+
+
+@dataclass
+class RankingRecord:
+    """One prompt, its K responses and their order (tie groups, best first)."""
+
+    prompt: list[dict]  # chat messages ending with the user turn the responses answer
+    responses: list[str]
+    ranking: Ranking
+    where: str = ""  # "file:line", for error messages
+
+    @property
+    def k(self) -> int:
+        return len(self.responses)
+
+    @property
+    def prompt_text(self) -> str:
+        return prompt_text(self.prompt)
+
+    def to_json(self, **extra: Any) -> dict:
+        """The on-disk form; a single user turn is written as a plain string."""
+        prompt: Any = self.prompt_text if is_single_user_turn(self.prompt) else self.prompt
+        return {"prompt": prompt, "responses": self.responses, "ranking": self.ranking, **extra}
+
+
+# --------------------------------------------------------------------------- rankings and pairs
+
+
+def expand_pairs(ranking: Ranking) -> list[tuple[int, int]]:
+    """All (better, worse) index pairs a ranking implies; pairs inside a tie group are skipped.
+
+    K responses with no ties give K·(K−1)/2 pairs. Order: by the better response's group, then the
+    worse response's group, then position inside the groups (deterministic for the same input).
+    """
+    pairs = []
+    for g, better_group in enumerate(ranking):
+        for worse_group in ranking[g + 1 :]:
+            pairs.extend((b, w) for b in better_group for w in worse_group)
+    return pairs
+
+
+def normalize_ranking(raw: Any, k: int, where: str) -> Ranking:
+    """Flat list / tie groups / a mix → tie groups; every index 0..k-1 exactly once."""
+    expected = (f"expected 'ranking' as a list of response indices best→worst (e.g. [2, 0, 1]) or of "
+                f"tie groups (e.g. [[2], [0, 1]]) covering each of 0..{k - 1} exactly once")
+    if not isinstance(raw, list) or not raw:
+        raise AlignError(f"{where}: {expected}; got {raw!r}")
+    groups: Ranking = []
+    for item in raw:
+        group = item if isinstance(item, list) else [item]
+        if not group or not all(isinstance(i, int) and not isinstance(i, bool) for i in group):
+            raise AlignError(f"{where}: {expected}; {item!r} is not an index or a non-empty list of indices")
+        groups.append(list(group))
+    seen = [i for g in groups for i in g]
+    bad = [i for i in seen if not 0 <= i < k]
+    if bad:
+        raise AlignError(f"{where}: ranking index {bad[0]} is out of range for {k} responses; {expected}")
+    if len(seen) != len(set(seen)) or len(seen) != k:
+        dup = sorted({i for i in seen if seen.count(i) > 1})
+        missing = sorted(set(range(k)) - set(seen))
+        problem = f"index {dup[0]} appears twice" if dup else f"indices {missing} are missing"
+        raise AlignError(f"{where}: {problem}; {expected}")
+    return groups
+
+
+# --------------------------------------------------------------------------- prompts as chat messages
+
+
+def prompt_text(messages: list[dict]) -> str:
+    """The last user message: what a gold function or a judge sees as 'the prompt'."""
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
+def is_single_user_turn(messages: list[dict]) -> bool:
+    return len(messages) == 1 and messages[0]["role"] == "user"
+
+
+def prompt_messages(prompt: Any, where: str = "prompt") -> list[dict]:
+    """A prompt given as a string or as chat messages → chat messages ending with a user turn."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise AlignError(f"{where}: empty prompt")
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, list) and prompt:
+        messages = []
+        for j, m in enumerate(prompt):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise AlignError(f"{where}: prompt[{j}] must be an object with string 'role' and 'content'")
+            messages.append({"role": m["role"], "content": m["content"]})
+        if messages[-1]["role"] != "user":
+            raise AlignError(f"{where}: the prompt's last message must be a user turn, got {messages[-1]['role']!r}")
+        return messages
+    raise AlignError(f"{where}: 'prompt' must be a non-empty string or a list of chat messages, got {prompt!r:.80}")
+
+
+def hh_messages(transcript: str, where: str) -> list[dict]:
+    """'\\n\\nHuman: a\\n\\nAssistant: b\\n\\nHuman: c' → [user a, assistant b, user c]."""
+    parts = _HH_TURN.split(transcript)
+    if parts[0].strip():
+        raise AlignError(f"{where}: HH transcript must start with '\\n\\nHuman:', found {parts[0][:40]!r}")
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": roles[parts[i]], "content": parts[i + 1].strip()} for i in range(1, len(parts), 2)]
+
+
+def split_hh(chosen: str, rejected: str, where: str) -> tuple[list[dict], str, str]:
+    """Anthropic HH pair → (prompt messages, chosen response, rejected response).
+
+    Both transcripts are cut at their LAST '\\n\\nAssistant:'; what comes before must be identical
+    (the shared conversation), what comes after is each response.
+    """
+    cut = []
+    for name, text in (("chosen", chosen), ("rejected", rejected)):
+        if not text.startswith(("\n\nHuman:", "Human:")):
+            text = text.lstrip()
+        if text.startswith("Human:"):
+            text = "\n\n" + text
+        at = text.rfind(ASSISTANT_TURN)
+        if at < 0:
+            raise AlignError(f"{where}: '{name}' has no '\\n\\nAssistant:' turn; expected an Anthropic HH transcript")
+        cut.append((text[:at], text[at + len(ASSISTANT_TURN) :].strip()))
+    (prefix, chosen_response), (other_prefix, rejected_response) = cut
+    if prefix != other_prefix:
+        raise AlignError(f"{where}: 'chosen' and 'rejected' differ before their last Assistant turn; "
+                         "expected two HH transcripts of the same conversation")
+    messages = hh_messages(prefix, where)
+    if not messages or messages[-1]["role"] != "user":
+        raise AlignError(f"{where}: the HH conversation must end with a Human turn before the last Assistant turn")
+    return messages, chosen_response, rejected_response
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _response(value: Any, where: str, key: str) -> str:
+    """A response given as a string or as TRL's conversational [{"role": "assistant", ...}]."""
+    if isinstance(value, str):
+        return value
+    if (isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict)
+            and value[0].get("role") == "assistant" and isinstance(value[0].get("content"), str)):
+        return value[0]["content"]
+    raise AlignError(f"{where}: '{key}' must be a string or [{{'role': 'assistant', 'content': ...}}], got {value!r:.80}")
+
+
+def _implicit_prompt_pair(chosen: list, rejected: list, where: str) -> tuple[list[dict], str, str]:
+    """TRL's conversational pairs without a 'prompt': message lists sharing all but the last turn."""
+    if chosen[:-1] != rejected[:-1] or not chosen[:-1]:
+        raise AlignError(f"{where}: 'chosen' and 'rejected' message lists must share every turn but the last")
+    return (prompt_messages(chosen[:-1], where), _response(chosen[-1:], where, "chosen"),
+            _response(rejected[-1:], where, "rejected"))
+
+
+def parse_record(rec: dict, where: str) -> RankingRecord:
+    """One JSON record (ranking, plain pair or HH pair) → RankingRecord."""
+    if "responses" in rec or "ranking" in rec:
+        responses = rec.get("responses")
+        if not isinstance(responses, list) or len(responses) < 2 or not all(isinstance(r, str) for r in responses):
+            raise AlignError(f"{where}: 'responses' must be a list of at least 2 strings")
+        if "prompt" not in rec:
+            raise AlignError(f"{where}: a ranking record needs 'prompt', 'responses' and 'ranking'")
+        if "ranking" not in rec:
+            raise AlignError(f"{where}: missing 'ranking' (response indices best→worst)")
+        return RankingRecord(prompt_messages(rec["prompt"], where), list(responses),
+                             normalize_ranking(rec["ranking"], len(responses), where), where)
+    if "chosen" in rec and "rejected" in rec:
+        chosen, rejected = rec["chosen"], rec["rejected"]
+        if rec.get("prompt") is not None:
+            prompt = prompt_messages(rec["prompt"], where)
+            pair = (_response(chosen, where, "chosen"), _response(rejected, where, "rejected"))
+        elif isinstance(chosen, str) and isinstance(rejected, str):
+            prompt, *pair = split_hh(chosen, rejected, where)
+        elif isinstance(chosen, list) and isinstance(rejected, list):
+            prompt, *pair = _implicit_prompt_pair(chosen, rejected, where)
+        else:
+            raise AlignError(f"{where}: 'chosen' and 'rejected' must both be strings or both be message lists")
+        return RankingRecord(prompt, list(pair), [[0], [1]], where)
+    raise AlignError(
+        f"{where}: unrecognised record with keys {sorted(rec)}; expected {{prompt, responses, ranking}} "
+        "(rankings), {prompt, chosen, rejected} (pairs) or {chosen, rejected} (Anthropic HH transcripts)"
+    )
+
+
+def rankings_path(path: str | Path) -> Path:
+    """A rankings file, or a rank stage folder holding rankings.jsonl."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        if (path / RANKINGS_FILE).is_file():
+            return path / RANKINGS_FILE
+        raise AlignError(f"{path}: directory holds no {RANKINGS_FILE}")
+    return path
+
+
+def read_rankings(path: str | Path, max_records: int | None = None) -> list[RankingRecord]:
+    """Every record of a rankings / pairs / HH file (JSONL, JSON list, csv/parquet or a datasets hub id)."""
+    from align.data import _records_from_datasets, read_records
+
+    source = rankings_path(path)
+    if source.is_file() and source.suffix in (".json", ".jsonl"):
+        rows = read_records(source)
+    elif source.exists() or str(path).startswith((".", "/", "~")):
+        if not source.exists():
+            raise AlignError(f"rankings file not found: {path}")
+        rows = _records_from_datasets(str(source), "train", local=True)
+    else:
+        rows = _records_from_datasets(str(path), "train", local=False)
+    records = []
+    for where, rec in rows:
+        records.append(parse_record(rec, where))
+        if max_records and len(records) >= max_records:
+            break
+    if not records:
+        raise AlignError(f"{path}: no rankings found")
+    return records
+
+
+# --------------------------------------------------------------------------- grouping for training
+
+
+@dataclass
+class PromptGroup:
+    """All responses a prompt got (duplicates merged) and every (better, worse) pair among them."""
+
+    prompt: list[dict]
+    responses: list[str]
+    pairs: list[tuple[int, int]]
+    k: int  # responses per ranking record (for accuracy by K)
+
+
+def prompt_key(messages: list[dict]) -> str:
+    return json.dumps(messages, sort_keys=True, ensure_ascii=False)
+
+
+def group_by_prompt(records: list[RankingRecord]) -> list[PromptGroup]:
+    """Merge records that share a prompt (e.g. several HH pairs) into one training element.
+
+    Identical response strings are merged, so each distinct response is scored once; a pair whose
+    two sides are the same text is dropped (it carries no preference). Order: first appearance.
+    """
+    groups: dict[str, PromptGroup] = {}
+    for rec in records:
+        key = prompt_key(rec.prompt)
+        group = groups.setdefault(key, PromptGroup(rec.prompt, [], [], rec.k))
+        group.k = max(group.k, rec.k)
+        index = {}
+        for i, response in enumerate(rec.responses):
+            if response not in group.responses:
+                group.responses.append(response)
+            index[i] = group.responses.index(response)
+        for b, w in expand_pairs(rec.ranking):
+            if index[b] != index[w]:
+                group.pairs.append((index[b], index[w]))
+    return list(groups.values())
+
+
+def split_by_prompt(groups: list[PromptGroup], eval_fraction: float, seed: int) -> tuple[list[PromptGroup], list[PromptGroup]]:
+    """Deterministic train / held-out split of prompts (never of pairs: a prompt is all in one side)."""
+    import random
+
+    if eval_fraction <= 0 or len(groups) < 2:
+        return groups, []
+    order = list(range(len(groups)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(len(groups) - 1, max(1, round(len(groups) * eval_fraction)))
+    held = set(order[:n_eval])
+    return [g for i, g in enumerate(groups) if i not in held], [g for i, g in enumerate(groups) if i in held]
+
+
+# --------------------------------------------------------------------------- writing (resumable)
+
+
+class JsonlAppender:
+    """Append records one by one, each flushed and fsynced, so a killed run loses at most the line in flight.
+
+    Opening an existing file first cuts off a partial last line (a write interrupted by the kill) and
+    collects `key_field` of every complete record, so a resumed run can skip what is already written.
+    """
+
+    def __init__(self, path: str | Path, key_field: str = "prompt"):
+        self.path = Path(path)
+        self.done: set[str] = set()
+        if self.path.exists():
+            self._repair_tail()
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    self.done.add(self.key(json.loads(line).get(key_field)))
+        self.key_field = key_field
+        self._fh = self.path.open("a", encoding="utf-8")
+
+    @staticmethod
+    def key(value: Any) -> str:
+        return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+    def _repair_tail(self) -> None:
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            with self.path.open("r+b") as fh:
+                fh.truncate(end)
+
+    def write(self, record: dict) -> None:
+        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self.done.add(self.key(record.get(self.key_field)))
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,233 @@
+"""`report.md` + `report.html` for a run directory: what ran, how long, key numbers, samples, plots.
+
+Reads only the files stages leave behind (summary.json, <stage>/metrics.json, loss_history.json,
+stats.jsonl, responses.jsonl, ...), so it can be re-made at any time with `align report RUN_DIR`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from align.stages import STAGE_ORDER
+
+PPO_CURVES = (
+    ("objective/scores", "objective/gold", "Reward-model score vs gold score (over-optimisation shows as a gap)"),
+    ("objective/kl", None, "KL(policy ‖ reference) per step"),
+    ("objective/rlhf_reward", None, "Shaped reward (score − β·KL)"),
+    ("tokens/response_len_mean", None, "Mean response length (tokens)"),
+)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # a torn last line from a killed run
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _plot_lines(path: Path, title: str, series: dict[str, list[tuple[float, float]]], xlabel: str = "step",
+                twin: str | None = None) -> Path | None:
+    """One PNG with a line per series (the `twin` series on a second y-axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    axes = {name: ax for name in series}
+    if twin and twin in series and len(series) > 1:
+        axes[twin] = ax.twinx()
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+    for (name, points), color in zip(series.items(), colors):
+        xs, ys = zip(*points)
+        axes[name].plot(xs, ys, label=name, color=color, marker="." if len(xs) < 40 else None)
+        axes[name].set_ylabel(name, color=color if twin else "black")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    handles = [h for a in set(axes.values()) for h in a.get_legend_handles_labels()[0]]
+    labels = [lab for a in set(axes.values()) for lab in a.get_legend_handles_labels()[1]]
+    ax.legend(handles, labels, fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _plot_bars(path: Path, title: str, groups: dict[str, dict[str, float]]) -> Path | None:
+    """Grouped bars: one group per policy, one bar per metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not groups:
+        return None
+    metrics = sorted({m for g in groups.values() for m in g})
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    width = 0.8 / max(len(metrics), 1)
+    for j, metric in enumerate(metrics):
+        xs = [i + j * width for i in range(len(groups))]
+        ys = [groups[g].get(metric, 0.0) for g in groups]
+        bars = ax.bar(xs, ys, width=width, label=metric)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks([i + width * (len(metrics) - 1) / 2 for i in range(len(groups))], list(groups))
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _flat_metrics(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows = []
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and len(value) <= 12:
+            rows.extend(_flat_metrics(value, name + "."))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            rows.append((name, value))
+    return rows
+
+
+def _stage_section(stage: str, stage_dir: Path, plots_dir: Path) -> tuple[list[str], list[Path]]:
+    """Markdown lines and plot files for one stage."""
+    lines: list[str] = []
+    plots: list[Path] = []
+    metrics = _read_json(stage_dir / "metrics.json") or {}
+    history = _read_json(stage_dir / "loss_history.json")
+    if history:
+        p = _plot_lines(plots_dir / f"{stage}_loss.png", f"{stage}: training loss", {"loss": history})
+        plots += [p] if p else []
+    if stage == "ppo":
+        stats = _read_jsonl(stage_dir / "stats.jsonl")
+        for i, (key, twin, title) in enumerate(PPO_CURVES):
+            series = {key: [(s.get("step", j), s[key]) for j, s in enumerate(stats) if key in s]}
+            if twin:
+                series[twin] = [(s.get("step", j), s[twin]) for j, s in enumerate(stats) if twin in s]
+            p = _plot_lines(plots_dir / f"ppo_{i}.png", title, series, twin=twin)
+            plots += [p] if p else []
+    if stage == "reward" and isinstance(metrics.get("accuracy_by_k"), dict):
+        p = _plot_bars(plots_dir / "reward_accuracy_by_k.png", "Reward model held-out accuracy by K",
+                       {f"K={k}": {"accuracy": float(v)} for k, v in metrics["accuracy_by_k"].items()
+                        if isinstance(v, (int, float))})
+        plots += [p] if p else []
+    if stage == "eval" and isinstance(metrics.get("policies"), dict):
+        groups = {name: {k: v for k, v in m.items() if k in ("gold_score", "strict_accuracy") and v is not None}
+                  for name, m in metrics["policies"].items()}
+        p = _plot_bars(plots_dir / "eval_gold.png", "Held-out gold score and strict accuracy", groups)
+        plots += [p] if p else []
+    shown = [(k, v) for k, v in _flat_metrics(metrics) if not k.startswith(("pass_rate", "policies.") ) or
+             k.count(".") <= 1 or k.split(".")[2] in ("gold_score", "strict_accuracy", "reward_score",
+                                                      "kl_to_reference", "response_words_mean")]
+    if shown:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in shown[:40]]
+        lines.append("")
+    for p in plots:
+        lines += [f"![{p.stem}](plots/{p.name})", ""]
+    lines += _samples(stage, stage_dir)
+    return lines, plots
+
+
+def _samples(stage: str, stage_dir: Path, n: int = 3) -> list[str]:
+    """A few outputs, in fenced blocks (model output is untrusted text; fences keep it inert)."""
+    def block(text: str) -> list[str]:
+        return ["```text", str(text).replace("```", "ˋˋˋ")[:800], "```"]
+
+    out: list[str] = []
+    if stage == "eval":
+        for row in _read_jsonl(stage_dir / "responses.jsonl")[:n]:
+            out += ["**Prompt**", *block(row.get("prompt", ""))]
+            for key, val in row.items():
+                if isinstance(val, dict) and "response" in val:
+                    out += [f"**{key}** (gold {_fmt(val.get('gold'))})", *block(val["response"])]
+    elif stage == "ppo":
+        for row in _read_jsonl(stage_dir / "samples.jsonl")[-n:]:
+            out += [f"**step {row.get('step')}** score {_fmt(row.get('score'))}", *block(row.get("query", "")),
+                    *block(row.get("response", ""))]
+    elif stage == "rank":
+        for row in _read_jsonl(stage_dir / "rankings.jsonl")[:1]:
+            out += ["**Prompt**", *block(row.get("prompt", "")), f"ranking: `{row.get('ranking')}`"]
+            for i, r in enumerate(row.get("responses", [])[:4]):
+                out += [f"response {i}", *block(r)]
+    elif stage == "self_instruct":
+        data = sorted(stage_dir.glob("*.jsonl"))
+        rows = _read_jsonl(data[0]) if data else []
+        for row in rows[:n]:
+            out += block(json.dumps(row, ensure_ascii=False, indent=1))
+    if out:
+        out = ["<details><summary>Samples</summary>", "", *out, "", "</details>", ""]
+    return out
+
+
+def write_report(run_dir: str | Path) -> tuple[Path, Path]:
+    """Write report.md and report.html (with plots/ PNGs) into the run directory."""
+    run_dir = Path(run_dir)
+    plots_dir = run_dir / "plots"
+    summary = _read_json(run_dir / "summary.json") or []
+    by_stage = {rec["name"]: rec for rec in summary if isinstance(rec, dict)}
+    stages = [s for s in STAGE_ORDER if (run_dir / s).is_dir()]
+    total = sum(float((_read_json(run_dir / s / "metrics.json") or {}).get("seconds", 0) or 0) for s in stages)
+    lines = [f"# align run report: {run_dir.name}", "",
+             f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}. Stages: {' → '.join(stages) or 'none'}. "
+             f"Stage time (sum of last runs): {total:.0f} s.", "",
+             "| stage | status | time (s) |", "|---|---|---|"]
+    for stage in stages:
+        rec = by_stage.get(stage, {})
+        seconds = (_read_json(run_dir / stage / "metrics.json") or {}).get("seconds", "")
+        status = rec.get("status", "complete" if (run_dir / stage / "COMPLETE").exists() else "incomplete")
+        lines.append(f"| {stage} | {status} | {_fmt(seconds)} |")
+    lines.append("")
+    for stage in stages:
+        section, _ = _stage_section(stage, run_dir / stage, plots_dir)
+        lines += [f"## {stage}", "", *section]
+    md_text = "\n".join(lines) + "\n"
+    md_path = run_dir / "report.md"
+    md_path.write_text(md_text, encoding="utf-8")
+    html_path = run_dir / "report.html"
+    html_path.write_text(_to_html(md_text, run_dir.name), encoding="utf-8")
+    return md_path, html_path
+
+
+def _to_html(md_text: str, title: str) -> str:
+    try:
+        import markdown
+
+        body = markdown.markdown(md_text, extensions=["tables", "fenced_code"])
+    except ImportError:  # plain fallback: escaped text
+        body = f"<pre>{html.escape(md_text)}</pre>"
+    style = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;font-size:14px}"
+             "pre{background:#f6f6f6;padding:8px;overflow-x:auto;white-space:pre-wrap}img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{body}</body></html>\n")
