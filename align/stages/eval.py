@@ -33,7 +33,9 @@ class LmEvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tasks: list[str] = Field(description="lm-eval task names, e.g. [hellaswag, arc_easy] or local YAML task names.")
-    include_path: str | None = Field(None, description="Folder of local task YAMLs (offline use).")
+    include_path: str | None = Field(
+        None, description="Folder of local task YAMLs (offline use); lm-eval runs inside it, so data_files "
+        "paths in the YAMLs are relative to it.")
     limit: int | None = Field(None, gt=0, description="Examples per task (None = all).")
     batch_size: int = Field(8, gt=0)
     num_fewshot: int | None = None
@@ -114,11 +116,16 @@ def run_lm_eval(model_ref: str, cfg: LmEvalConfig, out_dir: Path) -> dict[str, A
         model_args = f"pretrained={base},peft={resolved},tokenizer={resolved}"
     else:
         model_args = f"pretrained={resolved}"
+    out_dir = out_dir.resolve()
     cmd = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", model_args + ",dtype=float32",
            "--tasks", ",".join(cfg.tasks), "--batch_size", str(cfg.batch_size), "--output_path", str(out_dir),
            "--device", "cuda" if _cuda() else "cpu"]
+    cwd = None
     if cfg.include_path:
-        cmd += ["--include_path", cfg.include_path]
+        cwd = str(Path(cfg.include_path).resolve())
+        if not Path(cwd).is_dir():
+            raise AlignError(f"eval.lm_eval.include_path: {cfg.include_path} is not a folder")
+        cmd += ["--include_path", cwd]
     if cfg.limit:
         cmd += ["--limit", str(cfg.limit)]
     if cfg.num_fewshot is not None:
@@ -129,7 +136,7 @@ def run_lm_eval(model_ref: str, cfg: LmEvalConfig, out_dir: Path) -> dict[str, A
         import lm_eval  # noqa: F401
     except ImportError as exc:
         raise AlignError("eval.lm_eval needs lm-evaluation-harness: pip install lm_eval") from exc
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     (out_dir / "lm_eval.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise AlignError(f"lm_eval failed for {model_ref} (exit {proc.returncode}); see {out_dir / 'lm_eval.log'}:\n"

@@ -1,0 +1,82 @@
+"""Per-step statistics (alpaca_farm / TRL names) and where they go: stats.jsonl, tensorboard, samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from align.ppo.queries import last_user_message
+from align.ppo.rollout import Rollouts
+from align.ppo.update import Advantages
+from align.rl import masked_mean
+
+
+def record_step_stats(r: Rollouts, adv: Advantages, update: dict[str, float], kl_coef: float) -> dict[str, float]:
+    """What happened in one step. Sequence-level quantities are per-response sums, then batch means."""
+    mask = r.response_mask.float()
+    kl_per_seq = (adv.kl * mask).sum(dim=1)
+    stats = {
+        "objective/kl": float(kl_per_seq.mean()),
+        "objective/kl_coef": kl_coef,
+        "objective/rlhf_reward": float((r.scores - kl_coef * kl_per_seq).mean()),
+        "objective/scores": float(r.scores.mean()),
+        "objective/scores_raw": float(r.raw_scores.mean()),
+        "objective/scores_std": float(r.scores.std()) if len(r) > 1 else 0.0,
+        "objective/entropy": float((-r.logprobs * mask).sum(dim=1).mean()),
+        "val/returns_mean": float(masked_mean(adv.returns, r.response_mask)),
+        "val/values_mean": float(masked_mean(r.values, r.response_mask)),
+        "tokens/response_len_mean": float(mask.sum(dim=1).mean()),
+        "eos/fraction": float(r.has_eos.float().mean()),
+    }
+    if r.gold is not None:
+        stats["objective/gold"] = float(r.gold.mean())
+    stats.update(update)
+    return stats
+
+
+class StatsLog:
+    """Append-only stats.jsonl / samples.jsonl plus an optional tensorboard writer."""
+
+    def __init__(self, stage_dir: Path, tensorboard: bool, start_step: int) -> None:
+        self.stats_file = stage_dir / "stats.jsonl"
+        self.samples_file = stage_dir / "samples.jsonl"
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a killed run wrote after the checkpoint we resume from
+            self.writer = SummaryWriter(str(stage_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+
+    def log(self, step: int, stats: dict[str, float]) -> None:
+        with self.stats_file.open("a") as f:
+            f.write(json.dumps({"step": step, **stats}) + "\n")
+        if self.writer is not None:
+            for key, value in stats.items():
+                self.writer.add_scalar(key, value, step)
+
+    def samples(self, step: int, r: Rollouts, n: int) -> None:
+        with self.samples_file.open("a") as f:
+            for i in range(min(n, len(r))):
+                rec: dict[str, Any] = {
+                    "step": step, "prompt": last_user_message(r.queries[i]), "response": r.responses[i],
+                    "score": float(r.scores[i]), "raw_score": float(r.raw_scores[i]), "eos": bool(r.has_eos[i]),
+                }
+                if r.gold is not None:
+                    rec["gold"] = float(r.gold[i])
+                f.write(json.dumps(rec) + "\n")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+
+
+def read_stats(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def mean_of(values: list[float]) -> float | None:
+    return float(torch.tensor(values).mean()) if values else None

@@ -1,0 +1,157 @@
+"""One PPO update on a batch of rollouts: rewards -> advantages -> ppo_epochs of clipped updates.
+
+Losses are token-level means over each optimizer batch (mini_batch_size * grad_accum rollouts).
+A micro-batch's loss is weighted by its share of the optimizer batch's response tokens, so
+8 rollouts x 1 micro-batch and 4 x 2 accumulated give the same gradient, not just a similar one.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+
+from align.ppo.config import PPOSettings
+from align.ppo.policy import ModelRoles, policy_forward
+from align.ppo.rollout import Rollouts
+from align.rl import (
+    compute_gae,
+    entropy_from_logits,
+    logprobs_from_logits,
+    masked_mean,
+    masked_whiten,
+    ppo_policy_loss,
+    ppo_value_loss,
+    shape_rewards,
+    whiten_advantages,
+)
+
+
+@dataclass
+class Advantages:
+    rewards: torch.Tensor  # (B, R) shaped per-token rewards
+    kl: torch.Tensor  # (B, R) per-token KL estimate
+    advantages: torch.Tensor  # (B, R)
+    returns: torch.Tensor  # (B, R) value targets
+
+
+def estimate_advantages(r: Rollouts, kl_coef: float, s: PPOSettings) -> Advantages:
+    """Score at the last token, -beta * KL on every token, then GAE (and whitening)."""
+    mask = r.response_mask
+    rewards, kl = shape_rewards(r.scores, r.logprobs, r.ref_logprobs, mask, kl_coef, s.kl_estimator)
+    if s.whiten_rewards:
+        rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
+    advantages, returns = compute_gae(rewards, r.values, mask, s.gamma, s.lam)
+    if s.whiten_advantages:
+        advantages = whiten_advantages(advantages, mask)
+    return Advantages(rewards, kl, advantages, returns)
+
+
+class PtxBatches:
+    """PPO-ptx: demonstrations tokenised once, drawn in micro-batches for an SFT log-likelihood term."""
+
+    def __init__(self, tokenizer, examples: list[dict], max_length: int, seed: int) -> None:
+        from align.errors import AlignError
+
+        self.rows: list[tuple[list[int], int]] = []  # (ids, number of prompt tokens)
+        for ex in examples:
+            prompt = tokenizer.apply_chat_template(ex["prompt"], add_generation_prompt=True, tokenize=False)
+            full = tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=False)
+            if not full.startswith(prompt):  # templates that re-render earlier turns: fall back to concatenation
+                full = prompt + ex["completion"][0]["content"] + (tokenizer.eos_token or "")
+            n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            ids = tokenizer(full, add_special_tokens=False)["input_ids"][:max_length]
+            if len(ids) > n_prompt:
+                self.rows.append((ids, n_prompt))
+        if not self.rows:
+            raise AlignError(f"ppo: no ptx example has a completion within ptx_max_length={max_length} tokens")
+        self.pad_id, self.seed = tokenizer.pad_token_id, seed
+
+    def sample(self, n: int, key: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """n examples chosen by a generator seeded with key (deterministic across resumes)."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + key)
+        picks = torch.randint(len(self.rows), (n,), generator=g).tolist()
+        width = max(len(self.rows[i][0]) for i in picks)
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        labels = torch.full((n, width), -100, dtype=torch.long)
+        for row, i in enumerate(picks):
+            seq, n_prompt = self.rows[i]
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+            labels[row, n_prompt : len(seq)] = torch.tensor(seq[n_prompt:])
+        return ids, mask, labels
+
+
+def ptx_loss(roles: ModelRoles, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of the demonstration's response tokens under the policy."""
+    with roles.autocast():
+        logits = roles.model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
+    targets = labels[:, 1:]
+    valid = targets != -100
+    logp = logprobs_from_logits(logits, targets.clamp(min=0))
+    return -masked_mean(logp, valid)
+
+
+def step_with_rollouts(
+    roles: ModelRoles,
+    optimizer: torch.optim.Optimizer,
+    r: Rollouts,
+    adv: Advantages,
+    s: PPOSettings,
+    seed: int,
+    step: int,
+    ptx: PtxBatches | None = None,
+) -> dict[str, float]:
+    """ppo_epochs passes over the rollouts in shuffled optimizer batches; returns mean stats."""
+    params = roles.trainable_parameters()
+    B = len(r)
+    per_update = s.mini_batch_size * s.grad_accum
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)  # same shuffles on resume
+    device = roles.device
+    totals: dict[str, float] = defaultdict(float)
+    n_updates = 0
+    for epoch in range(s.ppo_epochs):
+        order = torch.randperm(B, generator=g)
+        for u, start in enumerate(range(0, B, per_update)):
+            group = order[start : start + per_update]
+            n_tokens = r.response_mask[group].sum().clamp(min=1)
+            optimizer.zero_grad(set_to_none=True)
+            update_stats: dict[str, float] = defaultdict(float)
+            for m, micro_start in enumerate(range(0, per_update, s.mini_batch_size)):
+                rows = group[micro_start : micro_start + s.mini_batch_size]
+                weight = float(r.response_mask[rows].sum() / n_tokens)
+                ids, attn, width = r.inputs(rows)
+                ids, attn = ids.to(device), attn.to(device)
+                mask = r.response_mask[rows, :width].to(device)
+                old_logprobs = r.logprobs[rows, :width].to(device)
+                old_values = r.values[rows, :width].to(device)
+                advantages = adv.advantages[rows, :width].to(device)
+                returns = adv.returns[rows, :width].to(device)
+
+                logits, values = policy_forward(roles, ids, attn, width)
+                logprobs = logprobs_from_logits(logits, ids[:, -width:], s.temperature)
+                pg_loss, pg_stats = ppo_policy_loss(logprobs, old_logprobs, advantages, mask, s.cliprange)
+                vf_loss, vf_stats = ppo_value_loss(values.float(), old_values, returns, mask, s.cliprange_value)
+                entropy = masked_mean(entropy_from_logits(logits, s.temperature), mask)
+                loss = pg_loss + s.vf_coef * vf_loss - s.entropy_coef * entropy
+                (loss * weight).backward()
+                micro_stats = {**pg_stats, **vf_stats, "policy/entropy": entropy.detach(), "loss/total": loss.detach()}
+                for k, v in micro_stats.items():
+                    update_stats[k] += float(v) * weight
+                del logits
+                if ptx is not None and s.ptx_coef > 0:  # InstructGPT's PPO-ptx: + gamma * log-likelihood
+                    key = ((step * s.ppo_epochs + epoch) * 10_000 + u) * 100 + m
+                    p_ids, p_mask, p_labels = (t.to(device) for t in ptx.sample(len(rows), key))
+                    nll = ptx_loss(roles, p_ids, p_mask, p_labels)
+                    (s.ptx_coef * nll / s.grad_accum).backward()
+                    update_stats["loss/ptx"] += float(nll) / s.grad_accum
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+            optimizer.step()
+            update_stats["policy/grad_norm"] = float(grad_norm)
+            for k, v in update_stats.items():
+                totals[k] += v
+            n_updates += 1
+    optimizer.zero_grad(set_to_none=True)
+    return {k: v / n_updates for k, v in totals.items()}

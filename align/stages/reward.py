@@ -1,0 +1,249 @@
+"""Reward model training from rankings (InstructGPT step 2): a scalar head learns which response is better.
+
+Data: rankings (K responses per prompt, best → worst, ties allowed), plain pairs or Anthropic HH
+pairs (K = 2); records sharing a prompt are merged into one prompt group. Held-out prompts
+(eval_fraction) measure pairwise accuracy.
+
+Why not TRL's RewardTrainer: it takes (chosen, rejected) pairs, so a K-response ranking becomes
+K·(K−1)/2 independent pairs, each response is forwarded K−1 times per epoch, and prompts with many
+responses dominate the loss. InstructGPT puts a prompt's K responses in ONE batch element (each
+response forwarded once) and weighs prompts equally. So: a `transformers.Trainer` (its loop,
+checkpoints, resume, schedules untouched) with our collator and `compute_loss`.
+
+Outputs (``model/``): PEFT adapter (LoRA/DoRA on a SEQ_CLS model, score head saved with it) or a full
+checkpoint, tokenizer, ``align_reward.json``, ``reward_normalization.json``; ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from align.config import TrainConfig
+from align.errors import AlignError
+from align.models import AdapterConfig, ModelConfig
+from align.stages import StageContext, StageResult
+
+log = logging.getLogger("align.reward")
+
+
+class Config(BaseModel):
+    """The `reward:` section of a recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelConfig = Field(description="Base: causal LM (e.g. @sft, tiny-llama) or an encoder dir (BERT-style).")
+    data: str = Field(description="Rankings / pairs / HH file, or @rank.")
+    eval_data: str | None = Field(None, description="Extra held-out rankings or pairs to report accuracy on.")
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of PROMPTS held out for accuracy.")
+    max_records: int | None = Field(None, gt=0, description="Use only the first N records of data.")
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="lora/dora (score head trained too) "
+                                   "or full; quantization: 4bit on the model gives QLoRA.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="batch_size counts PROMPTS (each with all "
+                               "its responses).")
+    margin: float = Field(0.0, ge=0, description="Loss −log σ(r_better − r_worse − margin); 0 = InstructGPT.")
+    format: Literal["auto", "chat", "pair"] = Field(
+        "auto", description="chat: chat template (causal LMs); pair: 'prompt [SEP] response' (encoders).")
+    normalize_data: str | None = Field(None, description="Responses whose mean reward is set to 0 (prompt/completion "
+                                       "data, e.g. SFT samples); default: every response in the training rankings.")
+    score_batch_size: int = Field(16, gt=0, description="Rows per forward pass when scoring for eval/normalization.")
+
+
+def make_trainer_class():
+    """Trainer with our loss; built lazily so recipe validation does not import transformers."""
+    from transformers import Trainer
+
+    from align.reward_model import ranking_loss
+
+    class RankingRewardTrainer(Trainer):
+        """Only compute_loss (and logging its stats) changes; the training loop is transformers'."""
+
+        loss_is_scaled_for_ga = False  # our loss is a mean: the Trainer divides it by grad_accum
+        margin = 0.0
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.rm_stats: dict[str, Any] = {"accuracy": [], "margin": [], "rows": 0}
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            better, worse, pair_prompt = inputs.pop("better"), inputs.pop("worse"), inputs.pop("pair_prompt")
+            outputs = model(**inputs)  # ONE forward over every response of the batch's prompts
+            rewards = outputs.logits[:, 0].float()  # [N] one per response row
+            loss = ranking_loss(rewards, better, worse, pair_prompt, self.margin)
+            diff = (rewards[better] - rewards[worse]).detach()
+            self.rm_stats["accuracy"].append((diff > 0).float().mean().item())
+            self.rm_stats["margin"].append(diff.mean().item())
+            self.rm_stats["rows"] += int(rewards.shape[0])
+            return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            stats = self.rm_stats
+            if stats["accuracy"] and "loss" in logs:
+                logs["accuracy"] = sum(stats["accuracy"]) / len(stats["accuracy"])
+                logs["margin"] = sum(stats["margin"]) / len(stats["margin"])
+                stats["accuracy"].clear()
+                stats["margin"].clear()
+            super().log(logs, start_time)
+
+    return RankingRewardTrainer
+
+
+class GroupDataset:
+    """Encoded prompt groups (a list is all the Trainer needs: __len__ and __getitem__)."""
+
+    def __init__(self, items: list[dict]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+def prepare_base(model_cfg: ModelConfig, stage_dir: Path) -> str:
+    """The base checkpoint dir: an adapter (e.g. @sft with LoRA) is merged into a full base first,
+    so the reward adapter sits on a plain checkpoint that transformers/peft load on their own."""
+    from align.models import load_causal_lm, load_tokenizer, resolve_model_ref
+
+    resolved = resolve_model_ref(model_cfg.name)
+    if not (Path(resolved) / "adapter_config.json").exists():
+        return resolved
+    target = stage_dir / "base"
+    if not (target / "config.json").exists():
+        log.info("reward: merging the adapter %s into a full base at %s", resolved, target)
+        merged = load_causal_lm(model_cfg.model_copy(update={"name": resolved, "quantization": "none"}))
+        merged = merged.merge_and_unload()
+        merged.save_pretrained(str(target))
+        load_tokenizer(resolved).save_pretrained(str(target))
+    return str(target)
+
+
+def run(cfg: Config, ctx: StageContext) -> StageResult:
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import TrainingArguments
+
+    from align.data import load_examples
+    from align.models import guard_4bit_cpu_gradients, load_sequence_classifier, load_tokenizer, peft_config, pick_precision
+    from align.rankings import group_by_prompt, read_rankings, split_by_prompt
+    from align.reward_model import (
+        META_FILE, NORM_FILE, RewardModel, collate_groups, detect_format, encode_group, normalization_stats,
+        pair_metrics,
+    )
+    from align.training import last_checkpoint, loss_history, trainer_args
+
+    if cfg.adapter.type in ("prefix", "prompt"):
+        raise AlignError(f"reward: adapter type {cfg.adapter.type} is not supported for reward models; "
+                         "use lora, dora or full")
+    if cfg.adapter.type == "full" and cfg.model.quantization != "none":
+        raise AlignError(f"reward: full fine-tuning of a {cfg.model.quantization} model is not supported; "
+                         "use adapter.type: lora (QLoRA) or quantization: none")
+
+    # ---- data: prompt groups, split by prompt
+    records = read_rankings(ctx.resolve(cfg.data), cfg.max_records)
+    groups = group_by_prompt(records)
+    train_groups, heldout = split_by_prompt(groups, cfg.eval_fraction, ctx.seed)
+    usable = [g for g in train_groups if g.pairs]
+    if not usable:
+        raise AlignError(f"reward: {cfg.data} has no usable training pairs (every ranking is one tie group)")
+
+    # ---- model: base (adapters merged first), tokenizer, scalar head, adapter
+    model_cfg = cfg.model.model_copy(update={"name": ctx.resolve(cfg.model.name)})
+    base = prepare_base(model_cfg, ctx.stage_dir)
+    model_cfg = model_cfg.model_copy(update={"name": base})
+    text_format = detect_format(base) if cfg.format == "auto" else cfg.format
+    tokenizer = load_tokenizer(base)
+    tokenizer.padding_side = "right"
+    precision = pick_precision(model_cfg.precision)
+    model = load_sequence_classifier(model_cfg, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.use_cache = False  # training forwards need no KV cache
+    if cfg.adapter.type != "full":
+        if model_cfg.quantization != "none":
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+        lora = peft_config(cfg.adapter, task_type="SEQ_CLS")
+        head = [n for n in ("score", "classifier") if hasattr(model, n)]
+        lora.modules_to_save = head  # the freshly initialised scalar head is trained and saved with the adapter
+        model = get_peft_model(model, lora)
+    guard_4bit_cpu_gradients(model)
+
+    train_items = [encode_group(tokenizer, g, text_format, cfg.train.max_length) for g in usable]
+    checkpoints = ctx.stage_dir / "checkpoints"
+    args = trainer_args(TrainingArguments, cfg.train, checkpoints, precision, ctx.seed)
+    trainer_cls = make_trainer_class()
+    trainer_cls.margin = cfg.margin
+    trainer = trainer_cls(
+        model=model, args=args, train_dataset=GroupDataset(train_items),
+        data_collator=lambda features: collate_groups(features, tokenizer.pad_token_id),
+    )
+    guard_4bit_cpu_gradients(trainer.model)
+    resume = last_checkpoint(checkpoints)
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - started
+    rows = trainer.rm_stats["rows"]
+
+    # ---- evaluate: pairwise accuracy on train and held-out prompts
+    rm = RewardModel(trainer.model, tokenizer, text_format, cfg.train.max_length)
+    train_rewards = rm.score_groups(usable, cfg.score_batch_size)
+    train_stats = pair_metrics(train_rewards, usable)
+    held_stats = pair_metrics(rm.score_groups(heldout, cfg.score_batch_size), heldout) if heldout else {}
+
+    # ---- normalize: mean reward of the SFT samples → 0 (InstructGPT, before RL)
+    if cfg.normalize_data:
+        examples = load_examples(ctx.resolve(cfg.normalize_data))
+        norm_raw = rm.score_raw([e["prompt"] for e in examples], [e["completion"][0]["content"] for e in examples],
+                                cfg.score_batch_size)
+    else:
+        norm_raw = [r for rewards in train_rewards for r in rewards]
+    norm = normalization_stats(norm_raw)
+
+    # ---- save: adapter or full checkpoint + tokenizer + our two small json files
+    out_dir = ctx.stage_dir / "model"
+    is_adapter = cfg.adapter.type != "full"
+    trainer.model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    (out_dir / NORM_FILE).write_text(json.dumps(norm, indent=2))
+    meta = {"base": base, "adapter": is_adapter, "max_length": cfg.train.max_length, "format": text_format,
+            "quantization": model_cfg.quantization}
+    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2))
+
+    losses = loss_history(trainer.state.log_history, "loss")
+    (ctx.stage_dir / "loss_history.json").write_text(json.dumps(losses))
+    metrics: dict[str, Any] = {
+        "accuracy": train_stats["accuracy"],
+        "heldout_accuracy": held_stats.get("accuracy"),
+        "heldout_pairs": held_stats.get("pairs", 0),
+        "heldout_fully_ordered": held_stats.get("fully_ordered"),
+        "accuracy_by_k": held_stats.get("accuracy_by_k") or train_stats["accuracy_by_k"],
+        "mean_margin": held_stats.get("mean_margin") if heldout else train_stats["mean_margin"],
+        "train_loss": output.training_loss,
+        "first_loss": losses[0][1] if losses else None,
+        "last_loss": losses[-1][1] if losses else None,
+        "steps": trainer.state.global_step,
+        "prompts": len(usable),
+        "heldout_prompts": len(heldout),
+        "skipped_all_tied": len(train_groups) - len(usable),
+        "train_pairs": train_stats["pairs"],
+        "forward_rows": rows,  # response rows forwarded in training: each response once per epoch
+        "train_seconds": round(seconds, 2),
+        "resumed_from": resume,
+        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "adapter": cfg.adapter.type,
+        "quantization": model_cfg.quantization,
+        "format": text_format,
+        "normalization_mean": round(norm["mean"], 5),
+        "normalization_std": round(norm["std"], 5),
+    }
+    if cfg.eval_data:
+        extra = group_by_prompt(read_rankings(ctx.resolve(cfg.eval_data)))
+        extra_stats = pair_metrics(rm.score_groups(extra, cfg.score_batch_size), extra)
+        metrics["eval_data_accuracy"] = extra_stats["accuracy"]
+        metrics["eval_data_accuracy_by_k"] = extra_stats["accuracy_by_k"]
+    del trainer, model, rm
+    return StageResult(outputs={"model": str(out_dir)}, metrics=metrics)

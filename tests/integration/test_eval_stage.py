@@ -1,0 +1,71 @@
+"""The eval stage on tiny-llama: gold metrics, KL, win rates, lm-eval offline, report files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from align.stages import StageContext
+from align.stages.eval import Config, run
+
+REPO = Path(__file__).resolve().parents[2]
+TASKS = REPO / "tests" / "fixtures" / "lm_eval_tasks"
+
+
+def test_eval_stage_gold_kl_winrate(tmp_path, tiny_model_dir):
+    cfg = Config.model_validate({
+        "policies": {"base": "tiny-llama", "same": tiny_model_dir},
+        "num_prompts": 6, "max_new_tokens": 12, "reference": "tiny-llama", "judge": "gold",
+    })
+    result = run(cfg, StageContext("eval", tmp_path, tmp_path, 0, {}))
+    pol = result.metrics["policies"]
+    assert 0.0 <= pol["base"]["gold_score"] <= 1.0
+    # the same weights under two names: identical greedy outputs, zero KL, a 50% win rate (all ties)
+    assert pol["same"]["gold_score"] == pol["base"]["gold_score"]
+    assert abs(pol["same"]["kl_to_reference"]) < 1e-4
+    assert pol["same"]["win_rate_vs_base"] == 0.5
+    rows = [json.loads(line) for line in Path(result.outputs["responses"]).read_text().splitlines()]
+    assert len(rows) == 6 and rows[0]["base"]["response"] == rows[0]["same"]["response"]
+
+
+def test_eval_stage_rejects_bad_baseline(tmp_path):
+    from align.errors import AlignError
+
+    cfg = Config.model_validate({"policies": {"a": "tiny-llama"}, "baseline": "b"})
+    with pytest.raises(AlignError, match="baseline"):
+        run(cfg, StageContext("eval", tmp_path, tmp_path, 0, {}))
+
+
+def test_lm_eval_offline_on_local_task(tmp_path, tiny_model_dir):
+    pytest.importorskip("lm_eval")
+    from align.stages.eval import LmEvalConfig, run_lm_eval
+
+    results = run_lm_eval("tiny-llama", LmEvalConfig(tasks=["align_tiny_facts"], include_path=str(TASKS),
+                                                      batch_size=4), tmp_path)
+    acc = results["align_tiny_facts"]["acc,none"]
+    assert 0.0 <= acc <= 1.0
+
+
+def test_report_files_and_plots(tmp_path):
+    from align.report import write_report
+
+    run = tmp_path / "run"
+    (run / "sft").mkdir(parents=True)
+    (run / "sft" / "metrics.json").write_text(json.dumps({"last_loss": 1.2, "seconds": 3}))
+    (run / "sft" / "loss_history.json").write_text(json.dumps([[1, 2.0], [2, 1.5], [3, 1.2]]))
+    (run / "ppo").mkdir()
+    (run / "ppo" / "metrics.json").write_text(json.dumps({"seconds": 5}))
+    (run / "ppo" / "stats.jsonl").write_text("\n".join(json.dumps(
+        {"step": i, "objective/scores": 0.1 * i, "objective/gold": 0.05 * i, "objective/kl": 0.01 * i})
+        for i in range(5)) + "\n")
+    (run / "ppo" / "samples.jsonl").write_text(json.dumps(
+        {"step": 4, "query": "q", "response": "<script>alert(1)</script>", "score": 1.0}) + "\n")
+    md, html = write_report(run)
+    text = md.read_text()
+    assert "## sft" in text and "## ppo" in text and "plots/sft_loss.png" in text
+    pngs = sorted((run / "plots").glob("*.png"))
+    assert len(pngs) >= 3 and all(p.stat().st_size > 2000 for p in pngs)
+    page = html.read_text()
+    assert "<script>alert" not in page and "&lt;script&gt;" in page
