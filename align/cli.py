@@ -125,6 +125,52 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+@command
+def cmd_serve(args: argparse.Namespace) -> int:
+    from align.serve import serve
+
+    serve(args.model, host=args.host, port=args.port, model_name=args.model_name)
+    return 0
+
+
+@command
+def cmd_self_instruct(args: argparse.Namespace) -> int:
+    from align.stages.self_instruct import run_standalone
+
+    teacher: dict = {"type": "local", "model": args.teacher}
+    if args.teacher_url:
+        teacher = {"type": "openai", "base_url": args.teacher_url, "model": args.teacher_model or args.teacher,
+                   "api_key_env": args.api_key_env}
+    if args.endpoint:
+        teacher["endpoint"] = args.endpoint
+    settings = {"teacher": teacher, "method": args.method, "num_instructions": args.num_instructions}
+    if args.seeds:
+        settings["seeds"] = args.seeds
+    result = run_standalone(settings, args.out, seed=args.seed)
+    print(f"self-instruct: {result.metrics['kept']}/{args.num_instructions} instructions in {args.out}"
+          f" -> {result.outputs['data']}")
+    return 0 if result.metrics.get("complete") else 1
+
+
+@command
+def cmd_score(args: argparse.Namespace) -> int:
+    from align.reward_model import load_reward_model
+
+    reward_model = load_reward_model(args.model)
+    prompts = [_chat_messages(args.prompt, args.system)] * len(args.response)
+    scorer = reward_model.score_raw if args.raw else reward_model.score
+    for response, value in zip(args.response, scorer(prompts, args.response)):
+        print(f"{value:.4f}" if len(args.response) == 1 else f"{value:.4f}\t{response}")
+    return 0
+
+
+@command
+def cmd_label(args: argparse.Namespace) -> int:
+    from align.label.command import run_label_command
+
+    return run_label_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="align", description="Post-training alignment: Self-Instruct, SFT, "
                                      "reward models, PPO RLHF, evaluation.")
@@ -156,6 +202,44 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-new-tokens", type=int, default=256)
         p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy.")
         p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("serve", help="Serve a model over an OpenAI-compatible HTTP API.")
+    p.add_argument("model", help="Model reference, model/adapter dir, or a run's stage dir.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model-name", help="Name clients use for the model (default: the reference).")
+
+    p = sub.add_parser("self-instruct", help="Generate instruction data with a teacher (Self-Instruct / Alpaca).")
+    p.add_argument("--seeds", help="Seed tasks JSONL (default: the 175 shipped Self-Instruct seeds).")
+    p.add_argument("--teacher", default="smollm2-135m-instruct",
+                   help="Local teacher model reference (or the model name with --teacher-url).")
+    p.add_argument("--teacher-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
+    p.add_argument("--teacher-model", help="Model name at --teacher-url (default: --teacher).")
+    p.add_argument("--api-key-env", help="NAME of the environment variable holding the API key.")
+    p.add_argument("--endpoint", choices=["chat", "completions"], help="How prompts are sent to the teacher.")
+    p.add_argument("--method", choices=["self_instruct", "alpaca"], default="self_instruct")
+    p.add_argument("--num-instructions", type=int, default=100, help="Instructions to keep.")
+    p.add_argument("--out", required=True, help="Output directory (re-run the same command to resume).")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("score", help="Print a reward model's reward for a prompt and response(s).")
+    p.add_argument("model", help="Reward model dir or a run's reward stage dir (e.g. runs/x/reward).")
+    p.add_argument("--prompt", required=True, help="The user prompt.")
+    p.add_argument("--response", action="append", required=True, help="Repeat to score several responses.")
+    p.add_argument("--system", help="System message placed before the prompt.")
+    p.add_argument("--raw", action="store_true", help="The head's raw output (default: normalized, SFT mean = 0).")
+
+    p = sub.add_parser("label", help="Rank responses yourself in a local web page (`align label stats FILE`: "
+                       "counts, flags, inter-labeler agreement).")
+    p.add_argument("tasks", help="Tasks JSONL of {prompt, responses} (the rank stage's tasks.jsonl), or `stats`.")
+    p.add_argument("rankings", nargs="?", help="With `stats`: the labels file to summarise.")
+    p.add_argument("--out", help="Labels file to write (JSONL rankings; re-run to resume).")
+    p.add_argument("--port", type=int, default=8600, help="0 picks a free port.")
+    p.add_argument("--host", default="127.0.0.1", help="Non-local addresses need --allow-remote.")
+    p.add_argument("--labeler", help="Your name, stored with each label (default: your user name).")
+    p.add_argument("--token", help="Require this token on every request (?token=... or X-Label-Token header).")
+    p.add_argument("--allow-remote", action="store_true", help="Allow binding to a non-local address.")
+    p.add_argument("--json", action="store_true", help="With `stats`: print JSON.")
     return parser
 
 

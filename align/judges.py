@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from align.errors import AlignError
 from align.rankings import Ranking
+from align.teachers import TeacherConfig
 
 GoldFn = Callable[[str, str], float]
 
@@ -62,22 +63,12 @@ class LLMJudgeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["llm"] = "llm"
-    teacher: dict[str, Any] = Field(description="Teacher settings (align.teachers.TeacherConfig).")
+    teacher: TeacherConfig = Field(description="The judging model: a model reference (local) or {type: openai, "
+                                   "model, base_url, api_key_env}.")
     mode: Literal["pairwise", "listwise"] = Field(
         "pairwise", description="pairwise: A/B per pair, both orders, Copeland; listwise: full order, forward + reversed.")
     max_tokens: int = Field(16, gt=0, description="Tokens the judge may write per answer.")
     temperature: float = Field(0.0, ge=0, description="Judge sampling temperature (0 = greedy).")
-
-    @field_validator("teacher")
-    @classmethod
-    def _valid_teacher(cls, value: dict[str, Any]) -> dict[str, Any]:
-        # align.teachers is written separately; validate against it when it is there.
-        try:
-            from align.teachers import TeacherConfig
-        except ImportError:
-            return value
-        TeacherConfig.model_validate(value)
-        return value
 
 
 class HumanJudgeConfig(BaseModel):
@@ -300,13 +291,13 @@ def borda(order: list[int], k: int) -> dict[int, float]:
     return points
 
 
-def make_judge(cfg: GoldJudgeConfig | LLMJudgeConfig) -> Judge:
-    """A ready judge from its settings (the human judge has no ranking step)."""
+def make_judge(cfg: GoldJudgeConfig | LLMJudgeConfig, resolve: Callable[[Any], Any] = lambda v: v) -> Judge:
+    """A ready judge from its settings (`resolve` turns an '@stage' teacher model into a path)."""
     if isinstance(cfg, GoldJudgeConfig):
         return GoldJudge(load_gold_function(cfg.function), cfg.function)
-    from align.teachers import TeacherConfig, make_teacher  # written separately; imported when used
+    from align.teachers import make_teacher
 
-    teacher = make_teacher(TeacherConfig.model_validate(cfg.teacher))
+    teacher = make_teacher(cfg.teacher.model_copy(update={"model": resolve(cfg.teacher.model)}))
     return LLMJudge(teacher, cfg.mode, cfg.max_tokens, cfg.temperature)
 
 
@@ -316,3 +307,14 @@ def make_judge(cfg: GoldJudgeConfig | LLMJudgeConfig) -> Judge:
 def gold_target_length(prompt: str, response: str, target: int = 12) -> float:
     """Toy gold reward: prefer answers of about `target` words (−|words − target|). Used by reward-tiny."""
     return -abs(len(response.split()) - target)
+
+
+def gold_clean_text(prompt: str, response: str) -> float:
+    """Toy gold reward: the share of a response's characters that are printable ASCII (1.0 = clean text).
+
+    A tiny model's samples mix words with byte garbage; this is a per-token property a small reward
+    model can learn, which makes it a good smoke test of the whole rank → reward path.
+    """
+    if not response:
+        return 0.0
+    return round(sum(32 <= ord(c) < 127 or c == "\n" for c in response) / len(response), 4)

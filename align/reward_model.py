@@ -71,10 +71,18 @@ def encode(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict], respons
         if "token_type_ids" in enc:
             out["token_type_ids"] = list(enc["token_type_ids"])
         return out
-    messages = [*prompt_messages(prompt), {"role": "assistant", "content": response}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(format_for_reward(tokenizer, prompt, response), add_special_tokens=False)["input_ids"]
     return {"input_ids": list(ids[-max_length:])}
+
+
+def format_for_reward(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict], response: str) -> str:
+    """The text a causal reward model reads: the conversation, the response as the last assistant turn.
+
+    Tokenize it with add_special_tokens=False; over-long texts keep their END (the saved tokenizer has
+    truncation_side='left', so `tokenizer(text, truncation=True, max_length=N)` matches training).
+    """
+    messages = [*prompt_messages(prompt), {"role": "assistant", "content": response}]
+    return tokenizer.apply_chat_template(messages, tokenize=False)
 
 
 def encode_group(tokenizer: PreTrainedTokenizerBase, group: PromptGroup, text_format: TextFormat,

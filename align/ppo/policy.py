@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +40,6 @@ from align.models import (
     pick_precision,
     resolve_model_ref,
 )
-
-log = logging.getLogger("align")
 
 POLICY_ADAPTER = "default"  # PEFT saves the "default" adapter at the top level: plain from_pretrained loads it
 REF_ADAPTER = "ref"
@@ -173,8 +170,6 @@ def load_roles(policy: ModelConfig, adapter: AdapterConfig, value_model: str = "
     model.eval()  # dropout off, for good
     hidden = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.get_input_embeddings().weight.shape[1]
     value_head = ValueHead(hidden).to(next(model.parameters()).device)
-    for note in notes:
-        log.info("ppo: %s", note)
     return ModelRoles(
         model=model, tokenizer=tokenizer, value_head=value_head, ref_kind=ref_kind, base_dir=str(base_dir),
         quantization=policy.quantization, ref_model=ref_model, value_adapter=value_model == "adapter",

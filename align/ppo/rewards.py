@@ -96,37 +96,18 @@ class FunctionScorer:
 # --------------------------------------------------------------------------- reward models
 
 
-def reward_texts(tokenizer: Any, queries: list[Conversation], responses: list[str]) -> list[str]:
-    """What the reward model reads: the conversation with the response as the assistant turn."""
-    try:  # use the reward stage's own formatting when it is there, so scores match its training
-        from align.reward_model import format_for_reward  # type: ignore[attr-defined]
-    except ImportError:
-        format_for_reward = None
-    if format_for_reward is not None:
-        return [format_for_reward(tokenizer, q, r) for q, r in zip(queries, responses, strict=True)]
-    return [
-        tokenizer.apply_chat_template([*q, {"role": "assistant", "content": r}], tokenize=False)
-        for q, r in zip(queries, responses, strict=True)
-    ]
+def read_reward_info(model_dir: Path) -> dict:
+    """align_reward.json and reward_normalization.json of a saved reward model (defaults when absent)."""
+    from align.reward_model import META_FILE, NORM_FILE
 
-
-def read_reward_info(reward_dir: Path) -> dict:
-    """align_reward.json and reward_normalization.json of a reward stage output (defaults when absent)."""
-    info_file = reward_dir / "align_reward.json"
-    info = json.loads(info_file.read_text()) if info_file.exists() else {}
-    norm_file = reward_dir / "reward_normalization.json"
+    meta_file, norm_file = model_dir / META_FILE, model_dir / NORM_FILE
+    info = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     info["mean"] = float(json.loads(norm_file.read_text()).get("mean", 0.0)) if norm_file.exists() else 0.0
-    info.setdefault("adapter", (reward_dir / "adapter_config.json").exists())
-    info.setdefault("max_length", None)
+    info.setdefault("adapter", (model_dir / "adapter_config.json").exists())
+    info["max_length"] = int(info.get("max_length") or 512)
+    if info["adapter"] and not info.get("base"):
+        info["base"] = json.loads((model_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
     return info
-
-
-def find_reward_dir(path: Path) -> Path:
-    """A reward stage output dir holds model/; accept that dir or model/ itself."""
-    for candidate in (path / "model", path):
-        if (candidate / "adapter_config.json").exists() or (candidate / "config.json").exists():
-            return candidate
-    raise AlignError(f"ppo: {path} holds no reward model (expected model/ with adapter_config.json or config.json)")
 
 
 class SharedBaseRewardScorer:
@@ -148,7 +129,7 @@ class SharedBaseRewardScorer:
         from align.ppo.policy import REWARD_ADAPTER
 
         self.roles, self.batch_size = roles, batch_size
-        self.mean, self.max_length = info["mean"], info.get("max_length")
+        self.mean, self.max_length = info["mean"], info["max_length"]
         cfg = LoraConfig.from_pretrained(str(adapter_dir))
         head_names = tuple(cfg.modules_to_save or ("score", "classifier"))
         cfg.modules_to_save, cfg.task_type, cfg.inference_mode = None, "CAUSAL_LM", True
@@ -164,7 +145,10 @@ class SharedBaseRewardScorer:
                              f"({sorted(head)}); expected a reward adapter saved with task_type SEQ_CLS")
         bias = next((v for k, v in head.items() if k.endswith(".bias")), None)
         model = roles.model
-        model.add_adapter(REWARD_ADAPTER, cfg)
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        model.add_adapter(REWARD_ADAPTER, cfg)  # also re-activates the policy adapter, flipping requires_grad
+        for param, flag in flags:
+            param.requires_grad_(flag)
         result = set_peft_model_state_dict(model, lora, adapter_name=REWARD_ADAPTER)
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:
@@ -179,41 +163,45 @@ class SharedBaseRewardScorer:
             if bias is not None:
                 self.head.bias.copy_(bias)
         self.head.requires_grad_(False).to(roles.device)
-        self.pad_id = roles.tokenizer.pad_token_id
+        try:  # the tokenizer the reward model was trained with (same vocabulary as the base)
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+        except (OSError, ValueError):
+            self.tokenizer = roles.tokenizer
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.pad_id = self.tokenizer.pad_token_id
 
     @property
     def trunk(self) -> torch.nn.Module:
         """The transformer without its LM head (LlamaModel inside LlamaForCausalLM, etc.)."""
         return self.roles.model.get_base_model().base_model
 
-    def raw_scores(self, texts: list[str]) -> list[float]:
+    def raw_scores(self, queries: list[Conversation], responses: list[str]) -> list[float]:
+        """The head's output, on exactly the tokens the standalone reward model reads (align.reward_model)."""
         import torch
 
         from align.ppo.policy import REWARD_ADAPTER, use_adapter
+        from align.reward_model import encode, pad_rows
 
-        tok = self.roles.tokenizer
-        side = tok.padding_side
-        tok.padding_side = "right"
         out: list[float] = []
-        try:
-            with torch.no_grad(), use_adapter(self.roles.model, REWARD_ADAPTER), self.roles.autocast():
-                for start in range(0, len(texts), self.batch_size):
-                    enc = tok(texts[start : start + self.batch_size], return_tensors="pt", padding=True,
-                              truncation=self.max_length is not None, max_length=self.max_length,
-                              add_special_tokens=False).to(self.roles.device)
-                    hidden = self.trunk(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-                    logits = self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)  # (B, L)
-                    # the rightmost non-pad token, as transformers' sequence classifiers pool
-                    non_pad = (enc["input_ids"] != self.pad_id).int()
-                    last = (torch.arange(non_pad.shape[1], device=non_pad.device) * non_pad).argmax(-1)
-                    out.extend(logits[torch.arange(len(last)), last].float().tolist())
-        finally:
-            tok.padding_side = side
+        with torch.no_grad(), use_adapter(self.roles.model, REWARD_ADAPTER), self.roles.autocast():
+            for start in range(0, len(queries), self.batch_size):
+                rows = [encode(self.tokenizer, q, r, "chat", self.max_length)
+                        for q, r in zip(queries[start : start + self.batch_size],
+                                        responses[start : start + self.batch_size], strict=True)]
+                batch = {k: v.to(self.roles.device) for k, v in pad_rows(rows, self.pad_id).items()}
+                hidden = self.trunk(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+                logits = self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)  # (B, L)
+                # the rightmost non-pad token, as transformers' *ForSequenceClassification pools
+                non_pad = (batch["input_ids"] != self.pad_id).int()
+                last = (torch.arange(non_pad.shape[1], device=non_pad.device) * non_pad).argmax(-1)
+                out.extend(logits[torch.arange(len(last)), last].float().tolist())
         return out
 
     def score(self, queries: list[Conversation], responses: list[str]) -> list[float]:
-        raw = self.raw_scores(reward_texts(self.roles.tokenizer, queries, responses))
-        return [r - self.mean for r in raw]
+        return [r - self.mean for r in self.raw_scores(queries, responses)]
 
 
 class SeparateRewardScorer:
@@ -221,39 +209,41 @@ class SeparateRewardScorer:
 
     kind = "separate_reward_model"
 
-    def __init__(self, path: Path) -> None:
-        try:
-            from align.reward_model import load_reward_model
-        except ImportError as exc:
-            raise AlignError("ppo: scoring with a reward model needs align.reward_model (the reward stage); "
-                             "use a `module:function` reward meanwhile") from exc
+    def __init__(self, path: Path, batch_size: int) -> None:
+        from align.reward_model import load_reward_model
+
         self.model = load_reward_model(str(path))
+        self.batch_size = batch_size
 
     def score(self, queries: list[Conversation], responses: list[str]) -> list[float]:
-        return [float(s) for s in self.model.score(queries, responses)]
+        return [float(s) for s in self.model.score(queries, responses, batch_size=self.batch_size)]
 
 
 def load_scorer(cfg: RewardConfig, source: str, roles: ModelRoles) -> Scorer:
     """Pick how to score: a function, the reward adapter on the shared base, or a separate model."""
     if is_function_spec(source):
+        roles.notes.append(f"reward = Python function {source}")
         return FunctionScorer(source)
     from align.models import resolve_model_ref
+    from align.reward_model import find_reward_dir
 
-    path = Path(source).expanduser()
-    if not path.exists():
+    if not Path(source).expanduser().exists():
         raise AlignError(f"ppo: reward {source!r} is neither a directory nor a `module:function`")
-    model_dir = find_reward_dir(path)
+    model_dir = find_reward_dir(source)
     info = read_reward_info(model_dir)
-    if cfg.share_base and info["adapter"] and roles.is_peft:
-        base = json.loads((model_dir / "adapter_config.json").read_text()).get("base_model_name_or_path", "")
-        same = Path(resolve_model_ref(base)).resolve() == Path(roles.base_dir).resolve() if base else False
-        if same and json.loads((model_dir / "adapter_config.json").read_text()).get("peft_type") == "LORA":
+    shareable = cfg.share_base and info["adapter"] and roles.is_peft and info.get("format", "chat") == "chat"
+    if shareable:
+        base = info.get("base") or ""
+        same_base = bool(base) and Path(resolve_model_ref(base)).resolve() == Path(roles.base_dir).resolve()
+        lora = json.loads((model_dir / "adapter_config.json").read_text()).get("peft_type") == "LORA"
+        if same_base and lora:
             if roles.quantization != "none":
                 log.info("ppo: the reward adapter runs on the policy's %s base; its scores can differ slightly "
-                         "from the full-precision reward model", roles.quantization)
+                         "from the full-precision reward model's", roles.quantization)
             roles.notes.append(f"reward_model = LoRA adapter {model_dir} on the shared base (one copy of base weights)")
             return SharedBaseRewardScorer(roles, model_dir, info, cfg.batch_size)
-        roles.notes.append(f"reward_model = separate model ({model_dir}: base {base} differs from the policy's)")
+        roles.notes.append(f"reward_model = separate model {model_dir} (its base {base} is not the policy's "
+                           f"{roles.base_dir})")
     else:
         roles.notes.append(f"reward_model = separate model {model_dir}")
-    return SeparateRewardScorer(model_dir)
+    return SeparateRewardScorer(model_dir, cfg.batch_size)

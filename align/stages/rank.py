@@ -39,10 +39,15 @@ class Config(BaseModel):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (> 0, or the K responses are identical).")
     max_new_tokens: int = Field(128, gt=0, description="Longest response, in tokens.")
     batch_size: int = Field(8, gt=0, description="Prompts per generation call (each yields K sequences).")
+    where: dict[str, str | int | bool] = Field(default_factory=dict, description="Keep only prompt records whose "
+                                               "fields have these values, e.g. {split: train}.")
 
 
-def load_prompts(cfg: DataConfig) -> list[list[dict]]:
-    """Prompts as chat messages ending with the user turn, duplicates removed, in file order."""
+def load_prompts(cfg: DataConfig, where: dict | None = None) -> list[list[dict]]:
+    """Prompts as chat messages ending with the user turn, duplicates removed, in file order.
+
+    `where` keeps only records whose fields equal the given values (local JSON/JSONL files).
+    """
     from align.data import load_examples, read_records, to_examples
     from align.rankings import prompt_key, prompt_messages
 
@@ -55,14 +60,18 @@ def load_prompts(cfg: DataConfig) -> list[list[dict]]:
         files = [f for f in sorted([*path.glob("*.jsonl"), *path.glob("*.json")]) if f.name not in skip]
     if files:
         prompts = []
-        for where, rec in (r for f in files for r in read_records(f)):
+        for place, rec in (r for f in files for r in read_records(f)):
+            if where and any(rec.get(k) != v for k, v in where.items()):
+                continue
             if "prompt" in rec and "completion" not in rec:  # prompt-only (or a rankings file)
-                prompts.append(prompt_messages(rec["prompt"], where))
+                prompts.append(prompt_messages(rec["prompt"], place))
             else:
-                prompts.extend(ex["prompt"] for ex in to_examples(where, rec, cfg.format))
+                prompts.extend(ex["prompt"] for ex in to_examples(place, rec, cfg.format))
         if cfg.system_prompt:
             prompts = [p if p[0]["role"] == "system" else [{"role": "system", "content": cfg.system_prompt}, *p]
                        for p in prompts]
+    elif where:
+        raise AlignError(f"rank.where filters local JSON/JSONL prompt files only; {cfg.path} is not one")
     else:
         prompts = [ex["prompt"] for ex in load_examples(cfg)]
     unique = {prompt_key(p): p for p in reversed(prompts)}
@@ -70,7 +79,7 @@ def load_prompts(cfg: DataConfig) -> list[list[dict]]:
     if cfg.max_samples:
         ordered = ordered[: cfg.max_samples]
     if not ordered:
-        raise AlignError(f"{cfg.path}: no prompts found")
+        raise AlignError(f"{cfg.path}: no prompts found" + (f" with {where}" if where else ""))
     return ordered
 
 
@@ -85,8 +94,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     data_cfg = cfg.prompts.model_copy(update={"path": ctx.resolve(cfg.prompts.path)})
     policy_cfg = cfg.policy.model_copy(update={"name": ctx.resolve(cfg.policy.name)})
     human = cfg.judge.type == "human"
-    judge = None if human else make_judge(cfg.judge)  # fail on a bad judge before loading the policy
-    prompts = load_prompts(data_cfg)
+    judge = None if human else make_judge(cfg.judge, ctx.resolve)  # fail on a bad judge before loading the policy
+    prompts = load_prompts(data_cfg, cfg.where)
 
     out_path = ctx.stage_dir / (TASKS_FILE if human else RANKINGS_FILE)
     writer = JsonlAppender(out_path)

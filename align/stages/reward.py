@@ -106,12 +106,32 @@ class GroupDataset:
         return self.items[i]
 
 
+def build_trainer(model, tokenizer, groups: list, train: TrainConfig, output_dir: Path, precision, seed: int, *,
+                  text_format: str = "chat", margin: float = 0.0):
+    """A Trainer over prompt groups: one batch element per prompt, all its responses in one forward."""
+    from transformers import TrainingArguments
+
+    from align.reward_model import collate_groups, encode_group
+    from align.training import trainer_args
+
+    items = [encode_group(tokenizer, g, text_format, train.max_length) for g in groups]
+    args = trainer_args(TrainingArguments, train, output_dir, precision, seed)
+    trainer = make_trainer_class()(
+        model=model, args=args, train_dataset=GroupDataset(items),
+        data_collator=lambda features: collate_groups(features, tokenizer.pad_token_id),
+    )
+    trainer.margin = margin
+    return trainer
+
+
 def prepare_base(model_cfg: ModelConfig, stage_dir: Path) -> str:
     """The base checkpoint dir: an adapter (e.g. @sft with LoRA) is merged into a full base first,
     so the reward adapter sits on a plain checkpoint that transformers/peft load on their own."""
     from align.models import load_causal_lm, load_tokenizer, resolve_model_ref
 
     resolved = resolve_model_ref(model_cfg.name)
+    if Path(resolved).is_dir():
+        resolved = str(Path(resolved).resolve())  # absolute: the saved adapter must find its base from anywhere
     if not (Path(resolved) / "adapter_config.json").exists():
         return resolved
     target = stage_dir / "base"
@@ -121,21 +141,30 @@ def prepare_base(model_cfg: ModelConfig, stage_dir: Path) -> str:
         merged = merged.merge_and_unload()
         merged.save_pretrained(str(target))
         load_tokenizer(resolved).save_pretrained(str(target))
-    return str(target)
+    return str(target.resolve())
 
 
 def run(cfg: Config, ctx: StageContext) -> StageResult:
     from peft import get_peft_model, prepare_model_for_kbit_training
-    from transformers import TrainingArguments
 
     from align.data import load_examples
-    from align.models import guard_4bit_cpu_gradients, load_sequence_classifier, load_tokenizer, peft_config, pick_precision
+    from align.models import (
+        guard_4bit_cpu_gradients,
+        load_sequence_classifier,
+        load_tokenizer,
+        peft_config,
+        pick_precision,
+    )
     from align.rankings import group_by_prompt, read_rankings, split_by_prompt
     from align.reward_model import (
-        META_FILE, NORM_FILE, RewardModel, collate_groups, detect_format, encode_group, normalization_stats,
+        META_FILE,
+        NORM_FILE,
+        RewardModel,
+        detect_format,
+        normalization_stats,
         pair_metrics,
     )
-    from align.training import last_checkpoint, loss_history, trainer_args
+    from align.training import last_checkpoint, loss_history
 
     if cfg.adapter.type in ("prefix", "prompt"):
         raise AlignError(f"reward: adapter type {cfg.adapter.type} is not supported for reward models; "
@@ -147,10 +176,10 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     # ---- data: prompt groups, split by prompt
     records = read_rankings(ctx.resolve(cfg.data), cfg.max_records)
     groups = group_by_prompt(records)
-    train_groups, heldout = split_by_prompt(groups, cfg.eval_fraction, ctx.seed)
-    usable = [g for g in train_groups if g.pairs]
-    if not usable:
-        raise AlignError(f"reward: {cfg.data} has no usable training pairs (every ranking is one tie group)")
+    ranked = [g for g in groups if g.pairs]  # a prompt whose responses all tie teaches nothing
+    if not ranked:
+        raise AlignError(f"reward: {cfg.data} has no usable pairs (every ranking is a single tie group)")
+    usable, heldout = split_by_prompt(ranked, cfg.eval_fraction, ctx.seed)
 
     # ---- model: base (adapters merged first), tokenizer, scalar head, adapter
     model_cfg = cfg.model.model_copy(update={"name": ctx.resolve(cfg.model.name)})
@@ -159,6 +188,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     text_format = detect_format(base) if cfg.format == "auto" else cfg.format
     tokenizer = load_tokenizer(base)
     tokenizer.padding_side = "right"
+    if text_format == "chat":
+        tokenizer.truncation_side = "left"  # over-long conversations keep their end, where the score is read
     precision = pick_precision(model_cfg.precision)
     model = load_sequence_classifier(model_cfg, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -172,15 +203,9 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         model = get_peft_model(model, lora)
     guard_4bit_cpu_gradients(model)
 
-    train_items = [encode_group(tokenizer, g, text_format, cfg.train.max_length) for g in usable]
     checkpoints = ctx.stage_dir / "checkpoints"
-    args = trainer_args(TrainingArguments, cfg.train, checkpoints, precision, ctx.seed)
-    trainer_cls = make_trainer_class()
-    trainer_cls.margin = cfg.margin
-    trainer = trainer_cls(
-        model=model, args=args, train_dataset=GroupDataset(train_items),
-        data_collator=lambda features: collate_groups(features, tokenizer.pad_token_id),
-    )
+    trainer = build_trainer(model, tokenizer, usable, cfg.train, checkpoints, precision, ctx.seed,
+                            text_format=text_format, margin=cfg.margin)
     guard_4bit_cpu_gradients(trainer.model)
     resume = last_checkpoint(checkpoints)
     started = time.perf_counter()
@@ -208,6 +233,9 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     is_adapter = cfg.adapter.type != "full"
     trainer.model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
+    if text_format == "chat":  # transformers does not save truncation_side; loaders read it from here
+        tok_cfg = out_dir / "tokenizer_config.json"
+        tok_cfg.write_text(json.dumps({**json.loads(tok_cfg.read_text()), "truncation_side": "left"}, indent=2))
     (out_dir / NORM_FILE).write_text(json.dumps(norm, indent=2))
     meta = {"base": base, "adapter": is_adapter, "max_length": cfg.train.max_length, "format": text_format,
             "quantization": model_cfg.quantization}
@@ -228,7 +256,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         "steps": trainer.state.global_step,
         "prompts": len(usable),
         "heldout_prompts": len(heldout),
-        "skipped_all_tied": len(train_groups) - len(usable),
+        "skipped_all_tied": len(groups) - len(ranked),
         "train_pairs": train_stats["pairs"],
         "forward_rows": rows,  # response rows forwarded in training: each response once per epoch
         "train_seconds": round(seconds, 2),

@@ -59,6 +59,9 @@ def build_trainer(cfg: Config, ctx: StageContext):
     if cfg.packing and cfg.adapter.type in ("prefix", "prompt"):
         raise AlignError("sft: packing is not supported with prefix/prompt tuning (virtual tokens break packed positions)")
 
+    from transformers import set_seed
+
+    set_seed(ctx.seed)  # before the adapter is created: TRL initialises LoRA weights before Trainer seeds
     examples = load_examples(data_cfg)
     train_examples, eval_examples = split_examples(examples, data_cfg.eval_fraction, ctx.seed)
     precision = pick_precision(model_cfg.precision)
@@ -101,8 +104,9 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     seconds = time.perf_counter() - started
 
     out_dir = ctx.stage_dir / "model"
-    trainer.save_model(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
+    trainer.save_model(str(out_dir))  # writes on the main process only
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(out_dir))
     history = trainer.state.log_history
     losses = loss_history(history, "loss")
     tokens = max((e.get("num_tokens", 0) for e in history), default=0)
@@ -124,8 +128,10 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     }
     if info["eval_examples"]:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
-    (ctx.stage_dir / "loss_history.json").write_text(json.dumps(losses))
     outputs = {"model": str(out_dir)}
+    if not trainer.is_world_process_zero():
+        return StageResult(outputs=outputs, metrics=metrics)
+    (ctx.stage_dir / "loss_history.json").write_text(json.dumps(losses))
     if cfg.merge:
         outputs["merged"] = str(merge_adapter(out_dir, ctx.stage_dir / "merged", cfg.adapter.type))
     del trainer

@@ -1,0 +1,873 @@
+"""`align plan`: peak accelerator memory per recipe stage, before anything is downloaded or run.
+
+The estimate is arithmetic on the model's config (`align.model_configs`) and the recipe's
+settings. Every figure is a list of named terms; docs/memory.md derives each formula and records
+how the estimate compares with measured peaks. In short, for a stage that trains:
+
+    peak = weights + adapter + optimizer state [+ gradients when accumulating]
+           + max(forward/backward: activations + loss-head buffers,
+                 optimizer step: gradients + optimizer temporaries)
+           + framework overhead (CUDA; the CUDA context itself is not counted)
+
+Activations follow what PyTorch saves for backward in a transformers Llama block (checked
+tensor-by-tensor with `torch.autograd.graph.saved_tensors_hooks`, see tests/unit/test_plan.py).
+Generation adds the KV cache ``2 * layers * kv_heads * head_dim * tokens * batch * bytes``; PPO
+adds the reference, value and reward roles, shared on one base or as separate copies.
+
+Stages are handled by what their recipe section has (model roles, ``adapter``, ``train``,
+generation settings), so new stages get an estimate without code here; the keys read are listed
+in docs/memory.md. ``device="cpu"`` estimates resident memory of a CPU run (what tests measure).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import math
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from align.errors import AlignError
+from align.model_configs import LINEAR_NAMES, Arch, arch_for
+
+KIB, MIB, GIB = 1024, 1024**2, 1024**3
+CUDA_OVERHEAD = 512 * MIB  # allocator fragmentation, cuBLAS workspaces, small buffers (not the CUDA context)
+ROLE_KEYS = ("model", "policy", "ref_policy", "value_model", "reward_model", "teacher", "judge")
+REMOTE_BACKENDS = ("openai", "api", "http", "remote", "server")
+TRAINERS_USING_TRL = ("sft", "reward")  # TRL keeps LoRA weights in bf16 on quantized bases
+# TRL >= 1.x scores the LM head in tiles (trl/kernels/chunked_logprob.py); full logits are never built.
+TRL_TOKEN_CHUNK, TRL_VOCAB_CHUNK = 4096, 32768
+
+
+# --------------------------------------------------------------------------- result types
+
+
+@dataclass(frozen=True)
+class Term:
+    """One named amount of memory. `phase` "resident" lasts the whole stage; other phases take turns."""
+
+    name: str
+    bytes: float
+    phase: str = "resident"
+    note: str = ""
+
+
+@dataclass
+class Suggestion:
+    """A change to the recipe and the estimate with it applied."""
+
+    label: str
+    overrides: list[str]
+    total: float
+    fits: bool
+
+
+@dataclass
+class StageEstimate:
+    stage: str
+    kind: str  # training | ppo | generation | none
+    terms: list[Term]
+    notes: list[str] = field(default_factory=list)
+    suggestions: list[Suggestion] = field(default_factory=list)
+    knobs: dict[str, Any] = field(default_factory=dict)  # setting -> dotted path in the section (for suggestions)
+
+    def phase_totals(self) -> dict[str, float]:
+        phases: dict[str, float] = {}
+        for t in self.terms:
+            if t.phase != "resident":
+                phases[t.phase] = phases.get(t.phase, 0.0) + t.bytes
+        return phases
+
+    @property
+    def peak_phase(self) -> str | None:
+        phases = self.phase_totals()
+        return max(phases, key=phases.get) if phases else None
+
+    @property
+    def total(self) -> float:
+        resident = sum(t.bytes for t in self.terms if t.phase == "resident")
+        return resident + max(self.phase_totals().values(), default=0.0)
+
+    def term(self, name: str) -> float:
+        """Bytes of the first term whose name starts with `name` (0 if none): handy in tests."""
+        return next((t.bytes for t in self.terms if t.name.startswith(name)), 0.0)
+
+
+# --------------------------------------------------------------------------- precision
+
+
+@dataclass(frozen=True)
+class Dtypes:
+    weight: int  # bytes per base weight (non-quantized)
+    act: int  # bytes per activation element
+    label: str
+
+
+def dtypes_for(device: str, precision: str) -> Dtypes:
+    """Mirror `align.models.pick_precision`: auto = bf16 on a GPU, fp32 on CPU."""
+    if device == "cuda":
+        if precision in ("auto", "bf16", "fp16"):
+            return Dtypes(2, 2, "bf16" if precision != "fp16" else "fp16")
+        return Dtypes(4, 4, "fp32")
+    if precision == "fp16":
+        raise AlignError("precision fp16 needs a CUDA GPU; plan with --device cuda, or use fp32/bf16 on CPU")
+    # CPU bf16 = fp32 weights + bf16 autocast; activations are counted as fp32 (an upper bound).
+    return Dtypes(4, 4, "fp32" if precision != "bf16" else "fp32+bf16-autocast")
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def quantized_linear_bytes(numel: int, rows: int, quantization: str) -> float:
+    """Bytes of one bitsandbytes-quantized weight matrix of `numel` elements and `rows` output rows.
+
+    8bit (LLM.int8): 1 B/weight + an fp32 scale per output row; outliers are split off at matmul
+    time, not stored. 4bit (NF4, double quant): 0.5 B/weight + absmax per 64-weight block, itself
+    quantized to 8 bit with an fp32 absmax per 256 blocks, + two 256-entry fp32 code tables.
+    """
+    if quantization == "8bit":
+        return numel + 4 * rows
+    if quantization == "4bit":
+        blocks = math.ceil(numel / 64)
+        return numel / 2 + blocks + 4 * math.ceil(blocks / 256) + 2 * 256 * 4
+    raise AlignError(f"unknown quantization {quantization!r}; expected none, 8bit or 4bit")
+
+
+def base_weight_bytes(arch: Arch, weight_bytes: int, quantization: str) -> float:
+    """All base weights. bitsandbytes quantizes only the blocks' nn.Linear layers: embeddings,
+    lm_head and norms stay in the compute dtype."""
+    other = arch.embedding_params() + arch.lm_head_params() + arch.norm_params()
+    other += arch.num_layers * arch.bias_params_per_layer()
+    if quantization == "none":
+        return (other + arch.num_layers * arch.linear_params_per_layer()) * weight_bytes
+    per_layer = sum(quantized_linear_bytes(a * b, b, quantization) for a, b in arch.linear_shapes().values())
+    return other * weight_bytes + arch.num_layers * per_layer
+
+
+# --------------------------------------------------------------------------- trainable parameters
+
+
+@dataclass(frozen=True)
+class Tensors:
+    """`count` tensors of `numel` elements each (what optimizer-state rules need)."""
+
+    numel: int
+    count: int
+    rows: int = 0  # for factored optimizers (Adafactor); 0 = 1-D
+
+
+def lora_targets(arch: Arch, target_modules: str | list[str] | tuple[str, ...]) -> dict[str, tuple[int, int, int]]:
+    """{module: (in, out, how many)} of the modules an adapter wraps (peft semantics)."""
+    shapes = {name: (*shape, arch.num_layers) for name, shape in arch.linear_shapes().items()}
+    shapes["lm_head"] = (arch.hidden_size, arch.vocab_size, 1)
+    if target_modules == "all-linear":
+        return {n: shapes[n] for n in LINEAR_NAMES}
+    if isinstance(target_modules, str):  # peft: a string is a regex over full module names
+        full = {n: f"model.layers.0.{'self_attn' if n in LINEAR_NAMES[:4] else 'mlp'}.{n}" for n in LINEAR_NAMES}
+        full["lm_head"] = "lm_head"
+        found = {n: shapes[n] for n, path in full.items() if re.fullmatch(target_modules, path)}
+    else:
+        found = {}
+        for item in target_modules:
+            short = item.split(".")[-1]
+            if short not in shapes:
+                raise AlignError(f"adapter.target_modules: {item!r} is not a linear layer of a Llama-style model; "
+                                 f"known: all-linear, {', '.join(shapes)}")
+            found[short] = shapes[short]
+    if not found:
+        raise AlignError(f"adapter.target_modules {target_modules!r} matches no layer of a Llama-style model")
+    return found
+
+
+def full_tensors(arch: Arch) -> list[Tensors]:
+    h, L = arch.hidden_size, arch.num_layers
+    out = [Tensors(a * b, L, rows=b) for a, b in arch.linear_shapes().values()]
+    out += [Tensors(h, 2 * L + 1), Tensors(arch.vocab_size * h, 1 if arch.tie_embeddings else 2, rows=arch.vocab_size)]
+    if arch.qkv_bias:
+        out += [Tensors(arch.q_dim, L), Tensors(arch.kv_dim, 2 * L)]
+    return out
+
+
+def adapter_tensors(arch: Arch, adapter: dict[str, Any]) -> list[Tensors]:
+    """Trainable tensors of an adapter (LoRA A r×in and B out×r per wrapped module; DoRA adds a magnitude)."""
+    kind = adapter.get("type", "lora")
+    if kind == "full":
+        return full_tensors(arch)
+    if kind in ("lora", "dora"):
+        r = int(adapter.get("r", 16))
+        out: list[Tensors] = []
+        for fan_in, fan_out, count in lora_targets(arch, adapter.get("target_modules", "all-linear")).values():
+            out += [Tensors(r * fan_in, count, rows=r), Tensors(fan_out * r, count, rows=fan_out)]
+            if kind == "dora":
+                out.append(Tensors(fan_out, count))
+        return out
+    tokens = int(adapter.get("num_virtual_tokens", 16))
+    if kind == "prefix":  # a key and a value per layer per virtual token
+        return [Tensors(tokens * arch.num_layers * 2 * arch.kv_dim, 1, rows=tokens)]
+    if kind == "prompt":
+        return [Tensors(tokens * arch.hidden_size, 1, rows=tokens)]
+    raise AlignError(f"adapter.type {kind!r}: expected lora, dora, prefix, prompt or full")
+
+
+def numel(tensors: list[Tensors]) -> int:
+    return sum(t.numel * t.count for t in tensors)
+
+
+def optimizer_bytes(optim: str, tensors: list[Tensors], param_bytes: int, device: str) -> tuple[float, float, str]:
+    """(state bytes, optimizer-step temporaries, note) for a transformers `optim` name.
+
+    torch optimizers keep their state in the parameter dtype; bitsandbytes keeps 32-bit state in
+    fp32 and 8-bit state as 1 B + an fp32 absmax per 256-value block (tensors under 4096 values
+    stay 32-bit). torch's foreach AdamW (the GPU default) allocates one state-sized temporary in
+    step(); on CPU it updates one tensor at a time.
+    """
+    name = optim.lower()
+    note = ""
+    if "lion" in name or name.startswith(("sgd", "rmsprop", "adagrad")):
+        states = 0 if name.startswith("sgd") else 1
+    elif "adafactor" in name:
+        states = -1
+    elif "ademamix" in name:
+        states = 3
+    else:
+        states = 2
+        if not name.startswith(("adamw", "adam", "paged_adam")):
+            note = f"optim {optim!r} estimated as AdamW"
+    bnb = "8bit" in name or "bnb" in name or name.startswith("paged") or name in ("lion_32bit",)
+    if "paged" in name:
+        note = "paged: counted on the GPU; under pressure it spills to CPU RAM instead of failing"
+    total = 0.0
+    for t in tensors:
+        n = t.numel * t.count
+        if states == -1:  # Adafactor: a row and a column second-moment vector per matrix
+            total += 4 * (t.rows + t.numel // max(t.rows, 1)) * t.count if t.rows else 4 * n
+        elif "8bit" in name and t.numel >= 4096:
+            total += states * n * (1 + 4 / 256)
+        elif "4bit" in name and t.numel >= 4096:
+            total += states * n * (0.5 + 4 / 128)
+        else:
+            total += states * n * (4 if bnb else param_bytes)
+    biggest = max((t.numel for t in tensors), default=0)
+    if bnb or "fused" in name or states <= 0:
+        step = 0.0
+    elif device == "cuda":
+        step = numel(tensors) * param_bytes
+    else:
+        step = 2 * biggest * param_bytes
+    return total, step, note
+
+
+# --------------------------------------------------------------------------- one trainable role
+
+
+@dataclass(frozen=True)
+class TrainSetup:
+    """Everything the estimate of one trained model depends on; suggestions `replace()` fields."""
+
+    arch: Arch
+    device: str = "cuda"
+    precision: str = "auto"
+    quantization: str = "none"
+    adapter: dict[str, Any] = field(default_factory=lambda: {"type": "lora", "r": 16, "dropout": 0.05,
+                                                              "target_modules": "all-linear"})
+    batch_size: int = 4
+    seq_len: int = 512
+    grad_accum: int = 1
+    checkpointing: bool = False
+    optim: str = "adamw_torch"
+    attn: str = "sdpa"
+    padded: bool = True  # batches padded to the longest row (an attention mask; GQA keys repeated)
+    head: str = "lm-fused"  # lm-fused (TRL tiles) | lm-full (full logits + log-softmax) | classifier
+    seqs_per_example: int = 1  # reward models score chosen and rejected together
+    trainer: str = "trl"
+
+    @property
+    def dtypes(self) -> Dtypes:
+        return dtypes_for(self.device, self.precision)
+
+    @property
+    def full(self) -> bool:
+        return self.adapter.get("type") == "full"
+
+    @property
+    def tokens(self) -> int:
+        extra = int(self.adapter.get("num_virtual_tokens", 16)) if self.adapter.get("type") in ("prefix", "prompt") else 0
+        return self.batch_size * self.seqs_per_example * (self.seq_len + extra)
+
+    def adapter_param_bytes(self) -> int:
+        """peft upcasts adapters to fp32; TRL casts them to bf16 on quantized bases; full FT uses the weight dtype."""
+        if self.full:
+            return self.dtypes.weight
+        if self.quantization != "none" and self.trainer == "trl":
+            return 2
+        return 4
+
+    def lora_path(self) -> tuple[int, bool]:
+        """(bytes of the LoRA branch's activations, whether each wrapped layer keeps its own input copy).
+
+        peft casts a layer's input to the adapter dtype, and autocast casts it again for the matmul:
+        unless both match the activation dtype, every wrapped layer saves a private copy.
+        """
+        act, lora = self.dtypes.act, self.adapter_param_bytes()
+        if self.device == "cuda" and act == 2:  # bf16 autocast: the LoRA matmul runs in bf16
+            return 2, lora != 2
+        return lora, lora != act
+
+
+def layer_activation_bytes(s: TrainSetup, seq: int) -> float:
+    """Bytes saved for backward per token by one decoder layer (no checkpointing).
+
+    RMSNorm: an fp32 copy of its input (4h) + the normalized value if the norm weight trains (e·h);
+    norm outputs (e·h) if a trained consumer keeps them; attention: rotated q, k, v (repeated to
+    all heads when a padding mask forces repeat_kv), the output, fp32 log-sum-exp per head, and the
+    padding mask expanded per layer (e·seq); MLP: gate, silu(gate), up (3·e·i) + their product
+    (e·i) if down_proj's consumer keeps it; LoRA: r per wrapped layer + its input copy (and a 1-byte
+    dropout mask) when it needs one.
+    """
+    a, e = s.arch, s.dtypes.act
+    h, q, kv, i, nh = a.hidden_size, a.q_dim, a.kv_dim, a.intermediate_size, a.num_heads
+    targets = lora_targets(a, s.adapter.get("target_modules", "all-linear")) if s.adapter.get("type") in (
+        "lora", "dora") else {}
+    targets.pop("lm_head", None)
+    e_lora, copies = s.lora_path()
+    dropout = bool(targets) and float(s.adapter.get("dropout", 0.0)) > 0
+    shared = bool(targets) and not copies and not dropout
+    total = 2 * (4 * h + (e * h if s.full else 0) + 4)
+    total += e * h * (bool(s.full or (shared and targets.keys() & {"q_proj", "k_proj", "v_proj"}))
+                      + bool(s.full or (shared and targets.keys() & {"gate_proj", "up_proj"})))
+    repeat = kv != q and (s.padded or s.attn == "eager")
+    total += e * (q + (2 * q if repeat else 2 * kv) + q)
+    if s.attn == "eager":
+        total += nh * seq * (4 + (e if e != 4 else 0))  # softmax in fp32 + its cast back
+    else:
+        total += 4 * nh + (e * seq if s.padded else 0)
+    total += e * 3 * i + (e * i if s.full or (shared and "down_proj" in targets) else 0)
+    for fan_in, _, _ in targets.values():
+        total += e_lora * int(s.adapter.get("r", 16))
+        if copies or dropout:
+            total += e_lora * fan_in + (fan_in if dropout else 0)
+    return total
+
+
+def activation_terms(s: TrainSetup) -> list[Term]:
+    a, e, L = s.arch, s.dtypes.act, s.arch.num_layers
+    seq = s.tokens // (s.batch_size * s.seqs_per_example)
+    T = s.tokens
+    layer = layer_activation_bytes(s, seq)
+    final = 4 * a.hidden_size + (e * a.hidden_size if s.full else 0)  # final norm
+    if s.head in ("lm-fused", "classifier") or s.full:
+        final += e * a.hidden_size  # the head keeps its input (a copy in TRL's tiled head)
+    final += (8 if s.full else 0) + (seq if s.padded else 0)  # token ids, boolean causal mask
+    phase = "forward/backward"
+    if not s.checkpointing:
+        return [Term("activations", T * (L * layer + final), phase,
+                     f"{L} layers x {layer / KIB:.1f} KiB/token x {T} tokens")]
+    return [Term("activations (checkpointed layer inputs)", T * (L * e * a.hidden_size + final), phase,
+                 f"{L} layers x {e * a.hidden_size / KIB:.1f} KiB/token x {T} tokens"),
+            Term("activations (one layer recomputed)", T * layer, phase, "backward re-runs one block at a time")]
+
+
+def head_term(s: TrainSetup) -> Term:
+    """The loss head's largest moment: the start of backward, with every activation still alive."""
+    a, e, T = s.arch, s.dtypes.act, s.tokens
+    h, V = a.hidden_size, a.vocab_size
+    phase = "forward/backward"
+    if s.head == "classifier":
+        return Term("scores (classifier head)", T * 4, phase, "one score per token; no vocabulary logits")
+    if s.head == "lm-full":
+        per = e + (4 if e != 4 else 0) + 12
+        return Term("logits (loss)", T * V * per, phase,
+                    f"batch x seq x vocab: logits ({e} B), fp32 copy, log-softmax and its gradients ({per} B/entry)")
+    n = min(T, TRL_TOKEN_CHUNK)
+    head_trains = s.full
+    grads = 4 * T * h + e * T * h + (4 * V * h + e * V * h if head_trains else 0)
+    if s.device == "cuda":
+        tile = n * TRL_VOCAB_CHUNK * e
+        note = f"TRL tiled LM head: {n} x {TRL_VOCAB_CHUNK} tile, fp32 grad accumulators; full logits never built"
+    else:  # torch fallback: the tile + ~8 fp32 temporaries of it (y, z, log_p, p, grad, ...); RSS counts touched pages
+        tile = n * min(V, TRL_VOCAB_CHUNK) * (e + 33)
+        note = f"TRL tiled LM head, CPU fallback: {n} x {min(V, TRL_VOCAB_CHUNK)} tile and its temporaries"
+    return Term("logits (loss, tiled)", tile + grads, phase, note)
+
+
+def training_terms(s: TrainSetup, prefix: str = "", with_weights: bool = True) -> list[Term]:
+    """Terms of one trained model; `prefix` names the role (PPO has two)."""
+    d = s.dtypes
+    a = s.arch
+    terms: list[Term] = []
+    if with_weights:
+        terms.append(weights_term(a, d, s.quantization, prefix))
+    trainable = adapter_tensors(a, s.adapter)
+    p_bytes = s.adapter_param_bytes()
+    n = numel(trainable)
+    kind = s.adapter.get("type", "lora")
+    if not s.full:
+        terms.append(Term(f"{prefix}adapter ({kind})", n * p_bytes, note=f"{n:,} params x {p_bytes} B"))
+    states, step, note = optimizer_bytes(s.optim, trainable, p_bytes, s.device)
+    terms.append(Term(f"{prefix}optimizer state ({s.optim})", states, note=note or f"{n:,} trainable params"))
+    grads = Term(f"{prefix}gradients", n * p_bytes, "resident" if s.grad_accum > 1 else "optimizer step",
+                 "kept across micro-batches" if s.grad_accum > 1 else "freed after each step (set_to_none)")
+    terms.append(grads)
+    if step:
+        terms.append(Term(f"{prefix}optimizer step temporaries", step, "optimizer step"))
+    for t in activation_terms(s) + [head_term(s)]:
+        terms.append(replace(t, name=prefix + t.name))
+    if s.quantization != "none":
+        biggest = max(x * y for x, y in a.linear_shapes().values())
+        terms.append(Term(f"{prefix}dequantized weight (one layer)", biggest * d.act * 2, "forward/backward",
+                          "bitsandbytes dequantizes one weight at a time for the matmul"))
+    return terms
+
+
+def weights_term(a: Arch, d: Dtypes, quantization: str, prefix: str = "") -> Term:
+    label = {"none": d.label, "8bit": "int8", "4bit": "NF4+double quant"}[quantization]
+    note = f"{a.total_params() / 1e6:,.1f}M params"
+    if quantization != "none":
+        note += f"; embeddings/lm_head/norms stay {d.label}"
+    return Term(f"{prefix}weights ({label})", base_weight_bytes(a, d.weight, quantization), note=note)
+
+
+def overhead_term(device: str) -> list[Term]:
+    if device != "cuda":
+        return []
+    return [Term("framework overhead", CUDA_OVERHEAD, note="allocator slack, cuBLAS workspaces; CUDA context "
+                 "(~0.3-0.6 GiB more in nvidia-smi) not counted")]
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def kv_cache_bytes(arch: Arch, batch: int, tokens: int, act_bytes: int) -> float:
+    """2 (key and value) x layers x kv_heads x head_dim x tokens x batch x bytes."""
+    return 2 * arch.num_layers * arch.num_kv_heads * arch.hd * tokens * batch * act_bytes
+
+
+def generation_terms(arch: Arch, d: Dtypes, batch: int, prompt_len: int, new_tokens: int, phase: str,
+                     prefix: str = "") -> list[Term]:
+    """KV cache at full length, plus the prefill's biggest per-layer intermediates and one layer's cache
+    growth (transformers' DynamicCache grows by torch.cat, briefly holding old and new)."""
+    tokens = prompt_len + new_tokens
+    kv = kv_cache_bytes(arch, batch, tokens, d.act)
+    prefill = batch * prompt_len * (3 * arch.intermediate_size + 4 * arch.hidden_size) * d.act
+    sampling = 3 * batch * arch.vocab_size * 4
+    return [Term(f"{prefix}KV cache", kv, phase, f"batch {batch} x {tokens} tokens"),
+            Term(f"{prefix}prefill + sampling buffers", prefill + sampling + kv / arch.num_layers, phase)]
+
+
+def scoring_term(arch: Arch, d: Dtypes, batch: int, seq: int, name: str, phase: str, logits: bool) -> Term:
+    """A no-grad forward over full sequences: one layer's intermediates + (log-)probabilities."""
+    layer = batch * seq * (3 * arch.intermediate_size + 4 * arch.hidden_size) * d.act
+    extra = batch * seq * arch.vocab_size * (d.act + 8) if logits else 0
+    return Term(name, layer + extra, phase, "logits, fp32 copy, log-softmax" if logits else "")
+
+
+# --------------------------------------------------------------------------- recipe walking
+
+
+@dataclass(frozen=True)
+class Role:
+    """A model a stage section names: where its settings sit and what they say."""
+
+    key: str
+    path: str  # dotted path of the model config inside the section
+    name: str
+    precision: str = "auto"
+    quantization: str = "none"
+    attn: str | None = None
+    remote: bool = False
+
+
+def find_roles(section: dict[str, Any]) -> list[Role]:
+    roles = []
+    for key in ROLE_KEYS:
+        value = section.get(key)
+        path = key
+        remote = False
+        if isinstance(value, dict) and "name" not in value and "model" in value:
+            backend = str(value.get("backend", "")).lower()
+            remote = any(b in backend for b in REMOTE_BACKENDS) or "base_url" in value or "url" in value
+            path, value = f"{key}.model", value["model"]
+        if isinstance(value, str):
+            roles.append(Role(key, path, value, remote=remote))
+        elif isinstance(value, dict) and isinstance(value.get("name"), str):
+            backend = str(value.get("backend", "")).lower()
+            roles.append(Role(key, path, value["name"], value.get("precision", "auto") or "auto",
+                              value.get("quantization", "none") or "none", value.get("attn_implementation"),
+                              remote or any(b in backend for b in REMOTE_BACKENDS)))
+    return roles
+
+
+def lookup(section: dict[str, Any], *keys: str, default: Any = None, within: tuple[str, ...] = ("", "generation",
+                                                                                                  "train")) -> tuple:
+    """(value, dotted path) of the first of `keys` found in the section or its sub-sections."""
+    for sub in within:
+        node = section.get(sub) if sub else section
+        if isinstance(node, dict):
+            for k in keys:
+                if node.get(k) is not None:
+                    return node[k], f"{sub}.{k}" if sub else k
+    return default, f"{within[-1]}.{keys[0]}" if within[-1] else keys[0]
+
+
+def get_path(node: Any, path: str) -> Any:
+    for part in path.split("."):
+        if isinstance(node, str) and part != "name":
+            return None
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def set_path(section: dict[str, Any], path: str, value: Any) -> None:
+    parts = path.split(".")
+    node = section
+    for part in parts[:-1]:
+        child = node.get(part)
+        if isinstance(child, str):  # a model given as a plain reference
+            child = {"name": child}
+        if not isinstance(child, dict):
+            child = {}
+        node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+class Planner:
+    """Estimates every stage of one recipe (a dict: `recipe.model_dump()`) for one device."""
+
+    def __init__(self, recipe: dict[str, Any], device: str = "cuda"):
+        if device not in ("cuda", "cpu"):
+            raise AlignError(f"device {device!r}: expected cuda or cpu")
+        self.recipe = recipe
+        self.device = device
+        self._archs: dict[str, tuple[Arch, dict | None]] = {}
+
+    # ----- models
+
+    def resolve(self, name: str, stack: tuple[str, ...] = ()) -> tuple[Arch, dict[str, Any] | None]:
+        """Architecture of a model reference + the adapter it carries (an `@stage` output or adapter dir)."""
+        if not name.startswith("@"):
+            if name not in self._archs:
+                arch, peft_cfg = arch_for(name)
+                self._archs[name] = (arch, _adapter_from_peft(peft_cfg) if peft_cfg else None)
+            return self._archs[name]
+        stage, _, output = name[1:].partition(".")
+        section = self.recipe.get(stage)
+        if not isinstance(section, dict) or stage in stack:
+            raise AlignError(f"model {name!r}: the recipe has no stage {stage!r} to take a model from")
+        roles = [r for r in find_roles(section) if r.key in ("model", "policy")]
+        if not roles:
+            raise AlignError(f"model {name!r}: stage {stage!r} produces no model (it names no model or policy)")
+        arch, _ = self.resolve(roles[0].name, stack + (stage,))
+        adapter = section.get("adapter") or {}
+        if output == "merged" or not adapter or adapter.get("type") == "full":
+            return arch, None
+        return arch, adapter
+
+    # ----- stages
+
+    def stage(self, name: str, section: dict[str, Any]) -> StageEstimate:
+        roles = find_roles(section)
+        local = [r for r in roles if not r.remote]
+        keys = {r.key for r in local}
+        notes = [f"{r.key}: {r.name} is remote (served elsewhere), not counted" for r in roles if r.remote]
+        if not local:
+            return StageEstimate(name, "none", [], notes + ["no local model: nothing on the accelerator"])
+        if "policy" in keys and keys & {"reward_model", "value_model"}:
+            est = self.ppo(name, section, local)
+        elif "train" in section and keys & {"model", "policy"}:
+            est = self.training(name, section, next(r for r in local if r.key in ("model", "policy")))
+        else:
+            est = self.generation(name, section, local)
+        est.notes[:0] = notes
+        return est
+
+    def train_setup(self, name: str, section: dict[str, Any], role: Role) -> tuple[TrainSetup, list[Term], list[str]]:
+        arch, upstream = self.resolve(role.name)
+        train = section.get("train") or {}
+        adapter = dict(section.get("adapter") or {"type": "lora", "r": 16, "dropout": 0.05,
+                                                   "target_modules": "all-linear"})
+        setup = TrainSetup(
+            arch=arch, device=self.device, precision=role.precision, quantization=role.quantization, adapter=adapter,
+            batch_size=int(train.get("batch_size", 4)), seq_len=int(train.get("max_length", 512)),
+            grad_accum=int(train.get("grad_accum", 1)), checkpointing=bool(train.get("gradient_checkpointing")),
+            optim=str(train.get("optim", "adamw_torch")), attn=role.attn or "sdpa",
+            padded=not section.get("packing", False),
+            head="classifier" if name == "reward" else ("lm-fused" if name == "sft" and _trl_tiled_head() else "lm-full"),
+            seqs_per_example=2 if name == "reward" else 1,
+            trainer="trl" if name in TRAINERS_USING_TRL else "own",
+        )
+        extra: list[Term] = []
+        notes = [f"{role.key}: {arch.name} ({arch.source}); {setup.dtypes.label}, "
+                 f"batch {setup.batch_size * setup.seqs_per_example} x {setup.seq_len} tokens (padded to max length)"]
+        notes += list(arch.notes)
+        if upstream and adapter.get("type") != "full":
+            up = numel(adapter_tensors(arch, upstream))
+            extra.append(Term("upstream adapter (merged in)", up * setup.dtypes.weight,
+                              note=f"{role.name}: {up:,} params folded into the base"))
+        return setup, extra, notes
+
+    def training(self, name: str, section: dict[str, Any], role: Role) -> StageEstimate:
+        setup, extra, notes = self.train_setup(name, section, role)
+        terms = training_terms(setup) + extra + overhead_term(self.device)
+        knobs = {"quantization": f"{role.path}.quantization", "adapter": "adapter",
+                 "batch_size": "train.batch_size", "grad_accum": "train.grad_accum",
+                 "max_length": "train.max_length", "checkpointing": "train.gradient_checkpointing",
+                 "optim": "train.optim"}
+        return StageEstimate(name, "training", terms, notes, knobs=knobs)
+
+    def generation(self, name: str, section: dict[str, Any], roles: list[Role]) -> StageEstimate:
+        batch, batch_path = lookup(section, "batch_size", "generation_batch_size", default=8)
+        new, new_path = lookup(section, "max_new_tokens", "response_length", "max_response_length", default=256)
+        prompt, prompt_path = lookup(section, "max_prompt_length", "prompt_length", "max_length", default=512)
+        per_prompt, _ = lookup(section, "num_return_sequences", "num_candidates", "num_generations",
+                               "num_samples", default=1)
+        terms: list[Term] = []
+        notes = []
+        for r in roles:
+            arch, upstream = self.resolve(r.name)
+            d = dtypes_for(self.device, r.precision)
+            prefix = f"{r.key}: " if len(roles) > 1 else ""
+            terms.append(weights_term(arch, d, r.quantization, prefix))
+            if upstream:
+                up = numel(adapter_tensors(arch, upstream))
+                terms.append(Term(f"{prefix}adapter (loaded)", up * 4, note=f"{up:,} params"))
+            terms += generation_terms(arch, d, int(batch) * int(per_prompt), int(prompt), int(new),
+                                      f"generation ({r.key})", prefix)
+            notes.append(f"{r.key}: {arch.name} ({arch.source}); {d.label}")
+        notes.append(f"batch {batch} x {per_prompt} per prompt; {prompt} prompt + {new} new tokens "
+                     "(all models assumed loaded together)")
+        knobs = {"quantization": [f"{r.path}.quantization" for r in roles],
+                 "gen_batch": batch_path, "max_new_tokens": new_path, "prompt_length": prompt_path}
+        return StageEstimate(name, "generation", terms + overhead_term(self.device), notes, knobs=knobs)
+
+    def ppo(self, name: str, section: dict[str, Any], roles: list[Role]) -> StageEstimate:
+        by_key = {r.key: r for r in roles}
+        policy = by_key["policy"]
+        setup, extra, notes = self.train_setup(name, section, policy)
+        rollout, rollout_path = lookup(section, "rollout_batch_size", "batch_size", default=setup.batch_size)
+        mini, mini_path = lookup(section, "mini_batch_size", "ppo_batch_size", default=setup.batch_size)
+        new, new_path = lookup(section, "max_new_tokens", "response_length", "max_response_length", default=128)
+        prompt, prompt_path = lookup(section, "max_prompt_length", "query_length", "max_query_length", default=256)
+        share, share_path = lookup(section, "share_base", "shared_base", default=None)
+        seq = int(prompt) + int(new)
+        setup = replace(setup, batch_size=int(mini), seq_len=seq, head="lm-full")
+        share = (not setup.full) if share is None else bool(share) and not setup.full  # adapters share one base
+        d = setup.dtypes
+        terms = [replace(t, name=f"policy {t.name}") for t in training_terms(setup)]
+        terms[0] = replace(terms[0], name=terms[0].name + (" (shared base)" if share else ""))
+        terms += extra
+        # reference: the policy base with its adapter switched off when shared, else its own copy
+        ref = by_key.get("ref_policy")
+        if share and (ref is None or self.resolve(ref.name)[0] == setup.arch):
+            notes.append("ref_policy: the shared base with the adapter disabled (no extra weights)")
+        else:
+            ref_arch = self.resolve(ref.name)[0] if ref else setup.arch
+            terms.append(weights_term(ref_arch, d, ref.quantization if ref else setup.quantization, "ref_policy "))
+        value = by_key.get("value_model")
+        value_setup = None
+        if value is not None:
+            v_arch, _ = self.resolve(value.name)
+            value_setup = replace(setup, arch=v_arch, head="classifier", quantization=value.quantization)
+            same = share and v_arch == setup.arch and value.quantization == setup.quantization
+            vt = training_terms(value_setup, "value_model ", with_weights=not same)
+            terms += vt
+            if same:
+                notes.append("value_model: its own adapter on the shared base")
+        else:
+            notes.append("value: a scalar head on the policy (no extra weights)")
+        reward = by_key.get("reward_model")
+        if reward is not None:
+            r_arch, _ = self.resolve(reward.name)
+            terms.append(weights_term(r_arch, dtypes_for(self.device, reward.precision), reward.quantization,
+                                      "reward_model "))
+            terms.append(scoring_term(r_arch, d, int(rollout), seq, "reward_model scoring", "scoring", False))
+        terms += generation_terms(setup.arch, d, int(rollout), int(prompt), int(new), "rollout", "rollout ")
+        terms.append(scoring_term(setup.arch, d, int(rollout), seq, "ref_policy log-probs", "scoring", True))
+        # the PPO update: policy (and value) forward/backward at the mini-batch size
+        terms = [replace(t, phase="ppo update") if t.phase == "forward/backward" else t for t in terms]
+        terms += overhead_term(self.device)
+        notes.append(f"rollout batch {rollout}, mini-batch {mini}; {prompt} prompt + {new} response tokens; "
+                     f"{'shared base' if share else 'separate copies'}")
+        knobs = {"quantization": [f"{r.path}.quantization" for r in roles],
+                 "batch_size": mini_path, "rollout": rollout_path, "max_new_tokens": new_path,
+                 "checkpointing": "train.gradient_checkpointing", "optim": "train.optim",
+                 "share": share_path, "shared": share, "grad_accum": "train.grad_accum"}
+        return StageEstimate(name, "ppo", terms, notes, knobs=knobs)
+
+
+def _adapter_from_peft(cfg: dict[str, Any]) -> dict[str, Any]:
+    kind = str(cfg.get("peft_type", "LORA")).lower()
+    kind = {"prefix_tuning": "prefix", "prompt_tuning": "prompt"}.get(kind, kind)
+    if kind == "lora" and cfg.get("use_dora"):
+        kind = "dora"
+    targets = cfg.get("target_modules") or "all-linear"
+    return {"type": kind, "r": cfg.get("r", 16), "target_modules": targets,
+            "num_virtual_tokens": cfg.get("num_virtual_tokens", 16)}
+
+
+def _trl_tiled_head() -> bool:
+    """Does the installed TRL score the LM head in tiles (no full logits)? Checked without importing TRL."""
+    try:
+        dist = importlib.metadata.distribution("trl")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return Path(str(dist.locate_file("trl/kernels/chunked_logprob.py"))).exists()
+
+
+# --------------------------------------------------------------------------- suggestions
+
+
+def _retry(planner: Planner, name: str, section: dict, changes: dict[str, Any]) -> tuple[StageEstimate, list[str]]:
+    changed = copy.deepcopy(section)
+    for path, value in changes.items():
+        set_path(changed, path, value)
+    overrides = [f"{name}.{p}={_yaml(v)}" for p, v in changes.items()]
+    return planner.stage(name, changed), overrides
+
+
+def _yaml(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def suggest(planner: Planner, name: str, section: dict[str, Any], est: StageEstimate, budget: float) -> list[Suggestion]:
+    """Concrete changes that shrink a stage, each re-estimated; then the fewest combined that fit."""
+    knobs = est.knobs
+    if not knobs:
+        return []
+    options: list[tuple[str, dict[str, Any]]] = []
+
+    def current(path: str, default: Any = None) -> Any:
+        value = get_path(section, path)
+        return default if value is None else value
+
+    quant_paths = knobs["quantization"] if isinstance(knobs["quantization"], list) else [knobs["quantization"]]
+    if any(current(p, "none") != "4bit" for p in quant_paths):
+        change = {p: "4bit" for p in quant_paths}
+        label = "4-bit base weights (NF4)"
+        if "adapter" in knobs and current("adapter.type", "lora") == "full":
+            change.update({"adapter.type": "lora", "adapter.r": 16})
+            label = "QLoRA: LoRA r=16 on a 4-bit base instead of full fine-tuning"
+        options.append((label, change))
+    if est.kind == "ppo" and not knobs.get("shared"):
+        options.append(("one shared base for policy, reference and value (adapters)", {knobs["share"]: True}))
+    if "checkpointing" in knobs and not current(knobs["checkpointing"], False):
+        options.append(("activation checkpointing", {knobs["checkpointing"]: True}))
+    if "optim" in knobs and "8bit" not in str(current(knobs["optim"], "adamw_torch")):
+        options.append(("8-bit optimizer", {knobs["optim"]: "paged_adamw_8bit"}))
+    halvings = []
+    if "batch_size" in knobs:
+        bs = int(current(knobs["batch_size"], 4))
+        ga = int(current(knobs["grad_accum"], 1))
+        halvings.append(("micro-batch", [{knobs["batch_size"]: bs // 2**k, knobs["grad_accum"]: ga * 2**k}
+                                         for k in range(1, 8) if bs // 2**k >= 1 and bs % 2**k == 0]))
+    if "max_length" in knobs:
+        n = int(current(knobs["max_length"], 512))
+        halvings.append(("max length", [{knobs["max_length"]: n // 2**k} for k in range(1, 8) if n // 2**k >= 64]))
+    if "gen_batch" in knobs:
+        b = int(current(knobs["gen_batch"], 8))
+        halvings.append(("generation batch", [{knobs["gen_batch"]: b // 2**k} for k in range(1, 8) if b // 2**k >= 1]))
+    if "max_new_tokens" in knobs:
+        n = int(current(knobs["max_new_tokens"], 256))
+        halvings.append(("max new tokens", [{knobs["max_new_tokens"]: n // 2**k} for k in range(1, 6)
+                                            if n // 2**k >= 16]))
+    if "rollout" in knobs and knobs["rollout"] != knobs.get("batch_size"):
+        b = int(current(knobs["rollout"], 8))
+        halvings.append(("rollout batch", [{knobs["rollout"]: b // 2**k} for k in range(1, 8) if b // 2**k >= 1]))
+
+    results: list[Suggestion] = []
+    for label, change in options:
+        new, overrides = _retry(planner, name, section, change)
+        results.append(Suggestion(label, overrides, new.total, new.total <= budget))
+    for label, steps in halvings:
+        best = None
+        for change in steps:  # the mildest step that fits, else the strongest one tried
+            new, overrides = _retry(planner, name, section, change)
+            best = Suggestion(f"smaller {label}", overrides, new.total, new.total <= budget)
+            if best.fits:
+                break
+        if best:
+            results.append(best)
+    # everything that helps, cheapest first, until it fits
+    combined: dict[str, Any] = {}
+    for _, change in options + [(lbl, steps[-1]) for lbl, steps in halvings if steps]:
+        combined.update(change)
+        new, overrides = _retry(planner, name, section, combined)
+        if new.total <= budget:
+            break
+    if combined and len(combined) > 1:
+        results.append(Suggestion("combined", overrides, new.total, new.total <= budget))
+    return results
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def plan_recipe(recipe: dict[str, Any], device: str = "cuda", budget: float | None = None) -> list[StageEstimate]:
+    """One estimate per stage present in the recipe, in run order; with a budget, suggestions for misfits."""
+    from align.stages import STAGE_ORDER
+
+    planner = Planner(recipe, device)
+    stages = [s for s in STAGE_ORDER if isinstance(recipe.get(s), dict)]
+    stages += [s for s, v in recipe.items() if isinstance(v, dict) and s not in stages and s != "vars"]
+    out = []
+    for name in stages:
+        est = planner.stage(name, recipe[name])
+        if budget is not None and est.total > budget:
+            est.suggestions = suggest(planner, name, recipe[name], est, budget)
+        out.append(est)
+    return out
+
+
+def parse_size(text: str) -> float:
+    """'8GiB' / '8G' / '8' (binary: GiB), '24GB' (decimal, as GPUs are sold), '16000MiB' -> bytes."""
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*(?:([kmgt])(i?)(b?))?", (text or "").strip().lower())
+    if not m:
+        raise AlignError(f"--gpu-memory {text!r}: expected a size such as 8GiB, 24GB or 16000MiB")
+    value, unit, binary, byte = m.groups()
+    power = {"k": 1, "m": 2, "g": 3, "t": 4}[unit or "g"]
+    base = 1000 if byte and not binary else 1024
+    return float(value) * base**power
+
+
+def format_bytes(n: float) -> str:
+    if n >= GIB:
+        return f"{n / GIB:.2f} GiB"
+    if n >= MIB:
+        return f"{n / MIB:.0f} MiB"
+    return f"{n / KIB:.0f} KiB"
+
+
+def render(estimates: list[StageEstimate], budget: float | None, device: str, console: Any = None) -> None:
+    """Rich tables: the terms of each stage, its total, and what would make it fit."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    for est in estimates:
+        peak = est.peak_phase
+        table = Table(title=f"{est.stage} ({est.kind}) - peak {'GPU' if device == 'cuda' else 'CPU RAM'} memory",
+                      title_justify="left")
+        for col, justify in (("term", "left"), ("phase", "left"), ("memory", "right"), ("note", "left")):
+            table.add_column(col, justify=justify)
+        for t in est.terms:
+            style = "dim" if t.phase not in ("resident", peak) else None
+            table.add_row(t.name, t.phase, format_bytes(t.bytes), t.note, style=style)
+        verdict = ""
+        if budget is not None:
+            verdict = f"fits in {format_bytes(budget)}" if est.total <= budget else f"does NOT fit in {format_bytes(budget)}"
+        table.add_row("[bold]total (peak)[/bold]", peak or "", f"[bold]{format_bytes(est.total)}[/bold]", verdict)
+        console.print(table)
+        for note in est.notes:
+            console.print(f"  - {note}")
+        if est.suggestions:
+            sug = Table(title=f"{est.stage}: changes that reduce the peak", title_justify="left")
+            for col in ("change", "recipe settings", "new estimate", "fits"):
+                sug.add_column(col)
+            for s in est.suggestions:
+                sug.add_row(s.label, " ".join(s.overrides), format_bytes(s.total), "yes" if s.fits else "no")
+            console.print(sug)
+    if device == "cuda":
+        console.print("Estimates are for one CUDA GPU (bf16 where precision is auto); the CUDA context is not "
+                      "counted. Dimmed rows belong to a phase that is not the peak.")

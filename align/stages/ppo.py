@@ -1,0 +1,171 @@
+"""RLHF with PPO (InstructGPT step 3): make the policy earn reward without drifting from ref_policy.
+
+Our own loop on torch + peft (TRL >= 1.13 has no PPO trainer), following "The N+ Implementation
+Details of RLHF with PPO" (Huang et al. 2024) and alpaca_farm's split. Each step:
+
+    rollouts = rollout(queries)                      # sample, cut after EOS, score, old log-probs/values
+    adv      = estimate_advantages(rollouts, beta)   # score - beta * KL per token, GAE, whitening
+    stats    = step_with_rollouts(rollouts, adv)     # ppo_epochs of clipped policy + value updates
+    record_step_stats(...); kl_ctl.update(kl)        # stats.jsonl / tensorboard, adapt beta
+
+With a LoRA policy one copy of the base weights serves every role (see align.ppo.policy).
+Outputs: ``model/`` (the policy as a PEFT adapter or full checkpoint, plus tokenizer),
+``value_head.safetensors``, ``stats.jsonl``, ``samples.jsonl``, ``checkpoints/step-N/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from align.data import DataConfig
+from align.errors import AlignError
+from align.models import AdapterConfig, ModelConfig
+from align.ppo.config import PPOSettings, RewardConfig
+from align.stages import StageContext, StageResult
+
+log = logging.getLogger("align")
+
+
+class Config(BaseModel):
+    """The `ppo:` section of a recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: ModelConfig = Field(description="Starting policy: @sft (a LoRA adapter or full model), a model dir or alias.")
+    reward: RewardConfig = Field(description="@reward, a reward model dir, or `module:function` (string shorthand).")
+    prompts: DataConfig = Field(description="Queries: prompt-only JSONL, Alpaca/Self-Instruct data, @self_instruct...")
+    adapter: AdapterConfig = Field(
+        default_factory=AdapterConfig,
+        description="Adapter to train when the policy is not already one (type: full trains every weight).",
+    )
+    ppo: PPOSettings = Field(default_factory=PPOSettings, description="The PPO loop's settings.")
+
+
+def run(cfg: Config, ctx: StageContext) -> StageResult:
+    import torch
+    from accelerate.utils import set_seed
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    from align.data import load_examples
+    from align.ppo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_jsonl
+    from align.ppo.policy import load_roles, save_policy
+    from align.ppo.queries import QuerySampler, load_queries
+    from align.ppo.rewards import FunctionScorer, load_scorer
+    from align.ppo.rollout import encode_queries, rollout
+    from align.ppo.stats import StatsLog, read_stats, record_step_stats
+    from align.ppo.update import PtxBatches, estimate_advantages, step_with_rollouts
+    from align.rl import AdaptiveKLController, FixedKLController
+
+    s = cfg.ppo
+    policy_cfg = cfg.policy.model_copy(update={"name": ctx.resolve(cfg.policy.name)})
+    prompts_cfg = cfg.prompts.model_copy(update={"path": ctx.resolve(cfg.prompts.path)})
+    set_seed(ctx.seed)
+
+    # ---- models: policy, ref_policy, value_model, reward_model
+    roles = load_roles(policy_cfg, cfg.adapter, s.value_model)
+    scorer = load_scorer(cfg.reward, ctx.resolve(cfg.reward.source), roles)
+    gold = FunctionScorer(s.gold_fn, "gold_fn") if s.gold_fn else None
+    for note in roles.notes:
+        log.info("ppo: %s", note)
+
+    # ---- data: queries (and PPO-ptx demonstrations)
+    queries = load_queries(prompts_cfg)
+    tokens = encode_queries(roles.tokenizer, queries)
+    kept = [i for i, t in enumerate(tokens) if len(t) <= s.max_prompt_length]
+    if not kept:
+        raise AlignError(f"ppo: every prompt in {prompts_cfg.path} is longer than max_prompt_length={s.max_prompt_length}")
+    if len(kept) < len(queries):
+        log.warning("ppo: skipped %d prompts longer than %d tokens", len(queries) - len(kept), s.max_prompt_length)
+    queries, tokens = [queries[i] for i in kept], [tokens[i] for i in kept]
+    sampler = QuerySampler(len(queries), s.batch_size, ctx.seed)
+    ptx = None
+    if s.ptx_coef > 0:
+        ptx_cfg = s.ptx_data.model_copy(update={"path": ctx.resolve(s.ptx_data.path)})
+        ptx = PtxBatches(roles.tokenizer, load_examples(ptx_cfg), s.ptx_max_length, ctx.seed)
+
+    # ---- optimisation state, resumed from the newest checkpoint if a run was interrupted
+    optimizer = torch.optim.AdamW(roles.trainable_parameters(), lr=s.lr, eps=s.adam_eps, weight_decay=s.weight_decay)
+    kl_ctl = (AdaptiveKLController(s.init_kl_coef, s.target_kl, s.kl_horizon) if s.adaptive_kl
+              else FixedKLController(s.init_kl_coef))
+    ckpt_root = ctx.stage_dir / "checkpoints"
+    start_step, resumed_from = 0, None
+    latest = latest_checkpoint(ckpt_root)
+    if latest is not None:
+        start_step = load_checkpoint(latest, roles, optimizer, kl_ctl)["step"]
+        resumed_from = str(latest)
+        log.info("ppo: resuming from %s (step %d)", latest, start_step)
+    for name in ("stats.jsonl", "samples.jsonl"):
+        truncate_jsonl(ctx.stage_dir / name, start_step)
+    logger = StatsLog(ctx.stage_dir, "tensorboard" in s.report_to, start_step)
+
+    # ---- the loop
+    bar = tqdm(range(start_step, s.steps), desc="ppo", initial=start_step, total=s.steps, disable=not s.progress)
+    started = time.perf_counter()
+    for step in bar:
+        t0 = time.perf_counter()
+        lr = s.lr * (1 - step / s.steps) if s.lr_schedule == "linear" else s.lr
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = sampler.indices(step)
+        rollouts = rollout(roles, scorer, [queries[i] for i in batch], [tokens[i] for i in batch], s, gold)
+        kl_coef = kl_ctl.value
+        adv = estimate_advantages(rollouts, kl_coef, s)
+        update_stats = step_with_rollouts(roles, optimizer, rollouts, adv, s, ctx.seed, step, ptx)
+        stats = record_step_stats(rollouts, adv, update_stats, kl_coef)
+        kl_ctl.update(stats["objective/kl"], n_steps=s.batch_size)
+        stats.update({"lr": lr, "time/step_s": time.perf_counter() - t0})
+        logger.log(step + 1, stats)
+        if (step + 1) % s.sample_every == 0 or step == start_step:
+            logger.samples(step + 1, rollouts, s.num_samples)
+        bar.set_postfix(score=f"{stats['objective/scores']:.3f}", kl=f"{stats['objective/kl']:.3f}")
+        if (step + 1) % s.save_steps == 0 or step + 1 == s.steps:
+            save_checkpoint(ckpt_root, step + 1, roles, optimizer, kl_ctl, {}, s.save_total_limit)
+    logger.close()
+    seconds = time.perf_counter() - started
+
+    # ---- outputs
+    out_dir = ctx.stage_dir / "model"
+    save_policy(roles, out_dir)
+    value_head_file = ctx.stage_dir / "value_head.safetensors"
+    save_file({k: v.contiguous().cpu() for k, v in roles.value_head.state_dict().items()}, str(value_head_file))
+    history = read_stats(ctx.stage_dir / "stats.jsonl")
+    metrics = summarize(history)
+    metrics.update({
+        "resumed_from": resumed_from,
+        "train_seconds": round(seconds, 2),
+        "ref_policy": roles.ref_kind,
+        "reward": scorer.kind,
+        "roles": roles.notes,
+        "trainable_params": sum(p.numel() for p in roles.trainable_parameters()),
+        "prompts": len(queries),
+    })
+    return StageResult(outputs={"model": str(out_dir), "value_head": str(value_head_file)}, metrics=metrics)
+
+
+def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """First/last mean score and the final KL, from the whole stats.jsonl (resumed runs included)."""
+    if not history:
+        return {"steps": 0}
+    first, last = history[0], history[-1]
+    tail = history[-max(1, len(history) // 10) :]
+    out: dict[str, Any] = {
+        "steps": last["step"],
+        "first_score": first["objective/scores"],
+        "last_score": last["objective/scores"],
+        "last_10pct_score": sum(h["objective/scores"] for h in tail) / len(tail),
+        "objective/scores": last["objective/scores"],
+        "objective/kl": last["objective/kl"],
+        "final_kl": last["objective/kl"],
+        "final_kl_coef": last["objective/kl_coef"],
+        "eos_fraction": last["eos/fraction"],
+        "mean_step_seconds": sum(h["time/step_s"] for h in history) / len(history),
+    }
+    if "objective/gold" in last:
+        out["first_gold"], out["last_gold"] = first["objective/gold"], last["objective/gold"]
+        out["gold_score"] = last["objective/gold"]
+    return out

@@ -1,0 +1,117 @@
+"""Append-only JSONL records that survive a crash: the resumable output of a generation run.
+
+A record counts as written once its line, newline included, is on disk: ``RecordWriter.append`` writes
+the whole line in one call, then flushes and fsyncs. If the process dies mid-write, the file ends in a
+torn line with no newline; ``repair`` (run by the writer on open and by ``load_records``) truncates it
+away, so resuming neither loses a committed record nor sees half of one. A newline-terminated line that
+is not valid JSON is real corruption and raises an error naming the file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from align.errors import AlignError
+
+
+def repair(path: str | Path) -> int:
+    """Truncate a torn final line (bytes after the last newline); returns how many bytes were removed."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        # Read backwards in blocks until the last newline is found.
+        end = size
+        block = 4096
+        keep = 0
+        while end > 0:
+            start = max(0, end - block)
+            f.seek(start)
+            chunk = f.read(end - start)
+            idx = chunk.rfind(b"\n")
+            if idx >= 0:
+                keep = start + idx + 1
+                break
+            end = start
+        if keep < size:
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+        return size - keep
+
+
+def _parse_lines(path: Path, data: bytes) -> list[dict[str, Any]]:
+    records = []
+    for lineno, raw in enumerate(data.split(b"\n")[:-1], start=1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise AlignError(f"{path}:{lineno}: not a valid JSON record ({exc}); the file is corrupt there") from None
+        if not isinstance(rec, dict):
+            raise AlignError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        records.append(rec)
+    return records
+
+
+def load_records(path: str | Path, fix: bool = True) -> list[dict[str, Any]]:
+    """All complete records of a JSONL file ([] if it does not exist).
+
+    A torn last line is ignored; with ``fix`` (the default) it is also truncated from the file, so the
+    next append starts on a clean line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    if fix:
+        repair(path)
+    return _parse_lines(path, path.read_bytes())
+
+
+def count_records(path: str | Path) -> int:
+    """How many complete records the file holds (a torn last line is not counted; the file is untouched)."""
+    return len(load_records(path, fix=False))
+
+
+class RecordWriter:
+    """Append JSON records to a JSONL file, durably, one line each.
+
+    Use as a context manager::
+
+        with RecordWriter(out_path) as writer:   # repairs a torn tail left by a crash
+            done = writer.count                  # records already there: resume after them
+            writer.append({"instruction": ..., "instances": [...]})
+    """
+
+    def __init__(self, path: str | Path, fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        repair(self.path)
+        self.count = len(_parse_lines(self.path, self.path.read_bytes())) if self.path.exists() else 0
+        self._file = open(self.path, "ab")  # noqa: SIM115 - closed in close()/__exit__
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        self._file.write(line.encode("utf-8"))  # one write per record: a crash leaves at most one torn line
+        self._file.flush()
+        if self.fsync:
+            os.fsync(self._file.fileno())
+        self.count += 1
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

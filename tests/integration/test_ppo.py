@@ -1,0 +1,146 @@
+"""The ppo stage end to end on tiny-llama: reward rises, KL stays bounded, outputs load in plain peft.
+
+The policy starts from an SFT-like LoRA adapter (trained here in a few seconds to answer with a few
+words from a small vocabulary), so that a programmatic reward, the fraction of the word "blue",
+starts near 0.2 and has room to rise. With the update's sign flipped the score falls instead.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from align.stages import StageContext
+from align.stages.ppo import Config, run
+
+WORDS = ["red", "blue", "green", "cat", "dog"]
+PROMPTS = ["Tell me about the sea.", "Write a short poem.", "Name a color.", "Describe a cat.",
+           "How do plants grow?", "Why is the sky blue?", "Give three tips.", "Say something."]
+
+
+def train_sft_like_adapter(base_dir: str, out: Path, steps: int = 120) -> Path:
+    """LoRA (lm_head included) taught to reply with 3-6 random words from WORDS, then EOS."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from align.models import load_tokenizer
+
+    rng = random.Random(0)
+    torch.manual_seed(0)
+    tok = load_tokenizer(base_dir)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(
+        r=16, lora_alpha=32, lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(steps):
+        rows = []
+        for _ in range(16):
+            prompt = [{"role": "user", "content": rng.choice(PROMPTS)}]
+            answer = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 6)))
+            prompt_text = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+            n_prompt = len(tok(prompt_text, add_special_tokens=False)["input_ids"])
+            full = tok.apply_chat_template([*prompt, {"role": "assistant", "content": answer}], tokenize=False)
+            rows.append((tok(full, add_special_tokens=False)["input_ids"], n_prompt))
+        width = max(len(ids) for ids, _ in rows)
+        ids = torch.full((len(rows), width), tok.pad_token_id)
+        labels = torch.full((len(rows), width), -100)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (seq, n_prompt) in enumerate(rows):
+            ids[i, : len(seq)] = torch.tensor(seq)
+            mask[i, : len(seq)] = 1
+            labels[i, n_prompt : len(seq)] = torch.tensor(seq[n_prompt:])
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def sft_adapter(tiny_model_dir, tmp_path_factory) -> Path:
+    return train_sft_like_adapter(tiny_model_dir, tmp_path_factory.mktemp("sft") / "model")
+
+
+@pytest.fixture()
+def files(tmp_path) -> dict[str, str]:
+    (tmp_path / "toy_reward.py").write_text(
+        "def frac_blue(prompt, response):\n"
+        "    words = response.split()\n"
+        "    return sum(w == 'blue' for w in words) / len(words) if words else 0.0\n"
+        "\n"
+        "def frac_red(prompt, response):\n"
+        "    words = response.split()\n"
+        "    return sum(w == 'red' for w in words) / len(words) if words else 0.0\n"
+    )
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    return {"reward": f"{tmp_path / 'toy_reward.py'}:frac_blue", "gold": f"{tmp_path / 'toy_reward.py'}:frac_red",
+            "prompts": str(tmp_path / "prompts.jsonl")}
+
+
+def ppo_config(policy: str, files: dict[str, str], **ppo) -> Config:
+    settings = dict(steps=40, batch_size=16, mini_batch_size=8, ppo_epochs=4, lr=2e-4, init_kl_coef=0.1,
+                    temperature=1.0, max_new_tokens=12, save_steps=20, sample_every=10, num_samples=2,
+                    gold_fn=files["gold"], report_to=["tensorboard"], progress=False)
+    settings.update(ppo)
+    return Config.model_validate({"policy": policy, "reward": files["reward"], "prompts": files["prompts"],
+                                  "ppo": settings})
+
+
+def test_reward_rises_and_kl_stays_bounded(sft_adapter, files, tmp_path):
+    out = tmp_path / "ppo"
+    out.mkdir()
+    result = run(ppo_config(str(sft_adapter), files), StageContext("ppo", out, tmp_path, seed=0, upstream={}))
+    stats = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
+    scores = [s["objective/scores"] for s in stats]
+    first, last = sum(scores[:3]) / 3, sum(scores[-5:]) / 5
+    assert first < 0.4 and last > first + 0.3, scores
+    assert max(s["objective/kl"] for s in stats) < 20, [round(s["objective/kl"], 2) for s in stats]
+    # the gold function (fraction of "red") falls as the policy chases "blue": over-optimisation is visible
+    assert stats[-1]["objective/gold"] < stats[0]["objective/gold"]
+
+    m = result.metrics
+    assert m["steps"] == 40 and m["ref_policy"] == "ref_adapter" and m["reward"] == "function"
+    assert m["last_score"] == scores[-1] and m["first_score"] == scores[0]
+    names = {"objective/kl", "objective/kl_coef", "objective/rlhf_reward", "objective/scores", "objective/entropy",
+             "loss/policy", "loss/value", "loss/total", "policy/clipfrac", "val/clipfrac", "policy/approxkl",
+             "policy/entropy", "tokens/response_len_mean", "eos/fraction", "time/step_s", "objective/gold"}
+    assert names <= set(stats[0])
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert {s["step"] for s in samples} == {1, 10, 20, 30, 40}
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-20", "step-40"]
+
+    # model/ is a plain PEFT adapter: it loads without align and answers "blue" more than the SFT adapter
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def blue_rate(adapter_dir: str) -> float:
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(
+            json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["base_model_name_or_path"]),
+            adapter_dir).eval()
+        tok = AutoTokenizer.from_pretrained(adapter_dir)
+        texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+                 for p in PROMPTS]
+        enc = tok(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+        torch.manual_seed(0)
+        out_ids = model.generate(**enc, do_sample=True, top_k=0, max_new_tokens=12, pad_token_id=tok.pad_token_id)
+        words = " ".join(tok.batch_decode(out_ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)).split()
+        return sum(w == "blue" for w in words) / max(len(words), 1)
+
+    assert blue_rate(result.outputs["model"]) > blue_rate(str(sft_adapter)) + 0.3
+    assert Path(result.outputs["value_head"]).exists()
+
+
+def test_adaptive_kl_controller_moves_the_coefficient(sft_adapter, files, tmp_path):
+    out = tmp_path / "ppo"
+    out.mkdir()
+    cfg = ppo_config(str(sft_adapter), files, steps=4, adaptive_kl=True, target_kl=0.01, kl_horizon=100,
+                     init_kl_coef=0.2, lr=1e-3, report_to=["none"], gold_fn=None)
+    run(cfg, StageContext("ppo", out, tmp_path, seed=0, upstream={}))
+    coefs = [json.loads(line)["objective/kl_coef"] for line in (out / "stats.jsonl").read_text().splitlines()]
+    assert coefs[0] == 0.2 and coefs[-1] > coefs[1] > 0.2  # KL above a tiny target: beta grows

@@ -1,0 +1,144 @@
+"""Rank stage on tiny-llama: samples K responses, ranks them with a gold function / LLM judge, resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from align.data import DataConfig
+from align.errors import AlignError
+from align.judges import ranking_from_scores
+from align.rankings import read_rankings
+from align.stages import StageContext
+from align.stages.rank import Config, load_prompts, run
+
+GOLD = '''
+from pathlib import Path
+
+def score(prompt, response):
+    """Toy gold: share of letters among characters; raises on 'prompt 4' while the flag file exists."""
+    if prompt == "prompt 4" and Path(__file__).with_name("fail.flag").exists():
+        raise RuntimeError("killed")
+    return sum(c.isalpha() for c in response) / max(1, len(response))
+'''
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on the shared 2-core machine, two threads contending with other jobs run ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_model_dir):
+    (tmp_path / "gold.py").write_text(GOLD)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"prompt {i}"}) for i in range(6)) + "\n")
+    return tmp_path, prompts
+
+
+def settings(root: Path, prompts: Path, **extra) -> dict:
+    return {"prompts": str(prompts), "policy": "tiny-llama", "k": 3, "max_new_tokens": 8, "batch_size": 2,
+            "judge": {"type": "gold", "function": f"{root / 'gold.py'}:score"}, **extra}
+
+
+def run_stage(stage_dir: Path, values: dict, seed: int = 0):
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    ctx = StageContext(name="rank", stage_dir=stage_dir, run_dir=stage_dir.parent, seed=seed, upstream={})
+    return run(Config.model_validate(values), ctx)
+
+
+def test_gold_judge_end_to_end_writes_valid_rankings(setup):
+    root, prompts = setup
+    result = run_stage(root / "rank", settings(root, prompts))
+    path = Path(result.outputs["rankings"])
+    assert path.name == "rankings.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["prompt"] for r in lines] == [f"prompt {i}" for i in range(6)]
+    for row in lines:
+        assert len(row["responses"]) == 3 and all(isinstance(r, str) for r in row["responses"])
+        assert row["ranking"] == ranking_from_scores(row["scores"])  # best first, ties grouped
+        expected = [sum(c.isalpha() for c in r) / max(1, len(r)) for r in row["responses"]]
+        assert row["scores"] == pytest.approx(expected)
+    records = read_rankings(path)  # the reader accepts what the stage writes
+    assert len(records) == 6 and all(r.k == 3 for r in records)
+    assert result.metrics["rankings"] == 6 and result.metrics["k"] == 3 and result.metrics["judge"] == "gold"
+
+
+def test_killed_rank_stage_resumes_without_duplicates(setup):
+    root, prompts = setup
+    (root / "fail.flag").write_text("")
+    stage_dir = root / "rank"
+    with pytest.raises(AlignError, match="RuntimeError: killed"):
+        run_stage(stage_dir, settings(root, prompts))
+    out = stage_dir / "rankings.jsonl"
+    done = out.read_text().splitlines()
+    assert len(done) == 4  # batches [0, 1] and [2, 3] written, [4, 5] failed
+    with out.open("a") as fh:  # and a line cut short by the kill
+        fh.write('{"prompt": "prompt 4", "respon')
+    (root / "fail.flag").unlink()
+
+    result = run_stage(stage_dir, settings(root, prompts))
+    lines = out.read_text().splitlines()
+    assert [json.loads(line)["prompt"] for line in lines] == [f"prompt {i}" for i in range(6)]
+    assert lines[:4] == done
+    assert result.metrics["resumed_prompts"] == 4 and result.metrics["written_now"] == 2
+
+    fresh = run_stage(root / "fresh", settings(root, prompts))  # same seeds per batch: same samples
+    assert Path(fresh.outputs["rankings"]).read_text().splitlines() == lines
+
+
+def test_human_judge_writes_tasks_and_stops(setup):
+    root, prompts = setup
+    values = settings(root, prompts, judge={"type": "human"}, k=2)
+    with pytest.raises(AlignError) as err:
+        run_stage(root / "rank", values)
+    tasks = root / "rank" / "tasks.jsonl"
+    assert str(tasks) in str(err.value) and "wrote 6 labeling tasks" in str(err.value)
+    rows = [json.loads(line) for line in tasks.read_text().splitlines()]
+    assert len(rows) == 6 and set(rows[0]) == {"prompt", "responses"} and len(rows[0]["responses"]) == 2
+    assert not (root / "rank" / "rankings.jsonl").exists()
+
+
+def test_llm_judge_with_a_local_teacher(setup):
+    root, prompts = setup
+    values = {**settings(root, prompts), "prompts": {"path": str(prompts), "max_samples": 2}, "k": 2,
+              "judge": {"type": "llm", "teacher": "tiny-llama", "max_tokens": 2}}
+    result = run_stage(root / "rank", values)
+    assert result.metrics["judge_calls"] == 2 * 2  # 2 prompts × 1 pair × both orders
+    records = read_rankings(result.outputs["rankings"])
+    assert len(records) == 2 and all(sorted(i for g in r.ranking for i in g) == [0, 1] for r in records)
+
+
+def test_load_prompts_formats_filter_and_duplicates(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    rows = [
+        {"prompt": "plain prompt", "split": "train"},
+        {"instruction": "Add.", "input": "2 and 3", "output": "5", "split": "train"},
+        {"prompt": "plain prompt", "split": "train"},
+        {"prompt": "held out", "split": "heldout"},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], "split": "train"},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    prompts = load_prompts(DataConfig(path=str(path)), {"split": "train"})
+    assert prompts == [[{"role": "user", "content": "plain prompt"}], [{"role": "user", "content": "Add.\n\n2 and 3"}],
+                       [{"role": "user", "content": "hi"}]]
+    assert len(load_prompts(DataConfig(path=str(path)))) == 4
+    with pytest.raises(AlignError, match="no prompts found with {'split': 'test'}"):
+        load_prompts(DataConfig(path=str(path)), {"split": "test"})
+
+
+def test_bad_settings_fail_before_loading_the_policy(setup):
+    root, prompts = setup
+    with pytest.raises(AlignError, match="has no attribute 'nope'"):
+        run_stage(root / "a", settings(root, prompts, judge={"type": "gold", "function": "align.judges:nope"}))
+    with pytest.raises(ValueError, match="less than or equal to 9"):
+        Config.model_validate(settings(root, prompts, k=10))
+    with pytest.raises(ValueError, match="greater than 0"):
+        Config.model_validate(settings(root, prompts, temperature=0))

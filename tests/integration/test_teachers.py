@@ -1,0 +1,142 @@
+"""Teachers: the local backend, and the OpenAI-compatible one against a real `align serve` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+from pydantic import ValidationError
+
+from align.errors import AlignError
+from align.serve import ModelBackend, running_server
+from align.teachers import TeacherConfig, backoff_delay, make_teacher
+
+PROMPTS = ["Come up with a series of tasks:\n1.", "Task: name a fruit.\nOutput:", "Hello", "1. Write a poem"]
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model_dir):
+    return ModelBackend("tiny-llama")
+
+
+def remote(srv, **overrides):
+    cfg = {"type": "openai", "model": "tiny-llama", "base_url": srv.url, "retry_backoff_s": 0.01, **overrides}
+    return make_teacher(cfg)
+
+
+def test_config_rejects_unknown_keys_and_keys_in_place_of_env_names():
+    with pytest.raises(ValidationError, match="extra"):
+        TeacherConfig(model="x", temperature=0.3)
+    with pytest.raises(ValidationError, match="NAME of an environment variable"):
+        TeacherConfig(type="openai", model="gpt", api_key_env="sk-abcdefghijklmnopqrstuvwxyz123")
+    assert TeacherConfig.model_validate("tiny-llama").type == "local"
+    assert TeacherConfig(model="x").resolved_endpoint == "completions"
+    assert TeacherConfig(type="openai", model="x").resolved_endpoint == "chat"
+
+
+def test_local_teacher_complete_and_chat(tiny_model_dir):
+    teacher = make_teacher("tiny-llama")
+    texts = teacher.complete(PROMPTS, max_tokens=6, temperature=0.0)
+    assert len(texts) == len(PROMPTS) and all(isinstance(t, str) for t in texts)
+    assert texts == teacher.complete(PROMPTS, max_tokens=6, temperature=0.0)  # greedy is deterministic
+    replies = teacher.chat([[{"role": "user", "content": p}] for p in PROMPTS[:2]], max_tokens=6, temperature=0.0)
+    assert len(replies) == 2 and all(replies)
+
+
+def test_completions_endpoint_matches_local_and_keeps_order(backend):
+    local = make_teacher({"model": "tiny-llama", "batch_size": 2})
+    expected = local.complete(PROMPTS, max_tokens=8, temperature=0.0)
+    with running_server("tiny-llama", backend=backend) as srv:
+        # batch_size 3: two requests (3 + 1 prompts) answered concurrently, reassembled in order
+        teacher = remote(srv, endpoint="completions", batch_size=3, max_concurrency=2)
+        got = teacher.complete(PROMPTS, max_tokens=8, temperature=0.0)
+    assert got == expected
+    assert teacher.attempts == 2
+    assert srv.stats["status_200"] == 2
+
+
+def test_chat_endpoint_for_complete_and_chat(backend):
+    local = make_teacher("tiny-llama")
+    conversations = [[{"role": "user", "content": p}] for p in PROMPTS]
+    expected = local.chat(conversations, max_tokens=8, temperature=0.0)
+    with running_server("tiny-llama", backend=backend) as srv:
+        teacher = remote(srv)  # endpoint defaults to chat for openai
+        assert teacher.chat(conversations, max_tokens=8, temperature=0.0) == expected
+        assert teacher.complete(PROMPTS, max_tokens=8, temperature=0.0) == expected
+    assert srv.stats["status_200"] == 2 * len(PROMPTS)
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_concurrency_limit_is_reached_and_never_exceeded(backend, limit):
+    with running_server("tiny-llama", backend=backend, delay_s=0.25) as srv:
+        teacher = remote(srv, max_concurrency=limit)
+        started = time.perf_counter()
+        out = teacher.chat([[{"role": "user", "content": f"q{i}"}] for i in range(6)], max_tokens=2, temperature=0.0)
+        elapsed = time.perf_counter() - started
+    assert len(out) == 6
+    assert srv.stats["max_in_flight"] == limit
+    assert elapsed >= 0.25 * 6 / limit - 0.05
+
+
+def test_429_and_500_are_retried(backend):
+    with running_server("tiny-llama", backend=backend, fail_first={"429": 1, "500": 1}) as srv:
+        teacher = remote(srv, endpoint="completions", max_concurrency=1)
+        out = teacher.complete(["Hello"], max_tokens=4, temperature=0.0)
+    assert len(out) == 1
+    assert teacher.attempts == 3 and teacher.retries == 2
+    assert (srv.stats["status_429"], srv.stats["status_500"], srv.stats["status_200"]) == (1, 1, 1)
+
+
+def test_retries_give_up_with_a_clear_error(backend):
+    with running_server("tiny-llama", backend=backend, fail_first={"503": 5}) as srv:
+        teacher = remote(srv, max_retries=2)
+        with pytest.raises(AlignError, match=r"failed after 3 attempts.*503"):
+            teacher.chat([[{"role": "user", "content": "hi"}]], max_tokens=2, temperature=0.0)
+    assert teacher.attempts == 3
+    assert srv.stats["status_503"] == 3
+
+
+def test_client_errors_are_not_retried(backend, monkeypatch):
+    monkeypatch.setenv("ALIGN_TEST_WRONG_KEY", "sk-wrong")
+    with running_server("tiny-llama", backend=backend, api_key="sk-right") as srv:
+        teacher = remote(srv, api_key_env="ALIGN_TEST_WRONG_KEY")
+        with pytest.raises(AlignError, match="401"):
+            teacher.chat([[{"role": "user", "content": "hi"}]], max_tokens=2, temperature=0.0)
+    assert teacher.attempts == 1
+
+
+def test_timeout_is_retried(backend):
+    with running_server("tiny-llama", backend=backend, fail_first={"timeout": 1}, stall_s=4.0) as srv:
+        teacher = remote(srv, timeout_s=0.5, endpoint="completions")
+        started = time.perf_counter()
+        out = teacher.complete(["Hello"], max_tokens=3, temperature=0.0)
+        elapsed = time.perf_counter() - started
+    assert len(out) == 1
+    assert teacher.attempts == 2
+    assert elapsed < 3.5  # did not wait for the stalled answer
+
+
+def test_connection_refused_is_retried_then_reported():
+    teacher = make_teacher({"type": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1", "max_retries": 1,
+                            "retry_backoff_s": 0.01, "timeout_s": 2})
+    with pytest.raises(AlignError, match="APIConnectionError"):
+        teacher.chat([[{"role": "user", "content": "hi"}]], max_tokens=2, temperature=0.0)
+    assert teacher.attempts == 2
+
+
+def test_missing_key_variable_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("ALIGN_TEST_UNSET_KEY", raising=False)
+    with pytest.raises(AlignError, match="ALIGN_TEST_UNSET_KEY"):
+        make_teacher({"type": "openai", "model": "m", "api_key_env": "ALIGN_TEST_UNSET_KEY"})
+
+
+def test_backoff_grows_exponentially_with_jitter_and_honours_retry_after():
+    rng = random.Random(0)
+    for attempt in range(6):
+        ceiling = min(60.0, 0.5 * 2**attempt)
+        delays = [backoff_delay(attempt, 0.5, rng=rng) for _ in range(50)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert len(set(delays)) > 40  # jittered, not constant
+    assert backoff_delay(3, 0.5, retry_after=2.0) == 2.0
+    assert backoff_delay(30, 0.5, rng=rng) <= 60.0

@@ -1,0 +1,182 @@
+"""Rankings: pair expansion, the accepted file formats (rankings, pairs, Anthropic HH), clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from align.errors import AlignError
+from align.rankings import (
+    JsonlAppender,
+    expand_pairs,
+    group_by_prompt,
+    normalize_ranking,
+    read_rankings,
+    split_by_prompt,
+    split_hh,
+)
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------- expand_pairs
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 9])
+def test_expand_pairs_without_ties_gives_k_choose_2(k):
+    pairs = expand_pairs([[i] for i in range(k)])
+    assert len(pairs) == k * (k - 1) // 2
+    assert len(set(pairs)) == len(pairs)
+    assert all(b < w for b, w in pairs)  # index order == rank order here
+
+
+def test_expand_pairs_order_is_by_better_group_then_worse_group():
+    assert expand_pairs([[2], [0], [1]]) == [(2, 0), (2, 1), (0, 1)]
+
+
+def test_expand_pairs_skips_pairs_inside_tie_groups():
+    # 4 responses, 1 and 3 tied: 6 pairs minus the tied one.
+    pairs = expand_pairs([[0], [1, 3], [2]])
+    assert pairs == [(0, 1), (0, 3), (0, 2), (1, 2), (3, 2)]
+    assert (1, 3) not in pairs and (3, 1) not in pairs
+    assert expand_pairs([[0, 1, 2]]) == []  # one tie group: no preference at all
+
+
+def test_normalize_ranking_accepts_flat_groups_and_mixed():
+    assert normalize_ranking([2, 0, 1], 3, "f:1") == [[2], [0], [1]]
+    assert normalize_ranking([[2], [0, 1]], 3, "f:1") == [[2], [0, 1]]
+    assert normalize_ranking([1, [0, 2]], 3, "f:1") == [[1], [0, 2]]
+
+
+@pytest.mark.parametrize("raw, needle", [
+    ([0, 0, 1], "index 0 appears twice"),
+    ([0, 1], "indices [2] are missing"),
+    ([0, 1, 5], "index 5 is out of range for 3 responses"),
+    ([0, "1", 2], "is not an index"),
+    ([[0], [], [1, 2]], "is not an index"),
+    ("0>1>2", "expected 'ranking'"),
+])
+def test_normalize_ranking_errors_name_the_place_and_problem(raw, needle):
+    with pytest.raises(AlignError) as err:
+        normalize_ranking(raw, 3, "data.jsonl:7")
+    assert str(err.value).startswith("data.jsonl:7: ")
+    assert needle in str(err.value)
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def test_read_rankings_flat_and_tie_groups(tmp_path):
+    path = write_jsonl(tmp_path / "r.jsonl", [
+        {"prompt": "Say hi", "responses": ["hi", "hello", "yo"], "ranking": [1, 0, 2]},
+        {"prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "Add"}],
+         "responses": ["a", "b", "c"], "ranking": [[2], [0, 1]], "scores": [0, 0, 1]},
+    ])
+    first, second = read_rankings(path)
+    assert first.prompt == [{"role": "user", "content": "Say hi"}]
+    assert first.ranking == [[1], [0], [2]] and first.k == 3
+    assert second.ranking == [[2], [0, 1]] and second.prompt_text == "Add"
+    assert first.where.endswith("r.jsonl:1")
+
+
+def test_read_rankings_from_rank_stage_dir(tmp_path):
+    with pytest.raises(AlignError, match="holds no rankings.jsonl"):
+        read_rankings(tmp_path)
+    write_jsonl(tmp_path / "rankings.jsonl", [{"prompt": "p", "responses": ["a", "b"], "ranking": [[0], [1]]}])
+    assert read_rankings(tmp_path)[0].responses == ["a", "b"]
+
+
+def test_plain_pairs_are_rankings_with_k_2(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [
+        {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"},
+        {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello!"}],
+         "rejected": [{"role": "assistant", "content": "Go away."}]},
+    ])
+    a, b = read_rankings(path)
+    assert (a.responses, a.ranking) == (["4", "5"], [[0], [1]])
+    assert b.responses == ["Hello!", "Go away."] and b.prompt == [{"role": "user", "content": "Hi"}]
+
+
+def test_anthropic_hh_split_at_last_assistant_turn(tmp_path):
+    shared = "\n\nHuman: What is the capital of France?\n\nAssistant: Paris.\n\nHuman: And of Italy?"
+    rec = {"chosen": shared + "\n\nAssistant: Rome.", "rejected": shared + "\n\nAssistant: Milan, I think."}
+    (record,) = read_rankings(write_jsonl(tmp_path / "hh.jsonl", [rec]))
+    assert record.prompt == [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And of Italy?"},
+    ]
+    assert record.responses == ["Rome.", "Milan, I think."]
+    assert record.ranking == [[0], [1]]
+
+
+def test_hh_response_containing_assistant_word_is_kept_whole():
+    messages, chosen, rejected = split_hh("\n\nHuman: hi\n\nAssistant: I am an Assistant: yes",
+                                          "\n\nHuman: hi\n\nAssistant: no", "x:1")
+    assert messages == [{"role": "user", "content": "hi"}]
+    assert (chosen, rejected) == ("I am an Assistant: yes", "no")
+
+
+@pytest.mark.parametrize("rec, needle", [
+    ({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: OTHER\n\nAssistant: c"},
+     "differ before their last Assistant turn"),
+    ({"chosen": "\n\nHuman: a", "rejected": "\n\nHuman: a\n\nAssistant: c"}, "'chosen' has no '\\n\\nAssistant:'"),
+    ({"prompt": "p", "responses": ["a", "b"]}, "missing 'ranking'"),
+    ({"prompt": "p", "responses": ["a"], "ranking": [0]}, "at least 2 strings"),
+    ({"prompt": "", "responses": ["a", "b"], "ranking": [0, 1]}, "empty prompt"),
+    ({"prompt": "p", "chosen": 3, "rejected": "b"}, "'chosen' must be a string"),
+    ({"question": "p", "answer": "a"}, "unrecognised record with keys ['answer', 'question']"),
+])
+def test_malformed_records_name_file_and_line(tmp_path, rec, needle):
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok", "chosen": "a", "rejected": "b"}, rec])
+    with pytest.raises(AlignError) as err:
+        read_rankings(path)
+    assert f"{path}:2: " in str(err.value)
+    assert needle in str(err.value)
+
+
+def test_invalid_json_line_named(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": \n')
+    with pytest.raises(AlignError, match=r"bad.jsonl:2: not valid JSON"):
+        read_rankings(path)
+
+
+# --------------------------------------------------------------------------- grouping / splitting / writing
+
+
+def test_group_by_prompt_merges_pairs_and_duplicate_responses(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [
+        {"prompt": "q", "chosen": "good", "rejected": "bad"},
+        {"prompt": "q", "chosen": "good", "rejected": "worse"},
+        {"prompt": "q", "chosen": "same", "rejected": "same"},
+        {"prompt": "other", "responses": ["x", "y", "z"], "ranking": [[0], [1, 2]]},
+    ])
+    first, second = group_by_prompt(read_rankings(path))
+    assert first.responses == ["good", "bad", "worse", "same"]  # "good" appears once: forwarded once
+    assert first.pairs == [(0, 1), (0, 2)]  # the same/same pair carries no preference
+    assert second.pairs == [(0, 1), (0, 2)] and second.k == 3
+
+
+def test_split_by_prompt_is_deterministic_and_disjoint(tmp_path):
+    rows = [{"prompt": f"p{i}", "chosen": "a", "rejected": "b"} for i in range(20)]
+    groups = group_by_prompt(read_rankings(write_jsonl(tmp_path / "p.jsonl", rows)))
+    train, held = split_by_prompt(groups, 0.25, seed=3)
+    again = split_by_prompt(groups, 0.25, seed=3)[1]
+    assert len(held) == 5 and len(train) == 15
+    assert [g.prompt for g in held] == [g.prompt for g in again]
+    assert not {g.prompt[0]["content"] for g in held} & {g.prompt[0]["content"] for g in train}
+
+
+def test_appender_drops_partial_last_line_and_knows_done_prompts(tmp_path):
+    path = tmp_path / "rankings.jsonl"
+    path.write_text(json.dumps({"prompt": "a", "responses": ["x", "y"], "ranking": [0, 1]}) + '\n{"prompt": "b", "resp')
+    with JsonlAppender(path) as writer:
+        assert writer.done == {JsonlAppender.key("a")}
+        writer.write({"prompt": "b", "responses": ["x", "y"], "ranking": [1, 0]})
+    records = read_rankings(path)
+    assert [r.prompt_text for r in records] == ["a", "b"]
