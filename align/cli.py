@@ -79,6 +79,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+@command
+def cmd_plan(args: argparse.Namespace) -> int:
+    from align.config import load_recipe
+    from align.plan import parse_size, plan_recipe, render
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    budget = parse_size(args.gpu_memory) if args.gpu_memory else None
+    render(plan_recipe(recipe.model_dump(), args.device, budget), budget, args.device)
+    return 0
+
+
 def _chat_messages(prompt: str, system: str | None) -> list[dict]:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
@@ -191,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="(Re)write report.md and report.html for a run directory.")
     p.add_argument("run_dir")
+
+    p = sub.add_parser("plan", help="Estimate peak GPU memory per stage, and what to change to make it fit.")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", help="Dotted overrides, e.g. sft.train.batch_size=8")
+    p.add_argument("--gpu-memory", help="Memory of one GPU, e.g. 8GiB or 24GB: say whether each stage fits.")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                   help="cuda (default): GPU memory; cpu: the RAM a CPU run adds.")
 
     for name, help_text in (("generate", "Answer prompts with a model or a run's output."),
                             ("chat", "Chat with a model or a run's output in the terminal.")):

@@ -844,7 +844,10 @@ def render(estimates: list[StageEstimate], budget: float | None, device: str, co
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # piped: don't squeeze the table into 80 columns
+            console = Console(width=150)
     for est in estimates:
         peak = est.peak_phase
         table = Table(title=f"{est.stage} ({est.kind}) - peak {'GPU' if device == 'cuda' else 'CPU RAM'} memory",

@@ -274,11 +274,17 @@ def load_reward_model(path: str | Path, *, dtype: str = "float32") -> RewardMode
         tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    kwargs: dict[str, Any] = {"num_labels": 1, "dtype": torch_dtype}
+    if adapter and meta.get("quantization", "none") != "none":  # QLoRA: score on the same 4/8-bit base it trained on
+        from align.models import quantization_config
+
+        kwargs["quantization_config"] = quantization_config(meta["quantization"], torch_dtype)
+        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
     try:
         if adapter:
             from peft import PeftModel
 
-            model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch_dtype)
+            model = AutoModelForSequenceClassification.from_pretrained(base, **kwargs)
             model.config.pad_token_id = tokenizer.pad_token_id
             model = PeftModel.from_pretrained(model, str(folder))
         else:
@@ -286,7 +292,7 @@ def load_reward_model(path: str | Path, *, dtype: str = "float32") -> RewardMode
     except OSError as exc:
         raise AlignError(f"cannot load reward model from {folder} (base {base}): {exc}") from exc
     model.config.pad_token_id = tokenizer.pad_token_id
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and "device_map" not in kwargs:
         model = model.to("cuda")
     model.eval()
     norm_path = folder / NORM_FILE

@@ -197,7 +197,7 @@ def train_trl(model_dir, pair_groups, heldout, train_cfg, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: stable on a shared 2-core box)")
-    parser.add_argument("--pairs", type=int, default=192, help="K=2 training prompts")
+    parser.add_argument("--pairs", type=int, default=128, help="K=2 training prompts")
     parser.add_argument("--rankings", type=int, default=96, help="K=4 training prompts")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

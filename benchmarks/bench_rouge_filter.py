@@ -330,7 +330,7 @@ def bench_size(seed_instructions: list[str], stream: list[str], n: int, full_ref
             agree_pre += (not score_pre > DEFAULT_THRESHOLD) == kept[i]
         result.update(
             reference_s=round(_ratio_estimate(times, pools, pool_sizes), 1),
-            reference_mode=f"extrapolated from {len(indices)} sampled candidates (every {step}th)",
+            reference_mode=f"extrapolated from {len(indices)} sampled candidates (every {step}-th)",
             pretokenized_s=round(_ratio_estimate(pre_times, pools, pool_sizes), 1),
             reference_sampled_s=round(sum(times), 3),
             pretokenized_sampled_s=round(sum(pre_times), 3),
@@ -401,7 +401,7 @@ def write_results(results: list[dict], meta: dict, out_dir: Path, stem: str) -> 
         if "estimator_check_s" in r:
             lines.append(
                 f"- N={r['candidates']} (estimator calibration): the extrapolation formula applied to every "
-                f"{r['estimator_check_step']}th candidate of the measured full run gives {r['estimator_check_s']} s "
+                f"{r['estimator_check_step']}-th candidate of the measured full run gives {r['estimator_check_s']} s "
                 f"vs {r['reference_s']} s measured."
             )
     for r in results:

@@ -5,7 +5,7 @@ TRL/peft first, records its resident set (VmRSS) as the baseline, builds a rando
 (~50-100M parameters, so the model dominates), resets the kernel's high-water mark
 (/proc/self/clear_refs), runs two optimizer steps through TRL's SFTTrainer exactly as
 `align.stages.sft` sets it up, and reports VmHWM - baseline. glibc is told to serve every block
-over 1 MiB with mmap (MALLOC_MMAP_THRESHOLD_), so freed tensors leave RSS as they do PyTorch's
+over 64 KiB with mmap (MALLOC_MMAP_THRESHOLD_), so freed tensors leave RSS as they do PyTorch's
 "allocated" count on a GPU; without it the heap keeps freed blocks and RSS drifts upward.
 
 Run as a script (``python test_plan_measured.py CASE_JSON``) it is the worker; under pytest it
@@ -29,12 +29,13 @@ TOLERANCE = 0.15
 # Every example is longer than max_length, so batches are never padded (no attention mask).
 CASES = {
     "full-fp32": dict(layers=6, hidden=512, inter=1408, heads=8, kv=4, vocab=8192, adapter="full",
-                      quantization="none", batch=2, seq=128, optim="adamw_torch"),
-    "lora-fp32": dict(layers=8, hidden=768, inter=2048, heads=12, kv=4, vocab=8192, adapter="lora",
-                      quantization="none", batch=2, seq=128, optim="adamw_torch"),
+                      quantization="none", batch=2, seq=64, optim="adamw_torch"),
+    "lora-fp32": dict(layers=6, hidden=768, inter=2048, heads=12, kv=4, vocab=8192, adapter="lora",
+                      quantization="none", batch=2, seq=64, optim="adamw_torch"),
     "qlora-cpu": dict(layers=6, hidden=768, inter=2048, heads=12, kv=4, vocab=4096, adapter="lora",
-                      quantization="4bit", batch=2, seq=128, optim="adamw_torch"),
+                      quantization="4bit", batch=2, seq=64, optim="adamw_torch"),
 }
+
 
 def _status(key: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -171,7 +172,7 @@ def worker(cases: dict[str, dict]) -> dict[str, dict]:
 
 
 def run_worker(cases: dict[str, dict]) -> dict[str, dict]:
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1024 * 1024), "OMP_NUM_THREADS": "2",
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024), "OMP_NUM_THREADS": "2",
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, __file__, json.dumps(cases)], capture_output=True, text=True,
                           env=env, timeout=900)

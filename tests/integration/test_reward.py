@@ -260,6 +260,14 @@ def test_qlora_on_a_4bit_base(tmp_path):
     })
     assert result.metrics["quantization"] == "4bit" and result.metrics["steps"] == 2
     assert json.loads((Path(result.outputs["model"]) / "align_reward.json").read_text())["quantization"] == "4bit"
+    import bitsandbytes as bnb
+
+    from align.reward_model import load_reward_model
+
+    rm = load_reward_model(result.outputs["model"])  # scored on the same 4-bit base it trained on
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in rm.model.modules())
+    scores = rm.score(["p", "p"], ["one answer", "excellent answer"])
+    assert all(abs(x) < 1e3 for x in scores)
 
 
 def test_trains_on_anthropic_hh_pairs_grouped_by_prompt(tmp_path):
