@@ -227,9 +227,7 @@ class LLMJudge:
             for i in range(len(rs)):
                 for j in range(len(rs)):
                     if i != j:  # both orders of each pair
-                        text = PAIRWISE_TEMPLATE.format(prompt=prompt, a=rs[i], b=rs[j])
-                        questions.append([{"role": "system", "content": PAIRWISE_SYSTEM},
-                                          {"role": "user", "content": text}])
+                        questions.append(pairwise_question(prompt, rs[i], rs[j]))
                         keys.append((p, i, j))
         answers = self._ask(questions) if questions else []
         # wins[p][i][j]: how often i was preferred over j, over the two orders (0, 0.5 per unparsed, ..., 2)
@@ -268,6 +266,29 @@ class LLMJudge:
                     points[shown[q][i]] += points_i
             rankings.append(ranking_from_scores(points))
         return rankings
+
+
+def pairwise_question(prompt: str, first: str, second: str) -> list[dict]:
+    """The A/B question as a conversation: `first` is shown as Response A."""
+    return [{"role": "system", "content": PAIRWISE_SYSTEM},
+            {"role": "user", "content": PAIRWISE_TEMPLATE.format(prompt=prompt, a=first, b=second)}]
+
+
+def pairwise_judge_fn(teacher: Any, max_tokens: int = 16, temperature: float = 0.0) -> Callable[[str, str, str], str]:
+    """judge_fn(prompt, first, second) -> "first" | "second" | "tie" (no verdict), for any teacher with chat().
+
+    One presentation order per call: callers that compare two responses ask both orders
+    (align.eval.winrate.judge_pairwise does), as `LLMJudge` does for rankings.
+    """
+    if not callable(getattr(teacher, "chat", None)):
+        raise AlignError(f"llm judge: the teacher ({type(teacher).__name__}) has no chat() method")
+
+    def judge_fn(prompt: str, first: str, second: str) -> str:
+        answer = teacher.chat([pairwise_question(prompt, first, second)], max_tokens=max_tokens,
+                              temperature=temperature)[0]
+        return {"A": "first", "B": "second"}.get(parse_choice(answer), "tie")
+
+    return judge_fn
 
 
 def copeland(wins: list[list[float]]) -> Ranking:

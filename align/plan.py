@@ -323,8 +323,8 @@ def layer_activation_bytes(s: TrainSetup, seq: int) -> float:
     norm outputs (e·h) if a trained consumer keeps them; attention: rotated q, k, v (repeated to
     all heads when a padding mask forces repeat_kv), the output, fp32 log-sum-exp per head, and the
     padding mask expanded per layer (e·seq); MLP: gate, silu(gate), up (3·e·i) + their product
-    (e·i) if down_proj's consumer keeps it; LoRA: r per wrapped layer + its input copy (and a 1-byte
-    dropout mask) when it needs one.
+    (e·i) if down_proj's consumer keeps it; LoRA: r per wrapped layer + its input copy (and the
+    dropout mask: 1 B on CUDA, a float on CPU) when it needs one.
     """
     a, e = s.arch, s.dtypes.act
     h, q, kv, i, nh = a.hidden_size, a.q_dim, a.kv_dim, a.intermediate_size, a.num_heads
@@ -344,11 +344,20 @@ def layer_activation_bytes(s: TrainSetup, seq: int) -> float:
     else:
         total += 4 * nh + (e * seq if s.padded else 0)
     total += e * 3 * i + (e * i if s.full or (shared and "down_proj" in targets) else 0)
+    mask_bytes = 1 if s.device == "cuda" else e_lora  # CUDA saves a bool dropout mask; CPU a scaled float noise
     for fan_in, _, _ in targets.values():
         total += e_lora * int(s.adapter.get("r", 16))
         if copies or dropout:
-            total += e_lora * fan_in + (fan_in if dropout else 0)
+            total += e_lora * fan_in + (mask_bytes * fan_in if dropout else 0)
     return total
+
+
+def autocast_weight_copies(s: TrainSetup) -> float:
+    """bf16 copies of fp32 LoRA weights that autocast makes in the forward and autograd keeps for backward."""
+    e_lora, _ = s.lora_path()
+    if s.full or s.adapter.get("type") not in ("lora", "dora") or e_lora == s.adapter_param_bytes():
+        return 0.0
+    return numel(adapter_tensors(s.arch, s.adapter)) * e_lora
 
 
 def activation_terms(s: TrainSetup) -> list[Term]:
@@ -361,12 +370,14 @@ def activation_terms(s: TrainSetup) -> list[Term]:
         final += e * a.hidden_size  # the head keeps its input (a copy in TRL's tiled head)
     final += (8 if s.full else 0) + (seq if s.padded else 0)  # token ids, boolean causal mask
     phase = "forward/backward"
+    copies = autocast_weight_copies(s)
+    extra = [Term("bf16 copies of LoRA weights", copies, phase, "autocast casts, kept for backward")] if copies else []
     if not s.checkpointing:
         return [Term("activations", T * (L * layer + final), phase,
-                     f"{L} layers x {layer / KIB:.1f} KiB/token x {T} tokens")]
+                     f"{L} layers x {layer / KIB:.1f} KiB/token x {T} tokens")] + extra
     return [Term("activations (checkpointed layer inputs)", T * (L * e * a.hidden_size + final), phase,
                  f"{L} layers x {e * a.hidden_size / KIB:.1f} KiB/token x {T} tokens"),
-            Term("activations (one layer recomputed)", T * layer, phase, "backward re-runs one block at a time")]
+            Term("activations (one layer recomputed)", T * layer, phase, "backward re-runs one block at a time")] + extra
 
 
 def head_term(s: TrainSetup) -> Term:

@@ -239,6 +239,8 @@ def read_rankings(path: str | Path, max_records: int | None = None) -> list[Rank
         rows = _records_from_datasets(str(path), "train", local=False)
     records = []
     for where, rec in rows:
+        if rec.get("skipped") is True:  # `align label` records skipped tasks without a ranking
+            continue
         records.append(parse_record(rec, where))
         if max_records and len(records) >= max_records:
             break

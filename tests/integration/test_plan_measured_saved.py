@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from align.model_configs import Arch
-from align.plan import TrainSetup, layer_activation_bytes
+from align.plan import TrainSetup, autocast_weight_copies, layer_activation_bytes
 
 torch = pytest.importorskip("torch")
 
@@ -69,5 +69,6 @@ def test_layer_formula_matches_saved_tensors(name):
     arch = Arch("probe", H, I, 1, HEADS, KV, V, tie_embeddings=False)
     setup = TrainSetup(arch=arch, device="cuda" if bf16 else "cpu", precision="bf16" if bf16 else "fp32",
                        adapter=adapter, padded=padded, batch_size=B, seq_len=S, trainer="own")
-    predicted = layer_activation_bytes(setup, S)
-    assert predicted == pytest.approx(measured, rel=0.05), (name, predicted, measured)
+    # autocast's bf16 copies of fp32 LoRA weights are per layer, not per token
+    predicted = layer_activation_bytes(setup, S) + autocast_weight_copies(setup) / (B * S)
+    assert predicted == pytest.approx(measured, rel=0.01), (name, predicted, measured)

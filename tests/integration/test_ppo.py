@@ -22,7 +22,16 @@ PROMPTS = ["Tell me about the sea.", "Write a short poem.", "Name a color.", "De
            "How do plants grow?", "Why is the sky blue?", "Give three tips.", "Say something."]
 
 
-def train_sft_like_adapter(base_dir: str, out: Path, steps: int = 120) -> Path:
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two shared cores: one intra-op thread avoids oversubscription stalls and keeps runs reproducible."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def train_sft_like_adapter(base_dir: str, out: Path, steps: int = 200) -> Path:
     """LoRA (lm_head included) taught to reply with 3-6 random words from WORDS, then EOS."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -31,6 +40,8 @@ def train_sft_like_adapter(base_dir: str, out: Path, steps: int = 120) -> Path:
 
     rng = random.Random(0)
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module-scoped: runs before the autouse one_thread fixture
     tok = load_tokenizer(base_dir)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(
         r=16, lora_alpha=32, lora_dropout=0.0,
@@ -56,6 +67,7 @@ def train_sft_like_adapter(base_dir: str, out: Path, steps: int = 120) -> Path:
         model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+    torch.set_num_threads(threads)
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
     return out

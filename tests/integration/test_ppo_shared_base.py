@@ -22,6 +22,15 @@ QUERIES = [[{"role": "user", "content": "Name a color."}],
 RESPONSES = ["Blue.", "Waves roll in and out, grey and green.", "Light scatters."]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two shared cores: one intra-op thread avoids oversubscription stalls and keeps runs reproducible."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def perturb_adapter(model, adapter: str = "default", seed: int = 0) -> None:
     """Give LoRA B non-zero values so an adapter changes the model's output."""
     g = torch.Generator().manual_seed(seed)

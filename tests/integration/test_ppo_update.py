@@ -21,6 +21,15 @@ QUERIES = [[{"role": "user", "content": text}] for text in (
 )]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two shared cores: one intra-op thread avoids oversubscription stalls and keeps runs reproducible."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture()
 def reward_spec(tmp_path) -> str:
     (tmp_path / "toy_reward.py").write_text(

@@ -14,6 +14,7 @@ from align.judges import (
     borda,
     copeland,
     load_gold_function,
+    pairwise_judge_fn,
     parse_choice,
     parse_order,
     ranking_from_scores,
@@ -164,3 +165,20 @@ def test_parsers_and_aggregators():
 def test_teacher_without_chat_is_rejected():
     with pytest.raises(AlignError, match="has no chat"):
         LLMJudge(object())
+
+
+def test_pairwise_judge_fn_for_win_rates_cancels_position_bias():
+    from align.eval.winrate import judge_pairwise
+
+    biased = pairwise_judge_fn(AlwaysA())
+    assert biased("q", "x", "yy") == "first"
+    assert judge_pairwise(biased, "q", "x", "yy") == 0.5  # swapped orders cancel: a tie
+    consistent = pairwise_judge_fn(PrefersLonger())
+    assert consistent("q", "x", "yy") == "second"
+    assert judge_pairwise(consistent, "q", "long answer", "short") == 1.0
+
+    class Mumbles:
+        def chat(self, conversations, *, max_tokens, temperature):
+            return ["hmm"] * len(conversations)
+
+    assert pairwise_judge_fn(Mumbles())("q", "a", "b") == "tie"

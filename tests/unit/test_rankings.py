@@ -180,3 +180,16 @@ def test_appender_drops_partial_last_line_and_knows_done_prompts(tmp_path):
         writer.write({"prompt": "b", "responses": ["x", "y"], "ranking": [1, 0]})
     records = read_rankings(path)
     assert [r.prompt_text for r in records] == ["a", "b"]
+
+
+def test_skipped_label_records_are_ignored(tmp_path):
+    import json
+
+    from align.rankings import read_rankings
+
+    path = tmp_path / "labels.jsonl"
+    rows = [{"prompt": "p", "responses": ["a", "b"], "ranking": [[1], [0]], "labeler": "x"},
+            {"prompt": "q", "responses": ["c", "d"], "skipped": True, "labeler": "x"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    records = read_rankings(path)
+    assert len(records) == 1
