@@ -39,6 +39,7 @@ REMOTE_BACKENDS = ("openai", "api", "http", "remote", "server")
 TRAINERS_USING_TRL = ("sft", "reward")  # TRL keeps LoRA weights in bf16 on quantized bases
 # TRL >= 1.x scores the LM head in tiles (trl/kernels/chunked_logprob.py); full logits are never built.
 TRL_TOKEN_CHUNK, TRL_VOCAB_CHUNK = 4096, 32768
+PROMPT_GUESS = 256  # prompt tokens assumed where a stage has no prompt-length setting
 
 
 # --------------------------------------------------------------------------- result types
@@ -280,8 +281,10 @@ class TrainSetup:
     attn: str = "sdpa"
     padded: bool = True  # batches padded to the longest row (an attention mask; GQA keys repeated)
     head: str = "lm-fused"  # lm-fused (TRL tiles) | lm-full (full logits + log-softmax) | classifier
-    seqs_per_example: int = 1  # reward models score chosen and rejected together
-    trainer: str = "trl"
+    seqs_per_example: int = 1  # reward models score all responses of a prompt together
+    trainer: str = "trl"  # trl: LoRA weights cast to bf16 on quantized bases; own: peft's fp32 adapters
+    upcast_non_quantized: bool = False  # prepare_model_for_kbit_training: embeddings/norms in fp32
+    head_tokens: int = 0  # positions the loss head scores per sequence (0: all); PPO scores responses only
 
     @property
     def dtypes(self) -> Dtypes:
@@ -391,6 +394,11 @@ def head_term(s: TrainSetup) -> Term:
         per = e + (4 if e != 4 else 0) + 12
         return Term("logits (loss)", T * V * per, phase,
                     f"batch x seq x vocab: logits ({e} B), fp32 copy, log-softmax and its gradients ({per} B/entry)")
+    if s.head == "ppo":  # align.rl: log-probs and entropy row by row in fp32, both kept for backward
+        rows = s.batch_size * (s.head_tokens or s.seq_len)
+        per = e + 25
+        return Term("logits (policy loss)", rows * V * per, phase,
+                    f"{rows} response positions x vocab: logits, fp32 log-probs + entropy terms ({per} B/entry)")
     n = min(T, TRL_TOKEN_CHUNK)
     head_trains = s.full
     grads = 4 * T * h + e * T * h + (4 * V * h + e * V * h if head_trains else 0)
@@ -409,7 +417,8 @@ def training_terms(s: TrainSetup, prefix: str = "", with_weights: bool = True) -
     a = s.arch
     terms: list[Term] = []
     if with_weights:
-        terms.append(weights_term(a, d, s.quantization, prefix))
+        terms.append(weights_term(a, d, s.quantization, prefix, "classifier" if s.head == "classifier" else "lm",
+                                  s.upcast_non_quantized))
     trainable = adapter_tensors(a, s.adapter)
     p_bytes = s.adapter_param_bytes()
     n = numel(trainable)
@@ -432,12 +441,23 @@ def training_terms(s: TrainSetup, prefix: str = "", with_weights: bool = True) -
     return terms
 
 
-def weights_term(a: Arch, d: Dtypes, quantization: str, prefix: str = "") -> Term:
+def weights_term(a: Arch, d: Dtypes, quantization: str, prefix: str = "", head: str = "lm",
+                 upcast: bool = False) -> Term:
+    """Base weights; a classifier (reward model) has a scalar head instead of lm_head. `upcast`: the
+    non-quantized weights in fp32 (peft's prepare_model_for_kbit_training)."""
     label = {"none": d.label, "8bit": "int8", "4bit": "NF4+double quant"}[quantization]
+    if head == "classifier" and not a.tie_embeddings:
+        a = replace(a, tie_embeddings=True)  # no separate vocab matrix (the score head is tiny)
+    other_bytes = 4 if upcast and quantization != "none" else d.weight
     note = f"{a.total_params() / 1e6:,.1f}M params"
     if quantization != "none":
-        note += f"; embeddings/lm_head/norms stay {d.label}"
-    return Term(f"{prefix}weights ({label})", base_weight_bytes(a, d.weight, quantization), note=note)
+        note += f"; embeddings/{'score' if head == 'classifier' else 'lm_head'}/norms in "
+        note += "fp32" if upcast else d.label
+    total = base_weight_bytes(a, d.weight, quantization)
+    if other_bytes != d.weight:
+        other = a.embedding_params() + a.lm_head_params() + a.norm_params() + a.num_layers * a.bias_params_per_layer()
+        total += other * (other_bytes - d.weight)
+    return Term(f"{prefix}weights ({label})", total, note=note)
 
 
 def overhead_term(device: str) -> list[Term]:
@@ -579,22 +599,22 @@ class Planner:
     # ----- stages
 
     def stage(self, name: str, section: dict[str, Any]) -> StageEstimate:
-        roles = find_roles(section)
-        local = [r for r in roles if not r.remote]
-        keys = {r.key for r in local}
-        notes = [f"{r.key}: {r.name} is remote (served elsewhere), not counted" for r in roles if r.remote]
-        if not local:
-            return StageEstimate(name, "none", [], notes + ["no local model: nothing on the accelerator"])
-        if "policy" in keys and keys & {"reward_model", "value_model"}:
-            est = self.ppo(name, section, local)
-        elif "train" in section and keys & {"model", "policy"}:
-            est = self.training(name, section, next(r for r in local if r.key in ("model", "policy")))
-        else:
-            est = self.generation(name, section, local)
-        est.notes[:0] = notes
-        return est
+        """Dispatch on the stage's name when align knows it, else on what the section holds."""
+        handler = {"sft": self.sft, "reward": self.reward, "ppo": self.ppo, "rank": self.rank,
+                   "eval": self.eval, "self_instruct": self.self_instruct}.get(name)
+        if handler is not None:
+            return handler(name, section)
+        roles = [r for r in find_roles(section) if not r.remote]
+        if not roles:
+            return StageEstimate(name, "none", [], ["no local model: nothing on the accelerator"])
+        trainable = [r for r in roles if r.key in ("model", "policy")]
+        if "train" in section and trainable:
+            return self.training(name, section, trainable[0], head="lm-full", trainer="own")
+        return self.generation(name, section, roles)
 
-    def train_setup(self, name: str, section: dict[str, Any], role: Role) -> tuple[TrainSetup, list[Term], list[str]]:
+    # ----- training stages
+
+    def train_setup(self, section: dict[str, Any], role: Role, **fields: Any) -> tuple[TrainSetup, list[Term], list[str]]:
         arch, upstream = self.resolve(role.name)
         train = section.get("train") or {}
         adapter = dict(section.get("adapter") or {"type": "lora", "r": 16, "dropout": 0.05,
@@ -604,14 +624,12 @@ class Planner:
             batch_size=int(train.get("batch_size", 4)), seq_len=int(train.get("max_length", 512)),
             grad_accum=int(train.get("grad_accum", 1)), checkpointing=bool(train.get("gradient_checkpointing")),
             optim=str(train.get("optim", "adamw_torch")), attn=role.attn or "sdpa",
-            padded=not section.get("packing", False),
-            head="classifier" if name == "reward" else ("lm-fused" if name == "sft" and _trl_tiled_head() else "lm-full"),
-            seqs_per_example=2 if name == "reward" else 1,
-            trainer="trl" if name in TRAINERS_USING_TRL else "own",
+            padded=not section.get("packing", False), **fields,
         )
         extra: list[Term] = []
-        notes = [f"{role.key}: {arch.name} ({arch.source}); {setup.dtypes.label}, "
-                 f"batch {setup.batch_size * setup.seqs_per_example} x {setup.seq_len} tokens (padded to max length)"]
+        notes = [f"{role.key}: {arch.name} ({arch.source}); {setup.dtypes.label}; "
+                 f"{setup.batch_size * setup.seqs_per_example} sequences x {setup.seq_len} tokens per micro-batch "
+                 "(padded to max length: the worst case)"]
         notes += list(arch.notes)
         if upstream and adapter.get("type") != "full":
             up = numel(adapter_tensors(arch, upstream))
@@ -619,8 +637,8 @@ class Planner:
                               note=f"{role.name}: {up:,} params folded into the base"))
         return setup, extra, notes
 
-    def training(self, name: str, section: dict[str, Any], role: Role) -> StageEstimate:
-        setup, extra, notes = self.train_setup(name, section, role)
+    def training(self, name: str, section: dict[str, Any], role: Role, **fields: Any) -> StageEstimate:
+        setup, extra, notes = self.train_setup(section, role, **fields)
         terms = training_terms(setup) + extra + overhead_term(self.device)
         knobs = {"quantization": f"{role.path}.quantization", "adapter": "adapter",
                  "batch_size": "train.batch_size", "grad_accum": "train.grad_accum",
@@ -628,84 +646,205 @@ class Planner:
                  "optim": "train.optim"}
         return StageEstimate(name, "training", terms, notes, knobs=knobs)
 
+    def sft(self, name: str, section: dict[str, Any]) -> StageEstimate:
+        """TRL's SFTTrainer: LoRA weights in bf16 on quantized bases, the tiled LM head when TRL has it."""
+        role = next(r for r in find_roles(section) if r.key == "model")
+        return self.training(name, section, role, head="lm-fused" if _trl_tiled_head() else "lm-full",
+                             trainer="trl")
+
+    def reward(self, name: str, section: dict[str, Any]) -> StageEstimate:
+        """transformers.Trainer over prompt groups: all K responses of a prompt in one forward, a scalar head;
+        peft's prepare_model_for_kbit_training upcasts the non-quantized weights to fp32."""
+        role = next(r for r in find_roles(section) if r.key == "model")
+        rank = self.recipe.get("rank")
+        k = int(rank.get("k", 4)) if isinstance(rank, dict) else 2
+        est = self.training(name, section, role, head="classifier", seqs_per_example=k, trainer="own",
+                            upcast_non_quantized=role.quantization != "none")
+        est.notes.append(f"{k} responses per prompt ({'rank.k' if isinstance(rank, dict) else 'pairs assumed'}); "
+                         "train.batch_size counts prompts")
+        return est
+
+    # ----- PPO
+
+    def ppo(self, name: str, section: dict[str, Any]) -> StageEstimate:
+        """align.ppo: every role on one base for LoRA policies; a full policy keeps a frozen copy as ref_policy."""
+        s = section.get("ppo") or {}
+        policy = next(r for r in find_roles(section) if r.key == "policy")
+        arch, upstream = self.resolve(policy.name)
+        adapter = dict(upstream or section.get("adapter") or {"type": "lora", "r": 16, "target_modules": "all-linear"})
+        adapter["dropout"] = 0.0  # the PPO model never enters train mode
+        mini, accum = int(s.get("mini_batch_size", 4)), int(s.get("grad_accum", 1))
+        rollouts = int(s.get("batch_size", 16))
+        gen_batch = int(s.get("generation_batch_size") or rollouts)
+        prompt, new = int(s.get("max_prompt_length", 256)), int(s.get("max_new_tokens", 64))
+        setup = TrainSetup(arch=arch, device=self.device, precision=policy.precision, quantization=policy.quantization,
+                           adapter=adapter, batch_size=mini, seq_len=prompt + new, grad_accum=accum,
+                           optim="adamw_torch", attn=policy.attn or "sdpa", padded=True, head="ppo",
+                           head_tokens=new, trainer="own")
+        d = setup.dtypes
+        terms = [replace(t, phase="ppo update") if t.phase == "forward/backward" else t for t in training_terms(setup)]
+        if not setup.full:
+            terms[0] = replace(terms[0], note=terms[0].note + "; one copy shared by every role")
+        notes = [f"policy: {arch.name} ({arch.source}); {d.label}; "
+                 f"{'trains the @-referenced adapter' if upstream else adapter.get('type', 'lora')}"]
+        if setup.full:
+            terms.append(weights_term(arch, d, setup.quantization, "ref_policy (frozen copy) "))
+        elif upstream:
+            ref = numel(adapter_tensors(arch, upstream))
+            terms.append(Term("ref_policy adapter (frozen copy)", ref * 4, note="the starting adapter, on the shared base"))
+        else:
+            notes.append("ref_policy: the shared base with the adapter disabled (no extra weights)")
+        if s.get("value_model", "head") == "adapter" and not setup.full:
+            value = replace(setup, head="classifier")
+            terms += [replace(t, phase="ppo update") if t.phase == "forward/backward" else t
+                      for t in training_terms(value, "value_model ", with_weights=False)]
+            notes.append("value_model: its own adapter on the shared base (a second forward/backward)")
+        else:
+            terms.append(Term("value head", (arch.hidden_size + 1) * 16, note="fp32 weights, grads, Adam state"))
+        terms += self._ppo_reward(section, arch, setup, mini, prompt + new, notes)
+        terms += generation_terms(arch, d, gen_batch, prompt, new, "rollout", "rollout ")
+        scoring = mini * new * arch.vocab_size * (2 * d.act) + 2 * new * arch.vocab_size * 4
+        layer = mini * (prompt + new) * (3 * arch.intermediate_size + 4 * arch.hidden_size) * d.act
+        terms.append(Term("old + ref log-probs (no grad)", scoring + layer, "scoring",
+                          f"policy and ref logits over {new} response tokens x {mini} rollouts"))
+        terms += overhead_term(self.device)
+        notes.append(f"{rollouts} rollouts per step, generated {gen_batch} at a time; updates of {mini} x {accum}; "
+                     f"{prompt} prompt + {new} response tokens")
+        knobs = {"quantization": f"{policy.path}.quantization", "batch_size": "ppo.mini_batch_size",
+                 "grad_accum": "ppo.grad_accum", "gen_batch": "ppo.generation_batch_size",
+                 "gen_batch_default": gen_batch, "max_new_tokens": "ppo.max_new_tokens"}
+        if s.get("value_model") == "adapter":
+            knobs["value_head"] = "ppo.value_model"
+        if setup.full:
+            knobs["adapter"] = "adapter"
+        return StageEstimate(name, "ppo", terms, notes, knobs=knobs)
+
+    def _ppo_reward(self, section: dict[str, Any], arch: Arch, setup: TrainSetup, batch: int, seq: int,
+                    notes: list[str]) -> list[Term]:
+        reward = section.get("reward") or {}
+        source = str(reward.get("source", ""))
+        score_batch = int(reward.get("batch_size", 16))
+        if not source.startswith("@") and not Path(source).expanduser().exists():
+            notes.append(f"reward: Python function {source} (no model)")
+            return []
+        if source.startswith("@"):
+            stage = self.recipe.get(source[1:].split(".")[0]) or {}
+            role = next((r for r in find_roles(stage) if r.key == "model"), None)
+            if role is None:
+                raise AlignError(f"ppo.reward {source!r}: that stage names no model")
+            r_arch, _ = self.resolve(role.name)
+            r_adapter = stage.get("adapter") or {"type": "lora", "r": 16, "target_modules": "all-linear"}
+        else:
+            r_arch, r_adapter = self.resolve(source)
+            r_adapter = r_adapter or {"type": "full"}
+        d = setup.dtypes
+        shared = (reward.get("share_base", True) and not setup.full and r_adapter.get("type") in ("lora", "dora")
+                  and r_arch == arch)
+        phase_term = Term("reward_model scoring", score_batch * seq * (3 * r_arch.intermediate_size
+                                                                       + 4 * r_arch.hidden_size) * d.act, "scoring")
+        if shared:
+            n = numel(adapter_tensors(r_arch, r_adapter))
+            notes.append("reward_model: its LoRA adapter on the shared base")
+            return [Term("reward_model adapter", n * 4, note=f"{n:,} params, frozen"), phase_term]
+        notes.append("reward_model: a separate model (set reward.share_base, or train it as LoRA on the policy's "
+                     "base, to share one copy)")
+        return [weights_term(r_arch, d, "none", "reward_model ", head="classifier"), phase_term]
+
+    # ----- generation stages
+
     def generation(self, name: str, section: dict[str, Any], roles: list[Role]) -> StageEstimate:
+        """Generic: every named model generates; all assumed loaded together."""
         batch, batch_path = lookup(section, "batch_size", "generation_batch_size", default=8)
         new, new_path = lookup(section, "max_new_tokens", "response_length", "max_response_length", default=256)
-        prompt, prompt_path = lookup(section, "max_prompt_length", "prompt_length", "max_length", default=512)
-        per_prompt, _ = lookup(section, "num_return_sequences", "num_candidates", "num_generations",
-                               "num_samples", default=1)
-        terms: list[Term] = []
-        notes = []
+        prompt, _ = lookup(section, "max_prompt_length", "prompt_length", default=256)
+        per_prompt, _ = lookup(section, "num_return_sequences", "k", "num_generations", default=1)
+        terms, notes = [], []
         for r in roles:
-            arch, upstream = self.resolve(r.name)
-            d = dtypes_for(self.device, r.precision)
-            prefix = f"{r.key}: " if len(roles) > 1 else ""
-            terms.append(weights_term(arch, d, r.quantization, prefix))
-            if upstream:
-                up = numel(adapter_tensors(arch, upstream))
-                terms.append(Term(f"{prefix}adapter (loaded)", up * 4, note=f"{up:,} params"))
-            terms += generation_terms(arch, d, int(batch) * int(per_prompt), int(prompt), int(new),
-                                      f"generation ({r.key})", prefix)
-            notes.append(f"{r.key}: {arch.name} ({arch.source}); {d.label}")
-        notes.append(f"batch {batch} x {per_prompt} per prompt; {prompt} prompt + {new} new tokens "
+            t, n = self._generator(r, int(batch) * int(per_prompt), int(prompt), int(new), f"generation ({r.key})",
+                                   f"{r.key}: " if len(roles) > 1 else "", resident=True)
+            terms += t
+            notes += n
+        notes.append(f"batch {batch} x {per_prompt} sequences; {prompt} prompt + {new} new tokens "
                      "(all models assumed loaded together)")
-        knobs = {"quantization": [f"{r.path}.quantization" for r in roles],
-                 "gen_batch": batch_path, "max_new_tokens": new_path, "prompt_length": prompt_path}
+        knobs = {"quantization": [f"{r.path}.quantization" for r in roles], "gen_batch": batch_path,
+                 "max_new_tokens": new_path}
         return StageEstimate(name, "generation", terms + overhead_term(self.device), notes, knobs=knobs)
 
-    def ppo(self, name: str, section: dict[str, Any], roles: list[Role]) -> StageEstimate:
-        by_key = {r.key: r for r in roles}
-        policy = by_key["policy"]
-        setup, extra, notes = self.train_setup(name, section, policy)
-        rollout, rollout_path = lookup(section, "rollout_batch_size", "batch_size", default=setup.batch_size)
-        mini, mini_path = lookup(section, "mini_batch_size", "ppo_batch_size", default=setup.batch_size)
-        new, new_path = lookup(section, "max_new_tokens", "response_length", "max_response_length", default=128)
-        prompt, prompt_path = lookup(section, "max_prompt_length", "query_length", "max_query_length", default=256)
-        share, share_path = lookup(section, "share_base", "shared_base", default=None)
-        seq = int(prompt) + int(new)
-        setup = replace(setup, batch_size=int(mini), seq_len=seq, head="lm-full")
-        share = (not setup.full) if share is None else bool(share) and not setup.full  # adapters share one base
-        d = setup.dtypes
-        terms = [replace(t, name=f"policy {t.name}") for t in training_terms(setup)]
-        terms[0] = replace(terms[0], name=terms[0].name + (" (shared base)" if share else ""))
-        terms += extra
-        # reference: the policy base with its adapter switched off when shared, else its own copy
-        ref = by_key.get("ref_policy")
-        if share and (ref is None or self.resolve(ref.name)[0] == setup.arch):
-            notes.append("ref_policy: the shared base with the adapter disabled (no extra weights)")
+    def _generator(self, role: Role, batch: int, prompt: int, new: int, phase: str, prefix: str = "",
+                   resident: bool = False) -> tuple[list[Term], list[str]]:
+        """Weights (+ a loaded adapter) and generation buffers of one model; weights in `phase` unless resident."""
+        arch, upstream = self.resolve(role.name)
+        d = dtypes_for(self.device, role.precision)
+        weights = [weights_term(arch, d, role.quantization, prefix)]
+        if upstream:
+            up = numel(adapter_tensors(arch, upstream))
+            weights.append(Term(f"{prefix}adapter (loaded)", up * 4, note=f"{up:,} params"))
+        if not resident:
+            weights = [replace(t, phase=phase) for t in weights]
+        return weights + generation_terms(arch, d, batch, prompt, new, phase, prefix), [
+            f"{role.key}: {arch.name} ({arch.source}); {d.label}"]
+
+    def rank(self, name: str, section: dict[str, Any]) -> StageEstimate:
+        """The policy samples k responses per prompt; a local LLM judge, if any, runs after it."""
+        policy = next(r for r in find_roles(section) if r.key == "policy")
+        batch, k, new = int(section.get("batch_size", 8)), int(section.get("k", 4)), int(section.get("max_new_tokens", 128))
+        terms, notes = self._generator(policy, batch * k, PROMPT_GUESS, new, "sampling")
+        judge = section.get("judge") or {}
+        teacher = judge.get("teacher") if isinstance(judge, dict) else None
+        if isinstance(teacher, dict) and teacher.get("type", "local") == "local" and teacher.get("model"):
+            role = Role("judge", "judge.teacher.model", teacher["model"])
+            t, n = self._generator(role, int(teacher.get("batch_size", 8)), 2 * PROMPT_GUESS + k * new, 256, "judging")
+            terms, notes = terms + t, notes + n
+        notes.append(f"{batch} prompts x k={k} per generate call; prompts assumed {PROMPT_GUESS} tokens")
+        knobs = {"quantization": f"{policy.path}.quantization", "gen_batch": "batch_size",
+                 "max_new_tokens": "max_new_tokens"}
+        return StageEstimate(name, "generation", terms + overhead_term(self.device), notes, knobs=knobs)
+
+    def eval(self, name: str, section: dict[str, Any]) -> StageEstimate:
+        """Each policy is loaded (with the KL reference) and sampled in turn; the reward model scores after."""
+        batch, new = int(section.get("batch_size", 8)), int(section.get("max_new_tokens", 128))
+        terms, notes = [], []
+        for label, ref in (section.get("policies") or {}).items():
+            phase = f"policy {label}"
+            t, n = self._generator(Role(label, f"policies.{label}", ref), batch, PROMPT_GUESS, new, phase)
+            terms, notes = terms + t, notes + n
+            if section.get("reference"):
+                r_arch, _ = self.resolve(section["reference"])
+                d = dtypes_for(self.device, "auto")
+                terms.append(replace(weights_term(r_arch, d, "none", "reference (KL) "), phase=phase))
+        if section.get("reward_model"):
+            r_arch, _ = self.resolve(section["reward_model"])
+            d = dtypes_for(self.device, "fp32")  # load_reward_model defaults to float32
+            terms.append(replace(weights_term(r_arch, d, "none", "reward_model ", head="classifier"),
+                                 phase="reward scoring"))
+        llm = section.get("llm_judge")
+        if section.get("judge") == "llm" and isinstance(llm, dict) and llm.get("type", "local") == "local":
+            t, n = self._generator(Role("judge", "llm_judge.model", llm["model"]), int(llm.get("batch_size", 8)),
+                                   4 * PROMPT_GUESS, 256, "judging")
+            terms, notes = terms + t, notes + n
+        notes.append(f"models loaded one after another (one phase each); prompts assumed {PROMPT_GUESS} tokens")
+        knobs = {"quantization": [], "gen_batch": "batch_size", "max_new_tokens": "max_new_tokens"}
+        return StageEstimate(name, "generation", terms + overhead_term(self.device), notes, knobs=knobs)
+
+    def self_instruct(self, name: str, section: dict[str, Any]) -> StageEstimate:
+        teacher = section.get("teacher") or {}
+        if isinstance(teacher, str):
+            teacher = {"type": "local", "model": teacher}
+        if teacher.get("type", "local") != "local":
+            return StageEstimate(name, "none", [], [f"teacher served over HTTP ({teacher.get('model')}): "
+                                                    "nothing on this machine's accelerator"])
+        sampling = section.get("sampling") or {}
+        if section.get("method") == "alpaca":
+            new = int(sampling.get("alpaca_max_tokens", 3072))
         else:
-            ref_arch = self.resolve(ref.name)[0] if ref else setup.arch
-            terms.append(weights_term(ref_arch, d, ref.quantization if ref else setup.quantization, "ref_policy "))
-        value = by_key.get("value_model")
-        value_setup = None
-        if value is not None:
-            v_arch, _ = self.resolve(value.name)
-            value_setup = replace(setup, arch=v_arch, head="classifier", quantization=value.quantization)
-            same = share and v_arch == setup.arch and value.quantization == setup.quantization
-            vt = training_terms(value_setup, "value_model ", with_weights=not same)
-            terms += vt
-            if same:
-                notes.append("value_model: its own adapter on the shared base")
-        else:
-            notes.append("value: a scalar head on the policy (no extra weights)")
-        reward = by_key.get("reward_model")
-        if reward is not None:
-            r_arch, _ = self.resolve(reward.name)
-            terms.append(weights_term(r_arch, dtypes_for(self.device, reward.precision), reward.quantization,
-                                      "reward_model "))
-            terms.append(scoring_term(r_arch, d, int(rollout), seq, "reward_model scoring", "scoring", False))
-        terms += generation_terms(setup.arch, d, int(rollout), int(prompt), int(new), "rollout", "rollout ")
-        terms.append(scoring_term(setup.arch, d, int(rollout), seq, "ref_policy log-probs", "scoring", True))
-        # the PPO update: policy (and value) forward/backward at the mini-batch size
-        terms = [replace(t, phase="ppo update") if t.phase == "forward/backward" else t for t in terms]
-        terms += overhead_term(self.device)
-        notes.append(f"rollout batch {rollout}, mini-batch {mini}; {prompt} prompt + {new} response tokens; "
-                     f"{'shared base' if share else 'separate copies'}")
-        knobs = {"quantization": [f"{r.path}.quantization" for r in roles],
-                 "batch_size": mini_path, "rollout": rollout_path, "max_new_tokens": new_path,
-                 "checkpointing": "train.gradient_checkpointing", "optim": "train.optim",
-                 "share": share_path, "shared": share, "grad_accum": "train.grad_accum"}
-        return StageEstimate(name, "ppo", terms, notes, knobs=knobs)
+            new = max(int(sampling.get("bootstrap_max_tokens", 512)), int(sampling.get("instance_max_tokens", 300)))
+        role = Role("teacher", "teacher.model", teacher["model"])
+        terms, notes = self._generator(role, int(teacher.get("batch_size", 8)), 2 * PROMPT_GUESS, new,
+                                       "generation", resident=True)
+        notes.append(f"teacher batch {teacher.get('batch_size', 8)}; in-context prompts assumed "
+                     f"{2 * PROMPT_GUESS} tokens + {new} new")
+        knobs = {"quantization": [], "gen_batch": "teacher.batch_size"}
+        return StageEstimate(name, "generation", terms + overhead_term(self.device), notes, knobs=knobs)
 
 
 def _adapter_from_peft(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -743,72 +882,78 @@ def _yaml(value: Any) -> str:
 
 
 def suggest(planner: Planner, name: str, section: dict[str, Any], est: StageEstimate, budget: float) -> list[Suggestion]:
-    """Concrete changes that shrink a stage, each re-estimated; then the fewest combined that fit."""
+    """Concrete changes that shrink a stage, each re-estimated; if none fits alone, they are stacked in
+    order (mildest step of each first) until the stage fits."""
     knobs = est.knobs
     if not knobs:
         return []
-    options: list[tuple[str, dict[str, Any]]] = []
 
     def current(path: str, default: Any = None) -> Any:
         value = get_path(section, path)
         return default if value is None else value
 
-    quant_paths = knobs["quantization"] if isinstance(knobs["quantization"], list) else [knobs["quantization"]]
+    options: list[tuple[str, dict[str, Any]]] = []
+    quant_paths = knobs.get("quantization") or []
+    quant_paths = quant_paths if isinstance(quant_paths, list) else [quant_paths]
     if any(current(p, "none") != "4bit" for p in quant_paths):
-        change = {p: "4bit" for p in quant_paths}
+        change: dict[str, Any] = {p: "4bit" for p in quant_paths}
         label = "4-bit base weights (NF4)"
         if "adapter" in knobs and current("adapter.type", "lora") == "full":
             change.update({"adapter.type": "lora", "adapter.r": 16})
             label = "QLoRA: LoRA r=16 on a 4-bit base instead of full fine-tuning"
         options.append((label, change))
-    if est.kind == "ppo" and not knobs.get("shared"):
-        options.append(("one shared base for policy, reference and value (adapters)", {knobs["share"]: True}))
+    if "value_head" in knobs:
+        options.append(("value model as a head on the policy (no second forward)", {knobs["value_head"]: "head"}))
     if "checkpointing" in knobs and not current(knobs["checkpointing"], False):
         options.append(("activation checkpointing", {knobs["checkpointing"]: True}))
     if "optim" in knobs and "8bit" not in str(current(knobs["optim"], "adamw_torch")):
-        options.append(("8-bit optimizer", {knobs["optim"]: "paged_adamw_8bit"}))
-    halvings = []
+        options.append(("8-bit optimizer (bitsandbytes)", {knobs["optim"]: "paged_adamw_8bit"}))
+
+    def halving(path: str, start: int, floor: int) -> list[dict[str, Any]]:
+        return [{path: start // 2**k} for k in range(1, 12) if start // 2**k >= floor]
+
+    halvings: list[tuple[str, list[dict[str, Any]]]] = []
     if "batch_size" in knobs:
-        bs = int(current(knobs["batch_size"], 4))
-        ga = int(current(knobs["grad_accum"], 1))
-        halvings.append(("micro-batch", [{knobs["batch_size"]: bs // 2**k, knobs["grad_accum"]: ga * 2**k}
-                                         for k in range(1, 8) if bs // 2**k >= 1 and bs % 2**k == 0]))
+        bs, ga = int(current(knobs["batch_size"], 4)), int(current(knobs["grad_accum"], 1))
+        halvings.append(("smaller micro-batch, more accumulation (same effective batch)",
+                         [{knobs["batch_size"]: bs // 2**k, knobs["grad_accum"]: ga * 2**k}
+                          for k in range(1, 8) if bs % 2**k == 0]))
     if "max_length" in knobs:
-        n = int(current(knobs["max_length"], 512))
-        halvings.append(("max length", [{knobs["max_length"]: n // 2**k} for k in range(1, 8) if n // 2**k >= 64]))
+        halvings.append(("shorter max length", halving(knobs["max_length"], int(current(knobs["max_length"], 512)), 64)))
     if "gen_batch" in knobs:
-        b = int(current(knobs["gen_batch"], 8))
-        halvings.append(("generation batch", [{knobs["gen_batch"]: b // 2**k} for k in range(1, 8) if b // 2**k >= 1]))
+        start = int(current(knobs["gen_batch"], knobs.get("gen_batch_default", 8)))
+        halvings.append(("smaller generation batch", halving(knobs["gen_batch"], start, 1)))
     if "max_new_tokens" in knobs:
-        n = int(current(knobs["max_new_tokens"], 256))
-        halvings.append(("max new tokens", [{knobs["max_new_tokens"]: n // 2**k} for k in range(1, 6)
-                                            if n // 2**k >= 16]))
-    if "rollout" in knobs and knobs["rollout"] != knobs.get("batch_size"):
-        b = int(current(knobs["rollout"], 8))
-        halvings.append(("rollout batch", [{knobs["rollout"]: b // 2**k} for k in range(1, 8) if b // 2**k >= 1]))
+        halvings.append(("fewer new tokens", halving(knobs["max_new_tokens"], int(current(knobs["max_new_tokens"], 256)),
+                                                     16)))
 
     results: list[Suggestion] = []
     for label, change in options:
         new, overrides = _retry(planner, name, section, change)
-        results.append(Suggestion(label, overrides, new.total, new.total <= budget))
+        if new.total < est.total:
+            results.append(Suggestion(label, overrides, new.total, new.total <= budget))
     for label, steps in halvings:
         best = None
         for change in steps:  # the mildest step that fits, else the strongest one tried
             new, overrides = _retry(planner, name, section, change)
-            best = Suggestion(f"smaller {label}", overrides, new.total, new.total <= budget)
+            best = Suggestion(label, overrides, new.total, new.total <= budget)
             if best.fits:
                 break
-        if best:
+        if best and best.total < est.total:  # a knob that does not touch the peak is no suggestion
             results.append(best)
-    # everything that helps, cheapest first, until it fits
+    if any(r.fits for r in results):  # one change is enough: no need to stack them
+        return results
     combined: dict[str, Any] = {}
-    for _, change in options + [(lbl, steps[-1]) for lbl, steps in halvings if steps]:
+    steps_taken = 0
+    for _, change in options + [(lbl, step) for lbl, steps in halvings for step in steps]:
         combined.update(change)
+        steps_taken += 1
         new, overrides = _retry(planner, name, section, combined)
         if new.total <= budget:
             break
-    if combined and len(combined) > 1:
-        results.append(Suggestion("combined", overrides, new.total, new.total <= budget))
+    if steps_taken > 1:
+        results.append(Suggestion("combined (in the order above, until it fits)", overrides, new.total,
+                                  new.total <= budget))
     return results
 
 

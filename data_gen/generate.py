@@ -17,7 +17,8 @@ output) in one prompt and runs the same heuristic, ROUGE-L and instance filters.
 Resuming: ``machine_generated.jsonl`` is the source of truth. A restarted run reads it back, rebuilds the
 similarity pool from seeds + kept tasks, and continues to the target; each kept task is one atomic line,
 so a kill loses at most the round in flight and never duplicates a task. ``progress.jsonl`` holds one line
-of filter counts per finished round (the counts of a round cut short by a kill are not recorded).
+of filter counts per finished round (the counts of a round cut short by a kill are not recorded);
+``teacher_outputs.jsonl`` every raw teacher text, to see why things were dropped.
 
 A run never loops forever: it stops after ``max_teacher_calls`` teacher calls or ``max_idle_rounds``
 rounds in a row that kept nothing, says why, and writes ``complete: false`` in ``stats.json``.
@@ -25,6 +26,7 @@ rounds in a row that kept nothing, says why, and writes ``complete: false`` in `
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -63,6 +65,7 @@ log = logging.getLogger("align.data_gen")
 RECORDS_FILE = "machine_generated.jsonl"
 PROGRESS_FILE = "progress.jsonl"
 STATS_FILE = "stats.json"
+TEACHER_OUTPUTS_FILE = "teacher_outputs.jsonl"
 RUN_FILE = "run.json"
 EXPORT_FILES = {"alpaca": "alpaca_data.json", "self_instruct": "self_instruct_data.jsonl", "chat": "chat_data.jsonl"}
 BEYOND_TARGET = "beyond_target"  # passed every filter, but the target was already reached
@@ -80,15 +83,18 @@ class GenerationConfig(BaseModel):
     num_prompt_instructions: int = Field(8, gt=1, description="In-context instructions per bootstrap prompt.")
     num_machine_in_prompt: int = Field(2, ge=0, description="How many of them are machine-generated (once "
                                        "available); the rest are seeds.")
-    bootstrap_max_tokens: int = Field(512, gt=0, description="Token budget of one bootstrap continuation.")
+    bootstrap_max_tokens: int = Field(256, gt=0, description="Token budget of one bootstrap continuation (7 "
+                                      "new instructions of up to ~30 tokens; the original's 1024 mostly pays for "
+                                      "rambling past the stop).")
     bootstrap_temperature: float = Field(0.7, ge=0, description="Sampling temperature for new instructions.")
     bootstrap_stop: list[str] | None = Field(None, description="Stop strings for bootstrap calls. None: a blank "
                                              "line and 'Task {2n}' (n in-context), as the original; the stage "
                                              "drops the blank line for chat teachers, which space items out.")
     classification_max_tokens: int = Field(5, gt=0, description="Token budget of the yes/no answer.")
-    instance_max_tokens: int = Field(300, gt=0, description="Token budget of one task's instances.")
+    instance_max_tokens: int = Field(200, gt=0, description="Token budget of one task's instances (original: 300).")
     instance_temperature: float = Field(0.0, ge=0, description="Temperature for classification and instances.")
-    max_instances_per_task: int = Field(5, gt=0, description="Keep at most this many instances per task.")
+    max_instances_per_task: int = Field(3, gt=0, description="Keep at most this many instances per task (the "
+                                        "paper's data has 1.6 on average); generation stops after them.")
     alpaca_num_tasks: int = Field(20, gt=1, description="alpaca: list length per prompt, demos included.")
     alpaca_prompt_tasks: int = Field(3, gt=0, description="alpaca: seed tasks shown per prompt.")
     alpaca_max_tokens: int = Field(3072, gt=0, description="alpaca: token budget of one continuation.")
@@ -100,6 +106,8 @@ class GenerationConfig(BaseModel):
     max_teacher_calls: int | None = Field(None, gt=0, description="Stop after this many teacher calls in one "
                                           "invocation. None: 20 + 2 x the instructions still needed.")
     max_idle_rounds: int = Field(8, gt=0, description="Stop after this many rounds in a row that kept nothing.")
+    save_teacher_outputs: bool = Field(True, description="Append every raw teacher text to teacher_outputs.jsonl "
+                                       "(to see why things were dropped).")
 
 
 @dataclass
@@ -169,6 +177,7 @@ class _Loop:
         self.pool: SimilarityPool = SimilarityPool(self.seed_instructions + [r["instruction"] for r in self.records],
                                    threshold=cfg.rouge_threshold)
         self.calls = 0  # this invocation
+        self.raw_log: RecordWriter | None = None
         n = cfg.num_prompt_instructions
         self.bootstrap_stop = cfg.bootstrap_stop if cfg.bootstrap_stop is not None else ["\n\n", f"Task {2 * n}"]
 
@@ -176,12 +185,15 @@ class _Loop:
     def machine_instructions(self) -> list[str]:
         return [r["instruction"] for r in self.records]
 
-    def _call(self, rnd: _Round, prompts: list[str], **kwargs: Any) -> list[str]:
+    def _call(self, rnd: _Round, kind: str, prompts: list[str], **kwargs: Any) -> list[str]:
         self.calls += 1
         rnd.calls += 1
         texts = self.teacher.complete(prompts, **kwargs)
         if len(texts) != len(prompts):
             raise AlignError(f"teacher returned {len(texts)} texts for {len(prompts)} prompts")
+        if self.raw_log is not None:
+            for i, text in enumerate(texts):
+                self.raw_log.append({"round": rnd.index, "kind": kind, "index": i, "text": text})
         return texts
 
     # --- candidates ------------------------------------------------------------------------------------
@@ -191,7 +203,7 @@ class _Loop:
         prompts = [build_bootstrap_prompt(self.seed_instructions, self.machine_instructions,
                                           cfg.num_prompt_instructions, rng=rng, num_machine=cfg.num_machine_in_prompt)
                    for _ in range(cfg.request_batch_size)]
-        texts = self._call(rnd, prompts, max_tokens=cfg.bootstrap_max_tokens, temperature=cfg.bootstrap_temperature,
+        texts = self._call(rnd, "bootstrap", prompts, max_tokens=cfg.bootstrap_max_tokens, temperature=cfg.bootstrap_temperature,
                            stop=self.bootstrap_stop)
         out = []
         for text in texts:
@@ -205,7 +217,7 @@ class _Loop:
         prompts = [build_alpaca_prompt(self.seed_tasks, cfg.alpaca_num_tasks, rng=rng,
                                        num_prompt_tasks=cfg.alpaca_prompt_tasks)
                    for _ in range(cfg.request_batch_size)]
-        texts = self._call(rnd, prompts, max_tokens=cfg.alpaca_max_tokens, temperature=cfg.alpaca_temperature,
+        texts = self._call(rnd, "alpaca", prompts, max_tokens=cfg.alpaca_max_tokens, temperature=cfg.alpaca_temperature,
                            stop=[f"\n{cfg.alpaca_num_tasks + 1}.", f"{cfg.alpaca_num_tasks + 1}. Instruction"])
         out = []
         for text in texts:
@@ -237,14 +249,14 @@ class _Loop:
     def _add_instances(self, rnd: _Round, tasks: list[dict]) -> None:
         """Self-Instruct steps 2 and 3: classification label, then instances written by the teacher."""
         cfg = self.cfg
-        answers = self._call(rnd, [build_classification_prompt(t["instruction"]) for t in tasks],
+        answers = self._call(rnd, "classification", [build_classification_prompt(t["instruction"]) for t in tasks],
                              max_tokens=cfg.classification_max_tokens, temperature=cfg.instance_temperature,
                              stop=["\n", "Task"])
         for task, answer in zip(tasks, answers):
             label = parse_classification(answer)
             rnd.classification["unclear" if label is None else "yes" if label else "no"] += 1
             task["is_classification"] = bool(label)
-        texts = self._call(rnd, [build_instance_prompt(t["instruction"], t["is_classification"]) for t in tasks],
+        texts = self._call(rnd, "instances", [build_instance_prompt(t["instruction"], t["is_classification"]) for t in tasks],
                            max_tokens=cfg.instance_max_tokens, temperature=cfg.instance_temperature,
                            stop=["\nTask:", f"Example {cfg.max_instances_per_task + 1}"])
         for task, text in zip(tasks, texts):
@@ -341,7 +353,10 @@ def generate(
     bar = tqdm(total=num_instructions, initial=min(resumed_with, num_instructions), desc=f"{method} tasks",
                disable=not progress, unit="task")
     try:
-        with RecordWriter(out_dir / RECORDS_FILE) as writer, RecordWriter(out_dir / PROGRESS_FILE) as progress_log:
+        raw_writer = RecordWriter(out_dir / TEACHER_OUTPUTS_FILE, fsync=False) if cfg.save_teacher_outputs else None
+        with RecordWriter(out_dir / RECORDS_FILE) as writer, RecordWriter(out_dir / PROGRESS_FILE) as progress_log, \
+                raw_writer or contextlib.nullcontext() as raw_log:
+            loop.raw_log = raw_log
             while len(loop.records) < num_instructions:
                 if loop.calls >= max_calls:
                     stop_reason = (f"stopped after {loop.calls} teacher calls (max_teacher_calls) with "

@@ -63,8 +63,13 @@ class PPOSettings(BaseModel):
     cliprange_value: float = Field(0.2, gt=0, description="Value prediction clip around the rollout-time value.")
     vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss in the total loss.")
     entropy_coef: float = Field(0.0, ge=0, description="Weight of an entropy bonus (0 = none).")
+    max_approxkl: float | None = Field(
+        None, gt=0, description="Skip the rest of a step's updates once an update's policy/approxkl exceeds this "
+                                "(cleanrl's target_kl early stopping); None = always run every epoch."
+    )
     whiten_rewards: bool = Field(False, description="Whiten the per-token rewards (scale only) before GAE.")
-    whiten_advantages: bool = Field(True, description="Whiten advantages over the whole batch of rollouts.")
+    whiten_advantages: bool = Field(True, description="Whiten advantages over the whole batch of rollouts "
+                                                     "(skipped for a batch whose scores are all equal).")
     value_model: Literal["head", "adapter"] = Field(
         "head", description="head: a scalar head on the policy trunk's last hidden state; adapter: its own "
                             "LoRA adapter on the shared base plus a head (needs an adapter policy)."

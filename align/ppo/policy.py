@@ -178,26 +178,40 @@ def load_roles(policy: ModelConfig, adapter: AdapterConfig, value_model: str = "
 
 
 @contextlib.contextmanager
-def use_adapter(model: nn.Module, name: str) -> Iterator[None]:
-    """Run forwards with another adapter of a PeftModel active.
+def keep_trainable_set(model: nn.Module) -> Iterator[None]:
+    """Restore every parameter's requires_grad on exit.
 
-    peft's set_adapter also makes the active adapter trainable and freezes the others; which
-    weights the optimizer trains must not depend on which role ran last, so the flags are restored.
+    peft's set_adapter makes the active adapter trainable and freezes the others, and leaving
+    disable_adapter() re-runs it; which weights the optimizer trains must not depend on which role
+    ran a forward last.
     """
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    previous = model.active_adapter
-
-    def restore_flags() -> None:
-        for param, flag in flags:
-            param.requires_grad_(flag)
-
-    model.set_adapter(name)
-    restore_flags()
     try:
         yield
     finally:
-        model.set_adapter(previous)
-        restore_flags()
+        for param, flag in flags:
+            param.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def use_adapter(model: nn.Module, name: str) -> Iterator[None]:
+    """Run forwards with another adapter of a PeftModel active (the trainable set unchanged)."""
+    previous = model.active_adapter
+    with keep_trainable_set(model):
+        model.set_adapter(name)
+    try:
+        with keep_trainable_set(model):
+            yield
+    finally:
+        with keep_trainable_set(model):
+            model.set_adapter(previous)
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[None]:
+    """The base model alone (peft's disable_adapter), the trainable set unchanged."""
+    with keep_trainable_set(model), model.disable_adapter():
+        yield
 
 
 def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -245,7 +259,7 @@ def ref_forward(roles: ModelRoles, input_ids: torch.Tensor, attention_mask: torc
         if roles.ref_kind == "ref_adapter":
             with use_adapter(roles.model, REF_ADAPTER):
                 return causal_forward(roles.model, input_ids, attention_mask, n_response, hidden=False)[0]
-        with roles.model.disable_adapter():
+        with adapters_disabled(roles.model):
             return causal_forward(roles.model, input_ids, attention_mask, n_response, hidden=False)[0]
 
 

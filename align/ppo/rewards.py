@@ -126,7 +126,7 @@ class SharedBaseRewardScorer:
         from peft.utils import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        from align.ppo.policy import REWARD_ADAPTER
+        from align.ppo.policy import REWARD_ADAPTER, keep_trainable_set
 
         self.roles, self.batch_size = roles, batch_size
         self.mean, self.max_length = info["mean"], info["max_length"]
@@ -145,10 +145,8 @@ class SharedBaseRewardScorer:
                              f"({sorted(head)}); expected a reward adapter saved with task_type SEQ_CLS")
         bias = next((v for k, v in head.items() if k.endswith(".bias")), None)
         model = roles.model
-        flags = [(p, p.requires_grad) for p in model.parameters()]
-        model.add_adapter(REWARD_ADAPTER, cfg)  # also re-activates the policy adapter, flipping requires_grad
-        for param, flag in flags:
-            param.requires_grad_(flag)
+        with keep_trainable_set(model):  # add_adapter re-activates the policy adapter, flipping requires_grad
+            model.add_adapter(REWARD_ADAPTER, cfg)
         result = set_peft_model_state_dict(model, lora, adapter_name=REWARD_ADAPTER)
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:

@@ -30,6 +30,7 @@ def record_step_stats(r: Rollouts, adv: Advantages, update: dict[str, float], kl
         "val/values_mean": float(masked_mean(r.values, r.response_mask)),
         "tokens/response_len_mean": float(mask.sum(dim=1).mean()),
         "eos/fraction": float(r.has_eos.float().mean()),
+        "val/advantages_whitened": float(adv.whitened),
     }
     if r.gold is not None:
         stats["objective/gold"] = float(r.gold.mean())

@@ -34,6 +34,7 @@ class Advantages:
     kl: torch.Tensor  # (B, R) per-token KL estimate
     advantages: torch.Tensor  # (B, R)
     returns: torch.Tensor  # (B, R) value targets
+    whitened: bool = False
 
 
 def estimate_advantages(r: Rollouts, kl_coef: float, s: PPOSettings) -> Advantages:
@@ -43,9 +44,13 @@ def estimate_advantages(r: Rollouts, kl_coef: float, s: PPOSettings) -> Advantag
     if s.whiten_rewards:
         rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
     advantages, returns = compute_gae(rewards, r.values, mask, s.gamma, s.lam)
-    if s.whiten_advantages:
+    # A batch whose scores are all equal (common with 0/1 programmatic rewards) carries no preference
+    # signal: its advantages are only value-model error and KL noise, and whitening would blow that
+    # noise up to unit scale and take a full-size step on it.
+    whiten = s.whiten_advantages and bool(r.scores.max() - r.scores.min() > 1e-8)
+    if whiten:
         advantages = whiten_advantages(advantages, mask)
-    return Advantages(rewards, kl, advantages, returns)
+    return Advantages(rewards, kl, advantages, returns, whitened=whiten)
 
 
 class PtxBatches:
@@ -111,8 +116,10 @@ def step_with_rollouts(
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)  # same shuffles on resume
     device = roles.device
     totals: dict[str, float] = defaultdict(float)
-    n_updates = 0
+    n_updates, stopped = 0, False
     for epoch in range(s.ppo_epochs):
+        if stopped:
+            break
         order = torch.randperm(B, generator=g)
         for u, start in enumerate(range(0, B, per_update)):
             group = order[start : start + per_update]
@@ -153,5 +160,10 @@ def step_with_rollouts(
             for k, v in update_stats.items():
                 totals[k] += v
             n_updates += 1
+            if s.max_approxkl is not None and update_stats["policy/approxkl"] > s.max_approxkl:
+                stopped = True  # the policy already moved far from the rollouts' policy: stop this step
+                break
     optimizer.zero_grad(set_to_none=True)
-    return {k: v / n_updates for k, v in totals.items()}
+    stats = {k: v / n_updates for k, v in totals.items()}
+    stats["policy/updates"] = float(n_updates)
+    return stats

@@ -1,15 +1,17 @@
 """The plan's estimate against measured peak memory of real SFT steps on CPU.
 
-CPU-adapted measurement: each case runs in a fresh subprocess that imports torch/transformers/
-TRL/peft first, records its resident set (VmRSS) as the baseline, builds a random-init Llama
-(~50-100M parameters, so the model dominates), resets the kernel's high-water mark
-(/proc/self/clear_refs), runs two optimizer steps through TRL's SFTTrainer exactly as
-`align.stages.sft` sets it up, and reports VmHWM - baseline. glibc is told to serve every block
-over 64 KiB with mmap (MALLOC_MMAP_THRESHOLD_), so freed tensors leave RSS as they do PyTorch's
-"allocated" count on a GPU; without it the heap keeps freed blocks and RSS drifts upward.
+CPU-adapted measurement: one worker process imports torch/transformers/TRL/peft, then forks one
+child per case (no compute before forking, so no thread pools are copied). The child records its
+anonymous resident memory (RssAnon) as the baseline, builds a random-init Llama (25-50M
+parameters, so the model dominates) or loads a saved one in 4-bit, resets the kernel's high-water
+mark (/proc/self/clear_refs), runs two optimizer steps through TRL's SFTTrainer as
+`align.stages.sft` sets it up, and reports VmHWM - RssFile - baseline (file-backed pages, such as
+the safetensors mmap a 4-bit load leaves behind, are not model memory). glibc is told to serve
+every block over 64 KiB with mmap (MALLOC_MMAP_THRESHOLD_), so freed tensors leave RSS, as they
+leave PyTorch's "allocated" count on a GPU; otherwise the heap keeps them and RSS drifts upward.
 
-Run as a script (``python test_plan_measured.py CASE_JSON``) it is the worker; under pytest it
-drives the workers and compares. Results are recorded in docs/memory.md.
+Run as a script (``python test_plan_measured.py CASES_JSON``) it is the worker. The results are
+recorded in docs/memory.md.
 """
 
 from __future__ import annotations
@@ -29,11 +31,11 @@ TOLERANCE = 0.15
 # Every example is longer than max_length, so batches are never padded (no attention mask).
 CASES = {
     "full-fp32": dict(layers=6, hidden=512, inter=1408, heads=8, kv=4, vocab=8192, adapter="full",
-                      quantization="none", batch=2, seq=64, optim="adamw_torch"),
+                      quantization="none", batch=1, seq=64, optim="adamw_torch"),
     "lora-fp32": dict(layers=6, hidden=768, inter=2048, heads=12, kv=4, vocab=8192, adapter="lora",
                       quantization="none", batch=2, seq=64, optim="adamw_torch"),
     "qlora-cpu": dict(layers=6, hidden=768, inter=2048, heads=12, kv=4, vocab=4096, adapter="lora",
-                      quantization="4bit", batch=2, seq=64, optim="adamw_torch"),
+                      quantization="4bit", batch=1, seq=64, optim="adamw_torch"),
 }
 
 

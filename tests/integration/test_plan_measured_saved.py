@@ -15,14 +15,14 @@ from align.plan import TrainSetup, autocast_weight_copies, layer_activation_byte
 
 torch = pytest.importorskip("torch")
 
-H, I, HEADS, KV, V, B, S = 256, 512, 8, 2, 512, 2, 64
+H, INTER, HEADS, KV, V, B, S = 256, 512, 8, 2, 512, 2, 64
 
 
 def saved_bytes(layers: int, adapter: dict, padded: bool, bf16: bool) -> int:
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=V, hidden_size=H, intermediate_size=I, num_hidden_layers=layers,
+    cfg = LlamaConfig(vocab_size=V, hidden_size=H, intermediate_size=INTER, num_hidden_layers=layers,
                       num_attention_heads=HEADS, num_key_value_heads=KV, tie_word_embeddings=False)
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).to(torch.bfloat16 if bf16 else torch.float32)
@@ -66,7 +66,7 @@ CASES = {
 def test_layer_formula_matches_saved_tensors(name):
     adapter, padded, bf16 = CASES[name]
     measured = (saved_bytes(3, adapter, padded, bf16) - saved_bytes(2, adapter, padded, bf16)) / (B * S)
-    arch = Arch("probe", H, I, 1, HEADS, KV, V, tie_embeddings=False)
+    arch = Arch("probe", H, INTER, 1, HEADS, KV, V, tie_embeddings=False)
     setup = TrainSetup(arch=arch, device="cuda" if bf16 else "cpu", precision="bf16" if bf16 else "fp32",
                        adapter=adapter, padded=padded, batch_size=B, seq_len=S, trainer="own")
     # autocast's bf16 copies of fp32 LoRA weights are per layer, not per token

@@ -129,3 +129,49 @@ def test_update_raises_logprob_of_high_advantage_responses(tiny_model_dir, rewar
     low, high = order[: len(order) // 2], order[len(order) // 2 :]
     gain = new - old
     assert gain[high].mean() > gain[low].mean() + 0.1, (gain[high].mean(), gain[low].mean())
+
+
+def test_ptx_term_fits_the_demonstrations(tiny_model_dir, reward_spec):
+    """PPO-ptx: with a large gamma_ptx, updates lower the policy's NLL on the SFT demonstrations."""
+    from pathlib import Path
+
+    from align.data import load_examples
+    from align.ppo.update import PtxBatches, ptx_loss
+
+    roles = fresh_roles()
+    data = str(Path(__file__).resolve().parents[2] / "examples" / "data" / "alpaca_tiny.json")
+    ptx = PtxBatches(roles.tokenizer, load_examples(data), max_length=128, seed=0)
+    ids, mask, labels = ptx.sample(8, key=12345)
+    assert (labels[:, 0] == -100).all() and (labels != -100).any()  # prompt tokens carry no loss
+    with torch.no_grad():
+        before = float(ptx_loss(roles, ids, mask, labels))
+    s = settings(ptx_coef=5.0, ptx_data=data, lr=1e-2, ppo_epochs=2, mini_batch_size=4, grad_accum=2)
+    r = rollout(roles, FunctionScorer(reward_spec), QUERIES, encode_queries(roles.tokenizer, QUERIES), s)
+    optimizer = torch.optim.AdamW(roles.trainable_parameters(), lr=s.lr, eps=s.adam_eps)
+    stats = step_with_rollouts(roles, optimizer, r, estimate_advantages(r, 0.05, s), s, seed=0, step=0, ptx=ptx)
+    with torch.no_grad():
+        after = float(ptx_loss(roles, ids, mask, labels))
+    assert stats["loss/ptx"] > 0 and after < before - 0.1, (before, after)
+
+
+@pytest.mark.parametrize("adapter,value_model", [({"type": "lora", "r": 4, "alpha": 8, "dropout": 0.0}, "adapter"),
+                                                 ({"type": "full"}, "head")], ids=["value-adapter", "full-policy"])
+def test_other_role_layouts_train(tiny_model_dir, reward_spec, adapter, value_model):
+    """value_model: adapter trains its own LoRA; a full policy trains every weight against a frozen copy."""
+    from align.ppo.policy import ref_forward
+
+    torch.manual_seed(0)
+    roles = load_roles(ModelConfig(name="tiny-llama"), AdapterConfig(**adapter), value_model=value_model)
+    assert roles.ref_kind == ("copy" if adapter["type"] == "full" else "disable_adapter")
+    s = settings(lr=1e-3)
+    r = rollout(roles, FunctionScorer(reward_spec), QUERIES, encode_queries(roles.tokenizer, QUERIES), s)
+    ids, mask, width = r.inputs(slice(None))
+    ref_before = ref_forward(roles, ids, mask, width)
+    before = {n: p.detach().clone() for n, p in roles.model.named_parameters() if p.requires_grad}
+    after = run_update(roles, r, s)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    if value_model == "adapter":
+        assert any(".value." in n for n in changed) and any(".default." in n for n in changed)
+    else:
+        assert len(changed) == len(before) == len(list(roles.model.parameters()))
+    assert torch.equal(ref_forward(roles, ids, mask, width), ref_before)  # the ref_policy never moves
