@@ -116,11 +116,25 @@ def apply_override(raw: dict, item: str, source: str) -> None:
         child = node.get(part)
         if child is None:
             child = node[part] = {}
+        if isinstance(child, str) and (key_for := _shorthand_key(parts[i + 1])):
+            child = node[part] = {key_for: child}  # `model: x` written out as `model: {name: x}`
         if not isinstance(child, dict):
             where = ".".join(parts[: i + 1])
             raise AlignError(f"override {item!r}: {where} is a {type(child).__name__} in {source}, not a section")
         node = child
     node[parts[-1]] = value
+
+
+def _shorthand_key(next_part: str) -> str | None:
+    """The key a string shorthand stands for, judged by the setting being overridden under it."""
+    from align.data import DataConfig
+    from align.models import ModelConfig
+
+    if next_part in ModelConfig.model_fields:
+        return "name"
+    if next_part in DataConfig.model_fields:
+        return "path"
+    return None
 
 
 def _lookup(raw: dict, dotted: str) -> Any:

@@ -10,13 +10,15 @@ how the estimate compares with measured peaks. In short, for a stage that trains
            + framework overhead (CUDA; the CUDA context itself is not counted)
 
 Activations follow what PyTorch saves for backward in a transformers Llama block (checked
-tensor-by-tensor with `torch.autograd.graph.saved_tensors_hooks`, see tests/unit/test_plan.py).
-Generation adds the KV cache ``2 * layers * kv_heads * head_dim * tokens * batch * bytes``; PPO
-adds the reference, value and reward roles, shared on one base or as separate copies.
+tensor-by-tensor with `torch.autograd.graph.saved_tensors_hooks`, see
+tests/integration/test_plan_measured_saved.py). Generation adds the KV cache
+``2 * layers * kv_heads * head_dim * tokens * batch * bytes``; PPO adds the reference, value and
+reward roles, shared on one base or as separate copies, and takes the largest of its phases.
 
-Stages are handled by what their recipe section has (model roles, ``adapter``, ``train``,
-generation settings), so new stages get an estimate without code here; the keys read are listed
-in docs/memory.md. ``device="cpu"`` estimates resident memory of a CPU run (what tests measure).
+align's own stages (sft, reward, ppo, rank, eval, self_instruct) are read by their fields; any other
+section is handled by what it holds (model roles, ``adapter``, ``train``, generation settings). The
+keys read are listed in docs/memory.md. ``device="cpu"`` estimates the RAM a CPU run adds (what
+the tests measure).
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ KIB, MIB, GIB = 1024, 1024**2, 1024**3
 CUDA_OVERHEAD = 512 * MIB  # allocator fragmentation, cuBLAS workspaces, small buffers (not the CUDA context)
 ROLE_KEYS = ("model", "policy", "ref_policy", "value_model", "reward_model", "teacher", "judge")
 REMOTE_BACKENDS = ("openai", "api", "http", "remote", "server")
-TRAINERS_USING_TRL = ("sft", "reward")  # TRL keeps LoRA weights in bf16 on quantized bases
 # TRL >= 1.x scores the LM head in tiles (trl/kernels/chunked_logprob.py); full logits are never built.
 TRL_TOKEN_CHUNK, TRL_VOCAB_CHUNK = 4096, 32768
 PROMPT_GUESS = 256  # prompt tokens assumed where a stage has no prompt-length setting
@@ -487,13 +488,6 @@ def generation_terms(arch: Arch, d: Dtypes, batch: int, prompt_len: int, new_tok
             Term(f"{prefix}prefill + sampling buffers", prefill + sampling + kv / arch.num_layers, phase)]
 
 
-def scoring_term(arch: Arch, d: Dtypes, batch: int, seq: int, name: str, phase: str, logits: bool) -> Term:
-    """A no-grad forward over full sequences: one layer's intermediates + (log-)probabilities."""
-    layer = batch * seq * (3 * arch.intermediate_size + 4 * arch.hidden_size) * d.act
-    extra = batch * seq * arch.vocab_size * (d.act + 8) if logits else 0
-    return Term(name, layer + extra, phase, "logits, fp32 copy, log-softmax" if logits else "")
-
-
 # --------------------------------------------------------------------------- recipe walking
 
 
@@ -517,7 +511,7 @@ def find_roles(section: dict[str, Any]) -> list[Role]:
         path = key
         remote = False
         if isinstance(value, dict) and "name" not in value and "model" in value:
-            backend = str(value.get("backend", "")).lower()
+            backend = str(value.get("backend") or value.get("type") or "").lower()
             remote = any(b in backend for b in REMOTE_BACKENDS) or "base_url" in value or "url" in value
             path, value = f"{key}.model", value["model"]
         if isinstance(value, str):
@@ -701,7 +695,7 @@ class Planner:
             notes.append("value_model: its own adapter on the shared base (a second forward/backward)")
         else:
             terms.append(Term("value head", (arch.hidden_size + 1) * 16, note="fp32 weights, grads, Adam state"))
-        terms += self._ppo_reward(section, arch, setup, mini, prompt + new, notes)
+        terms += self._ppo_reward(section, arch, setup, prompt + new, notes)
         terms += generation_terms(arch, d, gen_batch, prompt, new, "rollout", "rollout ")
         scoring = mini * new * arch.vocab_size * (2 * d.act) + 2 * new * arch.vocab_size * 4
         layer = mini * (prompt + new) * (3 * arch.intermediate_size + 4 * arch.hidden_size) * d.act
@@ -719,7 +713,7 @@ class Planner:
             knobs["adapter"] = "adapter"
         return StageEstimate(name, "ppo", terms, notes, knobs=knobs)
 
-    def _ppo_reward(self, section: dict[str, Any], arch: Arch, setup: TrainSetup, batch: int, seq: int,
+    def _ppo_reward(self, section: dict[str, Any], arch: Arch, setup: TrainSetup, seq: int,
                     notes: list[str]) -> list[Term]:
         reward = section.get("reward") or {}
         source = str(reward.get("source", ""))

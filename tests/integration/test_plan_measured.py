@@ -28,6 +28,8 @@ from pathlib import Path
 import pytest
 
 TOLERANCE = 0.15
+pytestmark = pytest.mark.skipif(not Path("/proc/self/clear_refs").exists() or not hasattr(os, "fork"),
+                                reason="measures RSS through Linux /proc and os.fork")
 # Every example is longer than max_length, so batches are never padded (no attention mask).
 CASES = {
     "full-fp32": dict(layers=6, hidden=512, inter=1408, heads=8, kv=4, vocab=8192, adapter="full",
@@ -79,7 +81,8 @@ def measure(case: dict, tokenizer) -> dict:
     from align.training import trainer_args
 
     torch.manual_seed(0)
-    words = ["the", "model", "learns", "to", "answer", "questions", "about", "memory", "and", "planning", "in", "short", "clear", "sentences"]
+    words = ["the", "model", "learns", "to", "answer", "questions", "about", "memory", "and", "planning", "in",
+             "short", "clear", "sentences"]
     examples = [{"prompt": [{"role": "user", "content": f"Question {i}: say something."}],
                  "completion": [{"role": "assistant", "content": " ".join(words[(i + j) % len(words)]
                                                                          for j in range(400))}]}
@@ -185,14 +188,15 @@ def run_worker(cases: dict[str, dict]) -> dict[str, dict]:
 
 def estimate(case: dict) -> float:
     from align.model_configs import Arch
-    from align.plan import StageEstimate, TrainSetup, training_terms
+    from align.plan import StageEstimate, TrainSetup, _trl_tiled_head, training_terms
 
     arch = Arch("measured", case["hidden"], case["inter"], case["layers"], case["heads"], case["kv"],
                 case["vocab"], tie_embeddings=False)
     setup = TrainSetup(arch=arch, device="cpu", precision="fp32", quantization=case["quantization"],
                        adapter={"type": case["adapter"], "r": 16, "dropout": 0.0, "target_modules": "all-linear"},
                        batch_size=case["batch"], seq_len=case["seq"], optim=case["optim"], padded=False,
-                       checkpointing=case.get("checkpointing", False))
+                       checkpointing=case.get("checkpointing", False),
+                       head="lm-fused" if _trl_tiled_head() else "lm-full", trainer="trl")
     return StageEstimate("sft", "training", training_terms(setup)).total
 
 

@@ -175,3 +175,18 @@ def test_other_role_layouts_train(tiny_model_dir, reward_spec, adapter, value_mo
     else:
         assert len(changed) == len(before) == len(list(roles.model.parameters()))
     assert torch.equal(ref_forward(roles, ids, mask, width), ref_before)  # the ref_policy never moves
+
+
+def test_responses_without_eos_get_the_missing_eos_penalty(tiny_model_dir, reward_spec):
+    roles = fresh_roles()
+    s = settings(max_new_tokens=3, missing_eos_penalty=-1.0)
+    torch.manual_seed(4)
+    r = rollout(roles, FunctionScorer(reward_spec), QUERIES, encode_queries(roles.tokenizer, QUERIES), s)
+    assert (~r.has_eos).sum() >= 6  # an untrained model rarely stops within 3 tokens
+    assert torch.equal(r.scores[~r.has_eos], torch.full(((~r.has_eos).sum(),), -1.0))
+    assert torch.equal(r.scores[r.has_eos], r.raw_scores[r.has_eos])
+    assert r.raw_scores[~r.has_eos].ne(-1.0).all()
+    assert r.response_mask.shape == (8, 3) and r.response_mask[~r.has_eos].all()
+    # log-probs, values and ref log-probs are 0 wherever the response is padding
+    pad = ~r.response_mask
+    assert (r.logprobs[pad] == 0).all() and (r.ref_logprobs[pad] == 0).all() and (r.values[pad] == 0).all()

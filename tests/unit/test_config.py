@@ -99,7 +99,7 @@ def test_bad_override_syntax(tmp_path):
 
 
 def test_override_into_scalar(tmp_path):
-    with pytest.raises(AlignError, match="sft.model is a str"):
+    with pytest.raises(AlignError, match="sft.model.name is a str"):
         load_recipe(write(tmp_path, GOOD), ["sft.model.name.x=1"])
 
 
@@ -153,3 +153,9 @@ def test_cli_validate_reports_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err and "did you mean 'lr'" in err
     assert main(["validate", str(write(tmp_path, GOOD))]) == 0
+
+
+def test_override_into_shorthand_model_and_data(tmp_path):
+    recipe = load_recipe(write(tmp_path, GOOD), ["sft.model.quantization=4bit", "sft.data.max_samples=3"])
+    assert recipe.sft.model.name == "tiny-llama" and recipe.sft.model.quantization == "4bit"
+    assert recipe.sft.data.path == "examples/data/alpaca_tiny.json" and recipe.sft.data.max_samples == 3

@@ -146,3 +146,17 @@ def test_cli_prints_tables_and_verdicts(recipe_file, capsys):
 def test_cli_reports_bad_sizes(recipe_file, capsys):
     assert main(["plan", str(recipe_file), "--gpu-memory", "lots"]) == 2
     assert "--gpu-memory 'lots'" in capsys.readouterr().err
+
+
+def test_unknown_stages_are_read_by_what_they_hold(recipe_file):
+    base = str(recipe_file.parent / "base")
+    planner = Planner({})
+    trained = planner.stage("distill", {"model": base, "train": {"batch_size": 1, "max_length": 32},
+                                        "adapter": {"type": "lora", "r": 8}})
+    assert trained.kind == "training" and trained.term("logits (loss)") == 32 * 1000 * 18  # full logits, bf16
+    sampled = planner.stage("judge_all", {"judge": {"name": base}, "batch_size": 2, "max_new_tokens": 10,
+                                          "max_prompt_length": 6})
+    assert sampled.kind == "generation"
+    assert sampled.term("KV cache") == 2 * 2 * 2 * 16 * 16 * 2 * 2  # 2 x L x kv_heads x head_dim x 16 tok x 2 x 2 B
+    remote = planner.stage("label", {"teacher": {"type": "openai", "model": "gpt-4o"}})
+    assert remote.kind == "none" and remote.total == 0
