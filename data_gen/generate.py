@@ -273,6 +273,13 @@ class _Loop:
         candidates = self._bootstrap(rnd, rng) if self.method == "self_instruct" else self._alpaca(rnd, rng)
         rnd.raw = len(candidates)
         tasks = self._novel(rnd, candidates)
+        # Instance generation is the expensive call: ask it only for what the target still needs,
+        # plus a margin for tasks the instance filters will drop.
+        needed = self.target - len(self.records)
+        cap = needed + max(2, needed // 3)
+        for _ in tasks[cap:]:
+            rnd.report.drop(BEYOND_TARGET)
+        tasks = tasks[:cap]
         if tasks and self.method == "self_instruct":
             self._add_instances(rnd, tasks)
         for task in tasks:

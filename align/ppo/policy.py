@@ -125,7 +125,7 @@ def load_roles(policy: ModelConfig, adapter: AdapterConfig, value_model: str = "
         ref_kind = "ref_adapter"
         base_dir = model.peft_config[POLICY_ADAPTER].base_model_name_or_path
         notes.append(f"policy = LoRA adapter {resolved} (trainable); ref_policy = a frozen copy of that adapter "
-                     "on the same base")
+                     "on the same base (the `adapter` settings are not used)")
     else:
         base = load_causal_lm(policy)
         base_dir = str(resolved)

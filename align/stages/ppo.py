@@ -120,7 +120,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         kl_ctl.update(stats["objective/kl"], n_steps=s.batch_size)
         stats.update({"lr": lr, "time/step_s": time.perf_counter() - t0})
         logger.log(step + 1, stats)
-        if (step + 1) % s.sample_every == 0 or step == start_step:
+        if (step + 1) % s.sample_every == 0 or step == 0:
             logger.samples(step + 1, rollouts, s.num_samples)
         bar.set_postfix(score=f"{stats['objective/scores']:.3f}", kl=f"{stats['objective/kl']:.3f}")
         if (step + 1) % s.save_steps == 0 or step + 1 == s.steps:

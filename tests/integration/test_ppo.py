@@ -159,3 +159,19 @@ def test_adaptive_kl_controller_moves_the_coefficient(sft_adapter, files, tmp_pa
     assert coefs[0] == 0.2
     assert abs(stats[0]["objective/kl"]) < 0.05 and coefs[1] < coefs[0]  # policy == ref_policy at step 1: beta shrinks
     assert stats[-2]["objective/kl"] > 0.01 and coefs[-1] > coefs[-2]  # KL above the tiny target: beta grows
+
+
+def test_ppo_tiny_recipe_runs_through_the_cli(tmp_path, monkeypatch, align_cache):
+    """sft -> rank -> reward -> ppo (shrunk): @sft / @reward resolve and the reward adapter shares the base."""
+    from align.cli import main
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the recipe's data paths are relative to the repo
+    out = tmp_path / "run"
+    code = main(["run", "recipes/ppo-tiny.yaml", "sft.train.max_steps=2",
+                 "rank.prompts={path: examples/data/alpaca_tiny.json, max_samples: 8}", "reward.train.max_steps=2",
+                 "ppo.ppo.steps=2", "ppo.ppo.max_new_tokens=8", "ppo.ppo.report_to=[none]", "--out", str(out)])
+    assert code == 0
+    metrics = json.loads((out / "ppo" / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and metrics["reward"] == "reward_adapter_on_shared_base"
+    assert metrics["ref_policy"] == "ref_adapter" and "gold_score" in metrics
+    assert (out / "ppo" / "model" / "adapter_model.safetensors").exists() and (out / "ppo" / "COMPLETE").exists()
