@@ -141,7 +141,8 @@ def step_with_rollouts(
                 logprobs = logprobs_from_logits(logits, ids[:, -width:], s.temperature)
                 pg_loss, pg_stats = ppo_policy_loss(logprobs, old_logprobs, advantages, mask, s.cliprange)
                 vf_loss, vf_stats = ppo_value_loss(values.float(), old_values, returns, mask, s.cliprange_value)
-                entropy = masked_mean(entropy_from_logits(logits, s.temperature), mask)
+                with torch.set_grad_enabled(s.entropy_coef > 0):  # a stat only, unless it is a bonus
+                    entropy = masked_mean(entropy_from_logits(logits, s.temperature), mask)
                 loss = pg_loss + s.vf_coef * vf_loss - s.entropy_coef * entropy
                 (loss * weight).backward()
                 micro_stats = {**pg_stats, **vf_stats, "policy/entropy": entropy.detach(), "loss/total": loss.detach()}
@@ -153,7 +154,7 @@ def step_with_rollouts(
                     p_ids, p_mask, p_labels = (t.to(device) for t in ptx.sample(len(rows), key))
                     nll = ptx_loss(roles, p_ids, p_mask, p_labels)
                     (s.ptx_coef * nll / s.grad_accum).backward()
-                    update_stats["loss/ptx"] += float(nll) / s.grad_accum
+                    update_stats["loss/ptx"] += float(nll.detach()) / s.grad_accum
             grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
             optimizer.step()
             update_stats["policy/grad_norm"] = float(grad_norm)

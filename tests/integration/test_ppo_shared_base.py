@@ -188,3 +188,26 @@ def test_bad_reward_source_is_a_clear_error(tiny_model_dir, source):
     roles = load_roles(ModelConfig(name="tiny-llama"), AdapterConfig(r=4, alpha=8, dropout=0.0))
     with pytest.raises(AlignError, match="reward"):
         load_scorer(RewardConfig(source=source), source, roles)
+
+
+def test_full_checkpoint_reward_model_scores_like_its_adapter(tiny_model_dir, tmp_path):
+    """A full reward checkpoint (here: the adapter merged) goes through align.reward_model, same scores."""
+    from peft import PeftModel
+
+    reward_dir = make_reward_adapter(tmp_path / "rm", tiny_model_dir, mean=0.25)
+    seq = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    merged = PeftModel.from_pretrained(seq, str(reward_dir)).merge_and_unload()
+    full = tmp_path / "rm_full"
+    merged.save_pretrained(str(full))
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "reward_normalization.json"):
+        if (reward_dir / name).exists():
+            (full / name).write_bytes((reward_dir / name).read_bytes())
+    (full / "align_reward.json").write_text(json.dumps({"base": str(full), "adapter": False, "max_length": 64}))
+
+    roles = load_roles(ModelConfig(name="tiny-llama"), AdapterConfig(r=4, alpha=8, dropout=0.0))
+    separate = load_scorer(RewardConfig(source=str(full)), str(full), roles)
+    assert isinstance(separate, SeparateRewardScorer)
+    shared = load_scorer(RewardConfig(source=str(reward_dir)), str(reward_dir), roles)
+    assert isinstance(shared, SharedBaseRewardScorer)
+    a, b = torch.tensor(separate.score(QUERIES, RESPONSES)), torch.tensor(shared.score(QUERIES, RESPONSES))
+    assert torch.allclose(a, b, atol=1e-4), (a, b)

@@ -190,3 +190,22 @@ def test_responses_without_eos_get_the_missing_eos_penalty(tiny_model_dir, rewar
     # log-probs, values and ref log-probs are 0 wherever the response is padding
     pad = ~r.response_mask
     assert (r.logprobs[pad] == 0).all() and (r.ref_logprobs[pad] == 0).all() and (r.values[pad] == 0).all()
+
+
+def test_entropy_bonus_raises_entropy(tiny_model_dir, tmp_path):
+    from align.rl import entropy_from_logits, masked_mean
+
+    (tmp_path / "flat.py").write_text("def zero(prompt, response):\n    return 0.0\n")
+    roles = fresh_roles()
+    s = settings(entropy_coef=1.0, init_kl_coef=0.0, vf_coef=0.0, lr=1e-2, temperature=0.5)
+    r = rollout(roles, FunctionScorer(f"{tmp_path / 'flat.py'}:zero"), QUERIES, encode_queries(roles.tokenizer, QUERIES), s)
+
+    def entropy() -> float:
+        ids, mask, width = r.inputs(slice(None))
+        with torch.no_grad():
+            logits, _ = policy_forward(roles, ids, mask, width)
+        return float(masked_mean(entropy_from_logits(logits, s.temperature), r.response_mask[:, :width]))
+
+    before = entropy()  # an untrained model is already near the maximum, ln(1024) = 6.93
+    run_update(roles, r, s)
+    assert entropy() > before + 2e-3  # scores are all 0 and kl_coef 0: only the bonus moves the policy
