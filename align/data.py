@@ -35,6 +35,9 @@ class DataConfig(BaseModel):
     max_samples: int | None = Field(None, gt=0, description="Use only the first N examples.")
     eval_fraction: float = Field(0.0, ge=0, lt=1, description="Hold out this fraction for evaluation loss.")
     system_prompt: str | None = Field(None, description="Prepended as a system message when set.")
+    where: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Keep only records whose fields have these values, e.g. {split: train} "
+        "(local JSON/JSONL files).")
 
     @model_validator(mode="before")
     @classmethod
@@ -156,17 +159,20 @@ def _chat(where: str, messages: Any) -> dict:
     return {"prompt": clean[:last], "completion": [clean[last]]}
 
 
-def load_examples(cfg: DataConfig | str) -> list[dict]:
-    """All examples of a data source in conversational prompt/completion form."""
-    cfg = DataConfig.model_validate(cfg)
+_NOT_DATA = ("result.json", "metrics.json", "config.json", "stats.json", "tasks.jsonl")
+
+
+def _source_records(cfg: DataConfig) -> list[tuple[str, dict]]:
+    """Raw records of a data source (files, folder, csv/parquet, hub id), filtered by `where`."""
     path = Path(cfg.path).expanduser()
+    local_json = path.is_dir() or (path.is_file() and path.suffix in (".json", ".jsonl"))
     if path.is_dir():
         files = sorted([*path.glob("*.jsonl"), *path.glob("*.json")])
-        files = [f for f in files if f.name not in ("result.json", "metrics.json", "config.json", "stats.json")]
+        files = [f for f in files if f.name not in _NOT_DATA]
         if not files:
             raise AlignError(f"{path}: directory holds no .json or .jsonl data files")
         records = [r for f in files for r in read_records(f)]
-    elif path.is_file() and path.suffix in (".json", ".jsonl"):
+    elif local_json:
         records = read_records(path)
     elif path.exists() or cfg.path.startswith((".", "/", "~")):
         if not path.exists():
@@ -174,6 +180,88 @@ def load_examples(cfg: DataConfig | str) -> list[dict]:
         records = _records_from_datasets(str(path), cfg.split, local=True)
     else:
         records = _records_from_datasets(cfg.path, cfg.split, local=False)
+    if cfg.where:
+        records = [(w, r) for w, r in records if all(r.get(k) == v for k, v in cfg.where.items())]
+        if not records:
+            raise AlignError(f"{cfg.path}: no records with {cfg.where}")
+    return records
+
+
+def _with_system(conversation: list[dict], system_prompt: str | None) -> list[dict]:
+    if system_prompt and conversation[0]["role"] != "system":
+        return [{"role": "system", "content": system_prompt}, *conversation]
+    return conversation
+
+
+def prompts_from_record(where: str, rec: dict, fmt: str = "auto") -> list[list[dict]]:
+    """The prompt(s) of one record as chat messages ending with a user turn (one per Self-Instruct instance).
+
+    Prompt-only records are accepted here (``{prompt}`` as text or messages, ``{instruction, input}``
+    without an output, ``{messages}`` ending with a user turn); full examples give their prompt.
+    """
+    if fmt == "auto":
+        if "prompt" in rec and "completion" not in rec:
+            return [_user_ending(where, rec["prompt"])]
+        if "instruction" in rec and "output" not in rec and "instances" not in rec:
+            instruction, extra = rec.get("instruction"), rec.get("input") or ""
+            if not isinstance(instruction, str) or not instruction.strip() or not isinstance(extra, str):
+                raise AlignError(f"{where}: 'instruction' must be a non-empty string and 'input' a string")
+            return [[{"role": "user", "content": alpaca_user_message(instruction, extra)}]]
+        messages = rec.get("messages")
+        if isinstance(messages, list) and messages and isinstance(messages[-1], dict) \
+                and messages[-1].get("role") == "user":
+            return [_user_ending(where, messages)]
+    return [ex["prompt"] for ex in to_examples(where, rec, fmt)]
+
+
+def _user_ending(where: str, prompt: Any) -> list[dict]:
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise AlignError(f"{where}: empty prompt")
+        return [{"role": "user", "content": prompt}]
+    if not isinstance(prompt, list) or not prompt:
+        raise AlignError(f"{where}: a prompt must be a non-empty string or a list of {{role, content}} messages")
+    for j, m in enumerate(prompt):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise AlignError(f"{where}: messages[{j}] must be an object with string 'role' and 'content'")
+    if prompt[-1]["role"] != "user":
+        raise AlignError(f"{where}: a prompt must end with a user message, got {prompt[-1]['role']!r}")
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
+def load_prompts(cfg: DataConfig | str, unique: bool = False) -> list[list[dict]]:
+    """Prompts of a data source (for rollouts, ranking, evaluation), as conversations ending with a user turn.
+
+    `.txt` files hold one prompt per line. With `unique`, repeated prompts are kept once (first occurrence).
+    """
+    cfg = DataConfig.model_validate(cfg)
+    path = Path(cfg.path).expanduser()
+    if path.is_file() and path.suffix == ".txt":
+        prompts = [[{"role": "user", "content": line.strip()}]
+                   for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        prompts = [p for where, rec in _source_records(cfg) for p in prompts_from_record(where, rec, cfg.format)]
+    if unique:
+        seen: set[str] = set()
+        kept = []
+        for p in prompts:
+            key = json.dumps(p, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                kept.append(p)
+        prompts = kept
+    if cfg.max_samples:
+        prompts = prompts[: cfg.max_samples]
+    prompts = [_with_system(p, cfg.system_prompt) for p in prompts]
+    if not prompts:
+        raise AlignError(f"{cfg.path}: no prompts found")
+    return prompts
+
+
+def load_examples(cfg: DataConfig | str) -> list[dict]:
+    """All examples of a data source in conversational prompt/completion form."""
+    cfg = DataConfig.model_validate(cfg)
+    records = _source_records(cfg)
     examples: list[dict] = []
     for where, rec in records:
         examples.extend(to_examples(where, rec, cfg.format))
@@ -181,10 +269,8 @@ def load_examples(cfg: DataConfig | str) -> list[dict]:
             break
     if cfg.max_samples:
         examples = examples[: cfg.max_samples]
-    if cfg.system_prompt:
-        for ex in examples:
-            if ex["prompt"][0]["role"] != "system":
-                ex["prompt"].insert(0, {"role": "system", "content": cfg.system_prompt})
+    for ex in examples:
+        ex["prompt"] = _with_system(ex["prompt"], cfg.system_prompt)
     if not examples:
         raise AlignError(f"{cfg.path}: no examples found")
     return examples

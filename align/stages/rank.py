@@ -11,7 +11,6 @@ human judge, ``tasks.jsonl`` (``{prompt, responses}`` to label; the stage then s
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,48 +38,13 @@ class Config(BaseModel):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (> 0, or the K responses are identical).")
     max_new_tokens: int = Field(128, gt=0, description="Longest response, in tokens.")
     batch_size: int = Field(8, gt=0, description="Prompts per generation call (each yields K sequences).")
-    where: dict[str, str | int | bool] = Field(default_factory=dict, description="Keep only prompt records whose "
-                                               "fields have these values, e.g. {split: train}.")
 
 
-def load_prompts(cfg: DataConfig, where: dict | None = None) -> list[list[dict]]:
-    """Prompts as chat messages ending with the user turn, duplicates removed, in file order.
+def load_prompts(cfg: DataConfig) -> list[list[dict]]:
+    """Prompts as chat messages ending with the user turn, duplicates removed, in file order."""
+    from align.data import load_prompts as load
 
-    `where` keeps only records whose fields equal the given values (local JSON/JSONL files).
-    """
-    from align.data import load_examples, read_records, to_examples
-    from align.rankings import prompt_key, prompt_messages
-
-    path = Path(cfg.path).expanduser()
-    files = []
-    if path.is_file() and path.suffix in (".json", ".jsonl"):
-        files = [path]
-    elif path.is_dir():
-        skip = ("result.json", "metrics.json", "config.json", "stats.json", TASKS_FILE)
-        files = [f for f in sorted([*path.glob("*.jsonl"), *path.glob("*.json")]) if f.name not in skip]
-    if files:
-        prompts = []
-        for place, rec in (r for f in files for r in read_records(f)):
-            if where and any(rec.get(k) != v for k, v in where.items()):
-                continue
-            if "prompt" in rec and "completion" not in rec:  # prompt-only (or a rankings file)
-                prompts.append(prompt_messages(rec["prompt"], place))
-            else:
-                prompts.extend(ex["prompt"] for ex in to_examples(place, rec, cfg.format))
-        if cfg.system_prompt:
-            prompts = [p if p[0]["role"] == "system" else [{"role": "system", "content": cfg.system_prompt}, *p]
-                       for p in prompts]
-    elif where:
-        raise AlignError(f"rank.where filters local JSON/JSONL prompt files only; {cfg.path} is not one")
-    else:
-        prompts = [ex["prompt"] for ex in load_examples(cfg)]
-    unique = {prompt_key(p): p for p in reversed(prompts)}
-    ordered = [unique.pop(prompt_key(p)) for p in prompts if prompt_key(p) in unique]
-    if cfg.max_samples:
-        ordered = ordered[: cfg.max_samples]
-    if not ordered:
-        raise AlignError(f"{cfg.path}: no prompts found" + (f" with {where}" if where else ""))
-    return ordered
+    return load(cfg, unique=True)
 
 
 def run(cfg: Config, ctx: StageContext) -> StageResult:
@@ -95,7 +59,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     policy_cfg = cfg.policy.model_copy(update={"name": ctx.resolve(cfg.policy.name)})
     human = cfg.judge.type == "human"
     judge = None if human else make_judge(cfg.judge, ctx.resolve)  # fail on a bad judge before loading the policy
-    prompts = load_prompts(data_cfg, cfg.where)
+    prompts = load_prompts(data_cfg)
 
     out_path = ctx.stage_dir / (TASKS_FILE if human else RANKINGS_FILE)
     writer = JsonlAppender(out_path)

@@ -126,12 +126,12 @@ def test_load_prompts_formats_filter_and_duplicates(tmp_path):
         {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], "split": "train"},
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    prompts = load_prompts(DataConfig(path=str(path)), {"split": "train"})
+    prompts = load_prompts(DataConfig(path=str(path), where={"split": "train"}))
     assert prompts == [[{"role": "user", "content": "plain prompt"}], [{"role": "user", "content": "Add.\n\n2 and 3"}],
                        [{"role": "user", "content": "hi"}]]
     assert len(load_prompts(DataConfig(path=str(path)))) == 4
-    with pytest.raises(AlignError, match="no prompts found with {'split': 'test'}"):
-        load_prompts(DataConfig(path=str(path)), {"split": "test"})
+    with pytest.raises(AlignError, match="no records with {'split': 'test'}"):
+        load_prompts(DataConfig(path=str(path), where={"split": "test"}))
 
 
 def test_bad_settings_fail_before_loading_the_policy(setup):
