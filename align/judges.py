@@ -14,17 +14,14 @@ tie groups of response indices, best first (see `align.rankings`). Three kinds:
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 import re
-import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from align.callables import load_callable
 from align.errors import AlignError
 from align.rankings import Ranking
 from align.teachers import TeacherConfig
@@ -102,31 +99,7 @@ def ranking_from_scores(scores: Sequence[float]) -> Ranking:
 
 def load_gold_function(spec: str) -> GoldFn:
     """Import ``module:function`` or ``path/to/file.py:function``; AlignError saying what went wrong."""
-    module_name, sep, attr = spec.rpartition(":")
-    if not sep or not module_name or not attr.isidentifier():
-        raise AlignError(f"gold function {spec!r}: expected 'module:function' or 'path/to/file.py:function'")
-    try:
-        if module_name.endswith(".py"):
-            path = Path(module_name).expanduser()
-            if not path.is_file():
-                raise AlignError(f"gold function {spec!r}: file {path} not found")
-            name = f"align_gold_{abs(hash(str(path.resolve())))}"
-            module_spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[name] = module
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except AlignError:
-        raise
-    except Exception as exc:  # ImportError, or any error raised while the module runs
-        raise AlignError(f"gold function {spec!r}: cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
-    fn = getattr(module, attr, None)
-    if fn is None:
-        raise AlignError(f"gold function {spec!r}: module {module_name!r} has no attribute {attr!r}")
-    if not callable(fn):
-        raise AlignError(f"gold function {spec!r}: {attr!r} is a {type(fn).__name__}, not callable")
-    return fn
+    return load_callable(spec, "gold function")
 
 
 class GoldJudge:

@@ -6,16 +6,14 @@ Every scorer has ``score(queries, responses) -> list[float]`` with queries as co
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import logging
 import math
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from align.callables import is_callable_spec, load_callable
 from align.errors import AlignError
 from align.ppo.queries import Conversation, last_user_message
 
@@ -39,35 +37,12 @@ class Scorer(Protocol):
 
 def is_function_spec(spec: str) -> bool:
     """`module:function` or `file.py:function` (and not an existing path)."""
-    if ":" not in spec or Path(spec).exists():
-        return False
-    target, _, name = spec.rpartition(":")
-    return bool(target) and name.isidentifier()
+    return is_callable_spec(spec)
 
 
 def load_function(spec: str, what: str = "reward") -> Callable[..., Any]:
     """Import `module:function` or `path/to/file.py:function`."""
-    if not is_function_spec(spec):
-        raise AlignError(f"ppo: {what} {spec!r}: expected `module:function` or `path/file.py:function`")
-    target, _, name = spec.rpartition(":")
-    if target.endswith(".py"):
-        path = Path(target).expanduser()
-        if not path.is_file():
-            raise AlignError(f"ppo: {what} {spec!r}: file {path} not found")
-        module_name = f"_align_user_{path.stem}_{abs(hash(str(path.resolve())))}"
-        spec_obj = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(spec_obj)
-        sys.modules[module_name] = module
-        spec_obj.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as exc:
-            raise AlignError(f"ppo: {what} {spec!r}: cannot import module {target!r}: {exc}") from exc
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise AlignError(f"ppo: {what} {spec!r}: module {target!r} has no function {name!r}")
-    return fn
+    return load_callable(spec, f"ppo: {what}")
 
 
 class FunctionScorer:

@@ -127,7 +127,7 @@ def test_function_specs(tmp_path):
         FunctionScorer(f"{tmp_path}/r.py:bad").score([[{"role": "user", "content": "a"}]], ["b"])
     with pytest.raises(AlignError, match="finite"):
         FunctionScorer(f"{tmp_path}/r.py:nan").score([[{"role": "user", "content": "a"}]], ["b"])
-    with pytest.raises(AlignError, match="no function 'missing'"):
+    with pytest.raises(AlignError, match="has no attribute 'missing'"):
         load_function(f"{tmp_path}/r.py:missing")
     with pytest.raises(AlignError, match="cannot import"):
         load_function("no_such_module_xyz:f")
