@@ -159,3 +159,13 @@ def test_override_into_shorthand_model_and_data(tmp_path):
     recipe = load_recipe(write(tmp_path, GOOD), ["sft.model.quantization=4bit", "sft.data.max_samples=3"])
     assert recipe.sft.model.name == "tiny-llama" and recipe.sft.model.quantization == "4bit"
     assert recipe.sft.data.path == "examples/data/alpaca_tiny.json" and recipe.sft.data.max_samples == 3
+
+
+def test_cli_overrides_after_options(tmp_path, capsys):
+    from align.cli import main
+
+    path = write(tmp_path, GOOD)
+    assert main(["validate", str(path), "sft.train.lr=1e-3"]) == 0
+    assert main(["plan", str(path), "--gpu-memory", "8GiB", "sft.train.batch_size=2"]) == 0
+    with pytest.raises(SystemExit):
+        main(["validate", str(path), "--bogus"])
