@@ -41,13 +41,15 @@ def generate_texts(
         enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator_seed)))
         sampling = temperature > 0
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos_ids = {tokenizer.eos_token_id, *(gen_eos if isinstance(gen_eos, list) else [gen_eos])} - {None}
         with torch.no_grad():
             out = model.generate(
                 **enc, max_new_tokens=max_new_tokens, do_sample=sampling,
                 temperature=temperature if sampling else None, top_p=top_p if sampling else None,
                 top_k=None if sampling else None,
                 num_return_sequences=num_return_sequences, pad_token_id=tokenizer.pad_token_id,
-                use_cache=True,
+                eos_token_id=sorted(eos_ids), use_cache=True,
             )
         new_tokens = out[:, enc["input_ids"].shape[1] :]
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

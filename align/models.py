@@ -318,8 +318,32 @@ def load_tokenizer(ref: str) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
-        tokenizer.chat_template = CHATML_TEMPLATE
+        if "<|im_end|>" not in tokenizer.get_vocab() and tokenizer.eos_token:
+            # No ChatML tokens in this vocabulary: end turns with the model's own EOS instead of text.
+            tokenizer.chat_template = CHATML_TEMPLATE.replace("<|im_end|>", tokenizer.eos_token)
+        else:
+            tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
+
+
+def end_of_turn_token(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The special token the chat template puts right after an assistant reply, if it is not EOS.
+
+    Base models' templates often end turns with a token (e.g. `<|im_end|>`) other than their EOS
+    (`<|endoftext|>`): SFT must teach and stop on that token, or generation never ends.
+    """
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "ALIGNMARKER"}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # templates that reject this conversation shape
+        return None
+    after = text.split("ALIGNMARKER", 1)[-1]
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+    if not ids:
+        return None
+    token = tokenizer.convert_ids_to_tokens(ids[0])
+    special = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values()}
+    return token if token in special and token != tokenizer.eos_token else None
 
 
 def load_causal_lm(cfg: ModelConfig | str, *, for_training: bool = False) -> PreTrainedModel:

@@ -174,6 +174,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
 
     responses: dict[str, list[str]] = {}
     metrics: dict[str, Any] = {"n_prompts": len(prompts), "baseline": baseline, "judge": cfg.judge, "policies": {}}
+    reference = load_for_generation(ctx.resolve(cfg.reference)) if cfg.reference else None  # loaded once
     for name, ref in cfg.policies.items():
         model, tokenizer = load_for_generation(ctx.resolve(ref))
         responses[name] = generate_chat(model, tokenizer, conversations, max_new_tokens=cfg.max_new_tokens,
@@ -184,14 +185,14 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
             "instruction_accuracy": gold["instruction_accuracy"], "pass_rate": gold["pass_rate"],
             "response_words_mean": sum(len(r.split()) for r in responses[name]) / len(prompts),
         }
-        if cfg.reference:
-            ref_model, ref_tok = load_for_generation(ctx.resolve(cfg.reference))
+        if reference is not None:
+            # Sequence log-ratio on the policy's own (greedy) responses: a KL estimate, exact only for sampled ones.
             lp = response_logprob_sums(model, tokenizer, conversations, responses[name], cfg.batch_size)
-            lp_ref = response_logprob_sums(ref_model, ref_tok, conversations, responses[name], cfg.batch_size)
+            lp_ref = response_logprob_sums(*reference, conversations, responses[name], cfg.batch_size)
             entry["kl_to_reference"] = sum(a - b for a, b in zip(lp, lp_ref)) / len(lp)
-            del ref_model
         metrics["policies"][name] = entry
         del model
+    del reference
 
     rm_scores: dict[str, list[float]] = {}
     if cfg.reward_model:

@@ -43,6 +43,7 @@ def build_trainer(cfg: Config, ctx: StageContext):
     from trl import SFTConfig, SFTTrainer
 
     from align.models import (
+        end_of_turn_token,
         guard_4bit_cpu_gradients,
         load_causal_lm,
         load_tokenizer,
@@ -73,8 +74,10 @@ def build_trainer(cfg: Config, ctx: StageContext):
             raise AlignError("sft: a new adapter on top of an adapter checkpoint needs quantization: none")
         model = model.merge_and_unload()
 
+    turn_end = end_of_turn_token(tokenizer)
+    extra = {"eos_token": turn_end} if turn_end else {}  # TRL then makes it the tokenizer's EOS (saved with the model)
     args = trainer_args(
-        SFTConfig, cfg.train, ctx.stage_dir / "checkpoints", precision, ctx.seed,
+        SFTConfig, cfg.train, ctx.stage_dir / "checkpoints", precision, ctx.seed, **extra,
         max_length=cfg.train.max_length, packing=cfg.packing, completion_only_loss=True,
         eval_strategy="steps" if eval_examples else "no",
         eval_steps=cfg.train.save_steps if eval_examples else None,

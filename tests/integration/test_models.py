@@ -100,3 +100,12 @@ def test_smollm2_gguf_conversion_roundtrip():
         assert torch.equal(original(ids).logits, ours(ids).logits)
     assert (converted.rstrip("/") + "/model.safetensors")
     assert not hasattr(ours, "hf_quantizer") or ours.hf_quantizer is None
+
+
+def test_end_of_turn_token_differs_from_eos(tiny_model_dir):
+    from align.models import end_of_turn_token
+
+    tok = load_tokenizer("tiny-llama")
+    assert end_of_turn_token(tok) is None  # ChatML turns end with <|im_end|>, which is EOS here
+    tok.eos_token = "<unk>"  # a base model whose EOS is not its end-of-turn token
+    assert end_of_turn_token(tok) == "<|im_end|>"
