@@ -29,7 +29,7 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(description="JSON/JSONL file, directory, datasets hub id, or @stage.")
+    path: str = Field(description="JSON/JSONL file, directory, datasets hub id, gold:train|gold:heldout, or @stage.")
     format: DataFormat = Field("auto", description="Record format; auto detects it per record.")
     split: str = Field("train", description="Split to read when loading through datasets.")
     max_samples: int | None = Field(None, gt=0, description="Use only the first N examples.")
@@ -163,7 +163,17 @@ _NOT_DATA = ("result.json", "metrics.json", "config.json", "stats.json", "tasks.
 
 
 def _source_records(cfg: DataConfig) -> list[tuple[str, dict]]:
-    """Raw records of a data source (files, folder, csv/parquet, hub id), filtered by `where`."""
+    """Raw records of a data source (files, folder, csv/parquet, hub id), filtered by `where`.
+
+    `gold:train` / `gold:heldout` name a split of align's shipped gold prompts (eval/gold_prompts.jsonl).
+    """
+    if cfg.path.startswith("gold:"):
+        from align.eval.gold import GOLD_PROMPTS_PATH
+
+        split = cfg.path.split(":", 1)[1]
+        if split not in ("train", "heldout"):
+            raise AlignError(f"{cfg.path!r}: the gold prompt splits are gold:train and gold:heldout")
+        cfg = cfg.model_copy(update={"path": str(GOLD_PROMPTS_PATH), "where": {**cfg.where, "split": split}})
     path = Path(cfg.path).expanduser()
     local_json = path.is_dir() or (path.is_file() and path.suffix in (".json", ".jsonl"))
     if path.is_dir():

@@ -91,3 +91,13 @@ def test_split_is_deterministic_and_disjoint():
     a2, b2 = split_examples(ex, 0.25, seed=1)
     assert a1 == a2 and b1 == b2 and len(b1) == 5
     assert not {e["i"] for e in a1} & {e["i"] for e in b1}
+
+
+def test_gold_prompt_splits_by_name():
+    from align.data import load_prompts
+
+    train, heldout = load_prompts("gold:train"), load_prompts("gold:heldout")
+    assert len(train) == 315 and len(heldout) == 105
+    assert not {p[-1]["content"] for p in train} & {p[-1]["content"] for p in heldout}
+    with pytest.raises(AlignError, match="gold:train and gold:heldout"):
+        load_prompts("gold:test")
