@@ -26,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from align.errors import AlignError
+from align.httpd import in_background
 
 log = logging.getLogger("align.serve")
 
@@ -328,15 +329,8 @@ def make_server(model_ref: str, host: str = "127.0.0.1", port: int = 8000, *, mo
 def running_server(model_ref: str, **kwargs: Any) -> Iterator[OpenAIServer]:
     """A server answering in a background thread for the duration of the block (port 0 by default)."""
     kwargs.setdefault("port", 0)
-    server = make_server(model_ref, **kwargs)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with in_background(make_server(model_ref, **kwargs)) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def serve(model_ref: str, host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None) -> None:

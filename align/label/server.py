@@ -23,7 +23,6 @@ import logging
 import re
 import socket
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,6 +31,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 from align.errors import AlignError
+from align.httpd import in_background
 from align.label.store import FLAGS, LabelStore, SubmissionError, check_submission, label_record
 from align.label.tasks import Task, load_tasks
 
@@ -238,15 +238,8 @@ def make_server(tasks_path: str | Path, out_path: str | Path, *, host: str = "12
 def running_server(tasks_path: str | Path, out_path: str | Path, **kwargs: Any) -> Iterator[LabelServer]:
     """A labeling server answering in a background thread for the duration of the block (port 0 by default)."""
     kwargs.setdefault("port", 0)
-    server = make_server(tasks_path, out_path, **kwargs)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with in_background(make_server(tasks_path, out_path, **kwargs)) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def serve(tasks_path: str | Path, out_path: str | Path, *, host: str = "127.0.0.1", port: int = 8600,
