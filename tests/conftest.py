@@ -34,3 +34,15 @@ def smollm2_available() -> bool:
     except Exception:
         return False
     return True
+
+
+@pytest.fixture()
+def one_thread():
+    """One torch intra-op thread: on 2 shared cores, two threads contending with other jobs stall badly,
+    and a single thread keeps training runs reproducible."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -22,13 +22,7 @@ PROMPTS = ["Tell me about the sea.", "Write a short poem.", "Name a color.", "De
            "How do plants grow?", "Why is the sky blue?", "Give three tips.", "Say something."]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread avoids oversubscription stalls and keeps runs reproducible."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train_sft_like_adapter(base_dir: str, out: Path, steps: int = 200) -> Path:
@@ -41,7 +35,7 @@ def train_sft_like_adapter(base_dir: str, out: Path, steps: int = 200) -> Path:
     rng = random.Random(0)
     torch.manual_seed(0)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # module-scoped: runs before the autouse one_thread fixture
+    torch.set_num_threads(1)  # module-scoped: runs before the function-scoped one_thread fixture
     tok = load_tokenizer(base_dir)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(
         r=16, lora_alpha=32, lora_dropout=0.0,

@@ -21,13 +21,7 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CP
 QUERIES = [[{"role": "user", "content": "Name a color."}], [{"role": "user", "content": "Describe the sea."}]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread avoids oversubscription stalls and keeps runs reproducible."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def lora_grads(roles, ids, mask, width) -> dict[str, torch.Tensor]:

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from align.stages import StageContext
 from align.stages.ppo import Config, run
@@ -28,13 +27,7 @@ run(cfg, StageContext("ppo", out, out.parent, seed=0, upstream={}))
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread avoids oversubscription stalls and keeps runs reproducible."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(tmp_path: Path) -> dict:

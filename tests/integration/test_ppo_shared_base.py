@@ -22,13 +22,7 @@ QUERIES = [[{"role": "user", "content": "Name a color."}],
 RESPONSES = ["Blue.", "Waves roll in and out, grey and green.", "Light scatters."]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread avoids oversubscription stalls and keeps runs reproducible."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def perturb_adapter(model, adapter: str = "default", seed: int = 0) -> None:

@@ -19,13 +19,7 @@ WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "went", "to", "sl
 QUIET = {"logging_steps": 50, "report_to": ["none"], "warmup_ratio": 0.0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on the shared 2-core machine, two threads contending with other jobs run ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def marker_rankings(path: Path, n: int = 60, seed: int = 0) -> Path:

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from align.cli import main
 
@@ -14,12 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
+def repo_cwd(monkeypatch, one_thread):
     monkeypatch.chdir(REPO)  # the recipe's data paths are relative to the repo
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_reward_tiny_recipe_runs_end_to_end(tmp_path, capsys, align_cache):
