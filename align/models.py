@@ -370,7 +370,7 @@ def _load(cfg: ModelConfig, kind: str, *, for_training: bool = False, num_labels
     quant = quantization_config(cfg.quantization, precision.dtype)
     if quant is not None:
         kwargs["quantization_config"] = quant
-        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+        kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     if cfg.trust_remote_code:

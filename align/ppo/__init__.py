@@ -7,6 +7,7 @@
 - ``rollout``: generate responses, score them, and record log-probs and values.
 - ``update``: advantages and the clipped PPO update over minibatches.
 - ``checkpoint``: save and resume the whole training state.
+- ``distributed``: data-parallel helpers (torchrun / accelerate launch); no-ops in one process.
 
 The RL math itself (KL, GAE, losses) lives in ``align.rl``. Nothing here imports torch at
 package import time.

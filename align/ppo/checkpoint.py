@@ -1,9 +1,10 @@
 """Checkpoints: everything needed to continue a PPO run exactly where a killed one stopped.
 
 ``checkpoints/step-N/`` (N = completed steps) holds the trainable weights (policy adapter or full
-weights, value adapter), the value head, the optimizer state, the KL controller, RNG states and
-a few running numbers. It is written under a temporary name and renamed, so a kill never leaves
-a half checkpoint that looks complete.
+weights, value adapter), the value head, the optimizer state, the KL controller, RNG states (one
+file per process of a data-parallel run: each samples its own rollouts) and a few running numbers.
+It is written under a temporary name and renamed, so a kill never leaves a half checkpoint that
+looks complete.
 """
 
 from __future__ import annotations
@@ -48,11 +49,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def rng_file(rank: int) -> str:
+    return "rng.pt" if rank == 0 else f"rng.rank{rank}.pt"
+
+
 def save_checkpoint(
     root: Path, step: int, roles: ModelRoles, optimizer: torch.optim.Optimizer, kl_ctl: Any,
-    state: dict[str, Any], keep: int,
+    state: dict[str, Any], keep: int, rng_states: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Write checkpoints/step-{step}/ atomically; keep only the newest `keep` checkpoints."""
+    """Write checkpoints/step-{step}/ atomically; keep only the newest `keep` checkpoints.
+
+    rng_states: every process's rng_state() in rank order (default: this process's only).
+    """
     from safetensors.torch import save_file
 
     root.mkdir(parents=True, exist_ok=True)
@@ -66,7 +74,8 @@ def save_checkpoint(
         if roles.is_peft:  # a ready-to-use policy adapter, too
             save_policy(roles, tmp / "policy")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
+        for rank, rng in enumerate(rng_states or [rng_state()]):
+            torch.save(rng, tmp / rng_file(rank))
         (tmp / "state.json").write_text(json.dumps({"step": step, "kl_ctl": kl_ctl.state_dict(), **state}, indent=2))
         if target.exists():
             shutil.rmtree(target)
@@ -92,20 +101,40 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path, roles: ModelRoles, optimizer: torch.optim.Optimizer, kl_ctl: Any) -> dict[str, Any]:
-    """Restore weights, optimizer, KL controller and RNG; returns state.json (with 'step')."""
+def load_checkpoint(
+    path: Path, roles: ModelRoles, optimizer: torch.optim.Optimizer, kl_ctl: Any, rank: int = 0
+) -> dict[str, Any]:
+    """Restore weights, optimizer, KL controller and process `rank`'s RNG; returns state.json (with 'step').
+
+    A rank the checkpoint has no RNG file for (it was written by fewer processes) gets rank 0's
+    state, then a reseed derived from (step, rank) so its samples differ from rank 0's.
+    """
     from safetensors.torch import load_file
 
     try:
         load_policy_state_dict(roles, load_file(str(path / "trainable.safetensors")))
         roles.value_head.load_state_dict(load_file(str(path / "value_head.safetensors")))
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-        set_rng_state(torch.load(path / "rng.pt", weights_only=False))
         state = json.loads((path / "state.json").read_text())
+        own = path / rng_file(rank)
+        set_rng_state(torch.load(own if own.exists() else path / "rng.pt", weights_only=False))
+        if not own.exists():
+            _reseed(int(state["step"]) * 1_000_003 + rank)
     except (OSError, KeyError, RuntimeError, ValueError) as exc:
         raise AlignError(f"ppo: cannot resume from {path}: {exc}; delete it to start over") from exc
     kl_ctl.load_state_dict(state["kl_ctl"])
     return state
+
+
+def _reseed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # all devices
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:
+        pass
 
 
 def truncate_jsonl(path: Path, last_step: int) -> None:

@@ -38,11 +38,15 @@ class QuerySampler:
             self._orders = {epoch: order}  # keep one pass in memory
         return self._orders[epoch]
 
-    def indices(self, step: int) -> list[int]:
-        """Prompt indices for PPO step `step` (0-based)."""
+    def indices(self, step: int, rank: int = 0, world: int = 1) -> list[int]:
+        """Prompt indices for PPO step `step` (0-based): the whole batch, or with `world` processes
+        process `rank`'s contiguous share of it (the shards, in rank order, are the whole batch)."""
+        if self.batch_size % world:
+            raise AlignError(f"ppo: ppo.batch_size ({self.batch_size}) must be a multiple of the world size ({world})")
+        share = self.batch_size // world
         out: list[int] = []
-        start = step * self.batch_size
-        for pos in range(start, start + self.batch_size):
+        start = step * self.batch_size + rank * share
+        for pos in range(start, start + share):
             epoch, offset = divmod(pos, self.n)
             out.append(self._order(epoch)[offset])
         return out

@@ -3,6 +3,10 @@
 Losses are token-level means over each optimizer batch (mini_batch_size * grad_accum rollouts).
 A micro-batch's loss is weighted by its share of the optimizer batch's response tokens, so
 8 rollouts x 1 micro-batch and 4 x 2 accumulated give the same gradient, not just a similar one.
+
+With N processes (align.ppo.distributed) every process holds the same global rollouts; each runs
+mini_batch_size / N rows of every micro-batch, weighted by the optimizer batch's global token
+count, and gradients are summed over processes before clipping: the same update as one process.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from align.errors import AlignError
+from align.ppo import distributed
 from align.ppo.config import PPOSettings
 from align.ppo.policy import ModelRoles, policy_forward
 from align.ppo.rollout import Rollouts
@@ -99,6 +105,21 @@ def ptx_loss(roles: ModelRoles, ids: torch.Tensor, mask: torch.Tensor, labels: t
     return -masked_mean(logp, valid)
 
 
+def rows_per_process(s: PPOSettings, world: int) -> int:
+    """Rollouts one process runs per micro-batch. batch_size and mini_batch_size count rollouts over
+    all processes, so a recipe means the same on 1 or N of them; both must split evenly."""
+    if world > 1:
+        bad = [f"ppo.{key} ({value})" for key, value in (("batch_size", s.batch_size),
+                                                          ("mini_batch_size", s.mini_batch_size)) if value % world]
+        if bad:
+            raise AlignError(
+                f"ppo: {' and '.join(bad)} must be a multiple of the world size ({world} processes): both count "
+                f"rollouts over all processes; each process rolls out batch_size / {world} queries and runs "
+                f"mini_batch_size / {world} rollouts per forward/backward pass"
+            )
+    return s.mini_batch_size // world
+
+
 def step_with_rollouts(
     roles: ModelRoles,
     optimizer: torch.optim.Optimizer,
@@ -109,10 +130,19 @@ def step_with_rollouts(
     step: int,
     ptx: PtxBatches | None = None,
 ) -> dict[str, float]:
-    """ppo_epochs passes over the rollouts in shuffled optimizer batches; returns mean stats."""
+    """ppo_epochs passes over the rollouts in shuffled optimizer batches; returns mean stats.
+
+    Under several processes `r` must be the global batch (see distributed.gather_rollouts), the
+    same on every process.
+    """
     params = roles.trainable_parameters()
     B = len(r)
     per_update = s.mini_batch_size * s.grad_accum
+    world, rank = distributed.world_size(), distributed.rank()
+    local = rows_per_process(s, world)
+    if world > 1 and B % per_update:
+        raise AlignError(f"ppo: {B} rollouts do not split into optimizer batches of ppo.mini_batch_size * "
+                         f"ppo.grad_accum = {per_update} (needed with {world} processes)")
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)  # same shuffles on resume
     device = roles.device
     totals: dict[str, float] = defaultdict(float)
@@ -127,7 +157,8 @@ def step_with_rollouts(
             optimizer.zero_grad(set_to_none=True)
             update_stats: dict[str, float] = defaultdict(float)
             for m, micro_start in enumerate(range(0, per_update, s.mini_batch_size)):
-                rows = group[micro_start : micro_start + s.mini_batch_size]
+                lo = micro_start + rank * local  # this process's share of the micro-batch
+                rows = group[lo : lo + local]
                 weight = float(r.response_mask[rows].sum() / n_tokens)
                 ids, attn, width = r.inputs(rows)
                 ids, attn = ids.to(device), attn.to(device)
@@ -150,11 +181,14 @@ def step_with_rollouts(
                     update_stats[k] += float(v) * weight
                 del logits
                 if ptx is not None and s.ptx_coef > 0:  # InstructGPT's PPO-ptx: + gamma * log-likelihood
-                    key = ((step * s.ppo_epochs + epoch) * 10_000 + u) * 100 + m
+                    key = (((step * s.ppo_epochs + epoch) * 10_000 + u) * 100 + m) * world + rank
                     p_ids, p_mask, p_labels = (t.to(device) for t in ptx.sample(len(rows), key))
                     nll = ptx_loss(roles, p_ids, p_mask, p_labels)
-                    (s.ptx_coef * nll / s.grad_accum).backward()
-                    update_stats["loss/ptx"] += float(nll.detach()) / s.grad_accum
+                    (s.ptx_coef * nll / (s.grad_accum * world)).backward()
+                    update_stats["loss/ptx"] += float(nll.detach()) / (s.grad_accum * world)
+            if world > 1:  # sums: each process's weights already divide by the global token count
+                distributed.reduce_gradients(params)
+                update_stats = defaultdict(float, distributed.all_reduce_stats(update_stats))
             grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
             optimizer.step()
             update_stats["policy/grad_norm"] = float(grad_norm)

@@ -9,6 +9,9 @@ Details of RLHF with PPO" (Huang et al. 2024) and alpaca_farm's split. Each step
     record_step_stats(...); kl_ctl.update(kl)        # stats.jsonl / tensorboard, adapt beta
 
 With a LoRA policy one copy of the base weights serves every role (see align.ppo.policy).
+Under torchrun / accelerate launch the loop is data-parallel (see align.ppo.distributed): each
+process rolls out its shard of the step's batch_size queries, the rollouts are gathered, and
+every process takes the same update; rank 0 alone writes logs, checkpoints and outputs.
 Outputs: ``model/`` (the policy as a PEFT adapter or full checkpoint, plus tokenizer),
 ``value_head.safetensors``, ``stats.jsonl``, ``samples.jsonl``, ``checkpoints/step-N/``.
 """
@@ -52,16 +55,27 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     from tqdm.auto import tqdm
 
     from align.data import load_examples
-    from align.ppo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_jsonl
+    from align.ppo import distributed
+    from align.ppo.checkpoint import (
+        latest_checkpoint,
+        load_checkpoint,
+        rng_state,
+        save_checkpoint,
+        truncate_jsonl,
+    )
     from align.ppo.policy import load_roles, save_policy
     from align.ppo.queries import QuerySampler, load_queries
     from align.ppo.rewards import FunctionScorer, load_scorer
     from align.ppo.rollout import encode_queries, rollout
     from align.ppo.stats import StatsLog, read_stats, record_step_stats
-    from align.ppo.update import PtxBatches, estimate_advantages, step_with_rollouts
+    from align.ppo.update import PtxBatches, estimate_advantages, rows_per_process, step_with_rollouts
     from align.rl import AdaptiveKLController, FixedKLController
 
     s = cfg.ppo
+    distributed.init_from_env()  # before loading models: on CUDA it picks this process's GPU
+    rank, world = distributed.rank(), distributed.world_size()
+    main = rank == 0
+    rows_per_process(s, world)  # batch sizes must split across processes: fail before loading anything
     policy_cfg = cfg.policy.model_copy(update={"name": ctx.resolve(cfg.policy.name)})
     prompts_cfg = cfg.prompts.model_copy(update={"path": ctx.resolve(cfg.prompts.path)})
     set_seed(ctx.seed)
@@ -72,6 +86,10 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     gold = FunctionScorer(s.gold_fn, "gold_fn") if s.gold_fn else None
     for note in roles.notes:
         log.info("ppo: %s", note)
+    if world > 1:
+        _check_device(roles.device, rank)
+        log.info("ppo: process %d of %d rolls out %d of %d queries per step", rank, world, s.batch_size // world,
+                 s.batch_size)
 
     # ---- data: queries (and PPO-ptx demonstrations)
     queries = load_queries(prompts_cfg)
@@ -94,45 +112,58 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
               else FixedKLController(s.init_kl_coef))
     ckpt_root = ctx.stage_dir / "checkpoints"
     start_step, resumed_from = 0, None
-    latest = latest_checkpoint(ckpt_root)
+    if rank > 0:  # same weights as rank 0 (same seed above), but its own sampling stream
+        set_seed((ctx.seed * 1_000_003 + rank) % 2**32)
+    latest = distributed.broadcast_object(latest_checkpoint(ckpt_root))  # rank 0's choice, everywhere
     if latest is not None:
-        start_step = load_checkpoint(latest, roles, optimizer, kl_ctl)["step"]
+        start_step = load_checkpoint(latest, roles, optimizer, kl_ctl, rank)["step"]
         resumed_from = str(latest)
         log.info("ppo: resuming from %s (step %d)", latest, start_step)
-    for name in ("stats.jsonl", "samples.jsonl"):
-        truncate_jsonl(ctx.stage_dir / name, start_step)
-    logger = StatsLog(ctx.stage_dir, "tensorboard" in s.report_to, start_step)
+    distributed.broadcast_parameters(roles.trainable_parameters())  # start in sync, as DDP does
+    logger = None
+    if main:
+        for name in ("stats.jsonl", "samples.jsonl"):
+            truncate_jsonl(ctx.stage_dir / name, start_step)
+        logger = StatsLog(ctx.stage_dir, "tensorboard" in s.report_to, start_step)
 
     # ---- the loop
-    bar = tqdm(range(start_step, s.steps), desc="ppo", initial=start_step, total=s.steps, disable=not s.progress)
+    bar = tqdm(range(start_step, s.steps), desc="ppo", initial=start_step, total=s.steps,
+               disable=not s.progress or not main)
     started = time.perf_counter()
     for step in bar:
         t0 = time.perf_counter()
         lr = s.lr * (1 - step / s.steps) if s.lr_schedule == "linear" else s.lr
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = sampler.indices(step)
+        batch = sampler.indices(step, rank, world)  # this process's shard of the step's queries
         rollouts = rollout(roles, scorer, [queries[i] for i in batch], [tokens[i] for i in batch], s, gold)
+        rollouts = distributed.gather_rollouts(rollouts, roles.tokenizer.pad_token_id)  # the global batch
         kl_coef = kl_ctl.value
         adv = estimate_advantages(rollouts, kl_coef, s)
         update_stats = step_with_rollouts(roles, optimizer, rollouts, adv, s, ctx.seed, step, ptx)
         stats = record_step_stats(rollouts, adv, update_stats, kl_coef)
         kl_ctl.update(stats["objective/kl"], n_steps=s.batch_size)
         stats.update({"lr": lr, "time/step_s": time.perf_counter() - t0})
-        logger.log(step + 1, stats)
-        if (step + 1) % s.sample_every == 0 or step == 0:
-            logger.samples(step + 1, rollouts, s.num_samples)
+        if logger is not None:
+            logger.log(step + 1, stats)
+            if (step + 1) % s.sample_every == 0 or step == 0:
+                logger.samples(step + 1, rollouts, s.num_samples)
         bar.set_postfix(score=f"{stats['objective/scores']:.3f}", kl=f"{stats['objective/kl']:.3f}")
         if (step + 1) % s.save_steps == 0 or step + 1 == s.steps:
-            save_checkpoint(ckpt_root, step + 1, roles, optimizer, kl_ctl, {}, s.save_total_limit)
-    logger.close()
+            rng_states = distributed.all_gather_object(rng_state()) if world > 1 else None
+            if main:
+                save_checkpoint(ckpt_root, step + 1, roles, optimizer, kl_ctl, {}, s.save_total_limit, rng_states)
+    if logger is not None:
+        logger.close()
     seconds = time.perf_counter() - started
 
     # ---- outputs
     out_dir = ctx.stage_dir / "model"
-    save_policy(roles, out_dir)
     value_head_file = ctx.stage_dir / "value_head.safetensors"
-    save_file({k: v.contiguous().cpu() for k, v in roles.value_head.state_dict().items()}, str(value_head_file))
+    if main:
+        save_policy(roles, out_dir)
+        save_file({k: v.contiguous().cpu() for k, v in roles.value_head.state_dict().items()}, str(value_head_file))
+    distributed.barrier()  # outputs and stats.jsonl are complete before any process moves on
     history = read_stats(ctx.stage_dir / "stats.jsonl")
     metrics = summarize(history)
     metrics.update({
@@ -143,8 +174,20 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         "roles": roles.notes,
         "trainable_params": sum(p.numel() for p in roles.trainable_parameters()),
         "prompts": len(queries),
+        "world_size": world,
     })
     return StageResult(outputs={"model": str(out_dir), "value_head": str(value_head_file)}, metrics=metrics)
+
+
+def _check_device(device: Any, rank: int) -> None:
+    """Each process must hold its own copy of the models on its own GPU."""
+    import torch
+
+    if device.type == "cuda" and device.index != torch.cuda.current_device():
+        raise AlignError(
+            f"ppo: process {rank} loaded the policy on {device}, not on its own GPU cuda:{torch.cuda.current_device()}; "
+            "start one process per GPU (torchrun --nproc_per_node N) and leave device_map unset"
+        )
 
 
 def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
