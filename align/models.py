@@ -80,6 +80,10 @@ class AdapterConfig(BaseModel):
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
     target_modules: str | list[str] = Field("all-linear", description="Modules to adapt: all-linear or a list.")
     num_virtual_tokens: int = Field(16, gt=0, description="Prefix / prompt tuning length.")
+    top_layers: int | None = Field(
+        None, gt=0, description="LoRA/DoRA on the last N transformer layers only (peft layers_to_transform). "
+        "Backpropagation then stops at the lowest adapted layer: about (L - N) / L less backward compute, "
+        "which matters on CPU. None = every layer.")
 
 
 # --------------------------------------------------------------------------- cache + built-ins
@@ -395,20 +399,50 @@ def _load(cfg: ModelConfig, kind: str, *, for_training: bool = False, num_labels
     return model
 
 
-def peft_config(adapter: AdapterConfig, task_type: str = "CAUSAL_LM") -> Any:
-    """Map our adapter settings to a peft config; None for full fine-tuning."""
+def peft_config(adapter: AdapterConfig, task_type: str = "CAUSAL_LM", model: Any = None) -> Any:
+    """Map our adapter settings to a peft config; None for full fine-tuning.
+
+    model: the model the adapter goes on; needed when adapter.top_layers is set (its layer count, and
+    the names of its linear layers, since peft takes layers_to_transform only with a list of modules).
+    """
     from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig
 
     if adapter.type == "full":
         return None
     if adapter.type in ("lora", "dora"):
+        layers, targets = None, adapter.target_modules
+        if adapter.top_layers is not None:
+            n = num_layers(model) if model is not None else None
+            if n is None:
+                raise AlignError("adapter.top_layers needs a model with a known layer count (num_hidden_layers)")
+            if adapter.top_layers > n:
+                raise AlignError(f"adapter.top_layers={adapter.top_layers} but the model has {n} layers")
+            layers = list(range(n - adapter.top_layers, n))
+            if targets == "all-linear":
+                targets = linear_layer_names(model)
         return LoraConfig(
             r=adapter.r, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
-            target_modules=adapter.target_modules, use_dora=adapter.type == "dora", task_type=task_type,
+            target_modules=targets, use_dora=adapter.type == "dora", task_type=task_type,
+            layers_to_transform=layers,
         )
     if adapter.type == "prefix":
         return PrefixTuningConfig(num_virtual_tokens=adapter.num_virtual_tokens, task_type=task_type)
     return PromptTuningConfig(num_virtual_tokens=adapter.num_virtual_tokens, task_type=task_type)
+
+
+def num_layers(model: Any) -> int | None:
+    """Transformer layer count of a loaded model (config.num_hidden_layers), if it has one."""
+    config = getattr(model, "config", None)
+    return getattr(config, "num_hidden_layers", None)
+
+
+def linear_layer_names(model: Any) -> list[str]:
+    """Leaf names of the Linear layers inside the transformer blocks (what peft's all-linear adapts)."""
+    import torch
+
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and ".layers." in name}
+    return sorted(names)
 
 
 def load_for_generation(ref: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

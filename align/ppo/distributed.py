@@ -210,6 +210,8 @@ def concat_rollouts(parts: list, pad_id: int):
             merged[f.name] = torch.cat(padded)
         elif isinstance(values[0], torch.Tensor):
             merged[f.name] = torch.cat(values)
+        elif isinstance(values[0], dict):  # per-process timings: the slowest process sets the pace
+            merged[f.name] = {k: max(v[k] for v in values) for k in values[0]}
         else:
             raise AlignError(f"ppo: do not know how to gather rollouts field {f.name} ({type(values[0]).__name__})")
     return type(parts[0])(**merged)

@@ -143,7 +143,7 @@ def load_roles(policy: ModelConfig, adapter: AdapterConfig, value_model: str = "
         elif adapter.type in ("lora", "dora"):
             from peft import get_peft_model
 
-            model = get_peft_model(base, peft_config(adapter))
+            model = get_peft_model(base, peft_config(adapter, model=base))
             ref_kind = "disable_adapter"
             notes.append(f"policy = fresh {adapter.type} adapter on {base_dir}; ref_policy = the base (adapters "
                          "disabled)")

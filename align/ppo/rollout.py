@@ -8,7 +8,8 @@ time (the "old" quantities of the PPO ratio and value clipping).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import torch
 
@@ -36,6 +37,7 @@ class Rollouts:
     ref_logprobs: torch.Tensor  # (B, R) ref_policy, 0 at padding
     values: torch.Tensor  # (B, R) value_model at sampling time, 0 at padding
     gold: torch.Tensor | None = None  # (B,) gold_fn scores, if any
+    seconds: dict[str, float] = field(default_factory=dict)  # time/generate, time/score, time/forward
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -142,8 +144,10 @@ def rollout(
 ) -> Rollouts:
     """Generate, cut after EOS, score (with the missing-EOS penalty), and record old log-probs/values."""
     tok = roles.tokenizer
+    t0 = time.perf_counter()
     query_ids, query_mask = left_pad(query_tokens, tok.pad_token_id)
     generated = generate(roles, query_ids, query_mask, s)
+    t1 = time.perf_counter()
     eos = eos_ids(tok, roles.model)
     ended = has_eos(generated, eos)
     response_ids, response_mask = truncate_after_eos(generated, eos, tok.pad_token_id)
@@ -158,5 +162,7 @@ def rollout(
         logprobs=torch.empty(0), ref_logprobs=torch.empty(0), values=torch.empty(0),
         gold=torch.tensor(gold.score(queries, responses)) if gold is not None else None,
     )
+    t2 = time.perf_counter()
     score_logprobs_values(roles, r, s.temperature, s.mini_batch_size)
+    r.seconds = {"time/generate_s": t1 - t0, "time/score_s": t2 - t1, "time/logprobs_s": time.perf_counter() - t2}
     return r

@@ -34,6 +34,7 @@ def record_step_stats(r: Rollouts, adv: Advantages, update: dict[str, float], kl
     }
     if r.gold is not None:
         stats["objective/gold"] = float(r.gold.mean())
+    stats.update(r.seconds)
     stats.update(update)
     return stats
 

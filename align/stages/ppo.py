@@ -140,7 +140,9 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         rollouts = distributed.gather_rollouts(rollouts, roles.tokenizer.pad_token_id)  # the global batch
         kl_coef = kl_ctl.value
         adv = estimate_advantages(rollouts, kl_coef, s)
+        t_update = time.perf_counter()
         update_stats = step_with_rollouts(roles, optimizer, rollouts, adv, s, ctx.seed, step, ptx)
+        update_stats["time/update_s"] = time.perf_counter() - t_update
         stats = record_step_stats(rollouts, adv, update_stats, kl_coef)
         kl_ctl.update(stats["objective/kl"], n_steps=s.batch_size)
         stats.update({"lr": lr, "time/step_s": time.perf_counter() - t0})

@@ -197,7 +197,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     if cfg.adapter.type != "full":
         if model_cfg.quantization != "none":
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
-        lora = peft_config(cfg.adapter, task_type="SEQ_CLS")
+        lora = peft_config(cfg.adapter, task_type="SEQ_CLS", model=model)
         head = [n for n in ("score", "classifier") if hasattr(model, n)]
         lora.modules_to_save = head  # the freshly initialised scalar head is trained and saved with the adapter
         model = get_peft_model(model, lora)

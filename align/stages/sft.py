@@ -87,7 +87,7 @@ def build_trainer(cfg: Config, ctx: StageContext):
         model=model, args=args, processing_class=tokenizer,
         train_dataset=Dataset.from_list(train_examples),
         eval_dataset=Dataset.from_list(eval_examples) if eval_examples else None,
-        peft_config=peft_config(cfg.adapter),
+        peft_config=peft_config(cfg.adapter, model=model),
     )
     guard_4bit_cpu_gradients(trainer.model)
     info = {"model_cfg": model_cfg, "precision": precision, "train_examples": len(train_examples),

@@ -109,3 +109,23 @@ def test_end_of_turn_token_differs_from_eos(tiny_model_dir):
     assert end_of_turn_token(tok) is None  # ChatML turns end with <|im_end|>, which is EOS here
     tok.eos_token = "<unk>"  # a base model whose EOS is not its end-of-turn token
     assert end_of_turn_token(tok) == "<|im_end|>"
+
+
+def test_top_layers_adapts_only_the_last_layers_and_gradients_stop_there(tiny_model_dir):
+    from peft import get_peft_model
+
+    from align.models import AdapterConfig, num_layers, peft_config
+
+    model = load_causal_lm("tiny-llama")
+    n = num_layers(model)
+    assert n == 2
+    peft_model = get_peft_model(model, peft_config(AdapterConfig(r=2, alpha=4, top_layers=1), model=model))
+    adapted = {name.split(".layers.")[1].split(".")[0] for name, _ in peft_model.named_parameters() if "lora_" in name}
+    assert adapted == {"1"}  # only the last layer has adapters
+    peft_model(input_ids=torch.tensor([[5, 6, 7]])).logits.sum().backward()
+    grads = [name for name, p in peft_model.named_parameters() if p.grad is not None]
+    assert grads and all(".layers.1." in name for name in grads)
+    with pytest.raises(AlignError, match="top_layers=3 but the model has 2 layers"):
+        peft_config(AdapterConfig(top_layers=3), model=model)
+    with pytest.raises(AlignError, match="layer count"):
+        peft_config(AdapterConfig(top_layers=1))
