@@ -29,6 +29,12 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+def _policy_line(name: str, m: dict) -> str:
+    keys = (("gold_score", "gold"), ("strict_accuracy", "strict"), ("reward_score", "rm"), ("kl", "kl"))
+    parts = [f"{short}={_fmt(m[k])}" for k, short in keys if isinstance(m.get(k), (int, float))]
+    return f"{name}: " + " ".join(parts)
+
+
 def print_summary(records, run_dir: str) -> None:
     """End-of-run table: what ran, how long, the numbers that matter."""
     from rich.console import Console
@@ -41,9 +47,11 @@ def print_summary(records, run_dir: str) -> None:
         shown = [(k, rec.metrics[k]) for k in HEADLINE_METRICS if k in rec.metrics and rec.metrics[k] is not None]
         if not shown:
             shown = [(k, v) for k, v in rec.metrics.items() if isinstance(v, (int, float)) and k != "seconds"][:4]
+        text = ", ".join(f"{k}={_fmt(v)}" for k, v in shown[:5])
+        if isinstance(rec.metrics.get("policies"), dict):  # eval: one line per policy, side by side
+            text = "\n".join([_policy_line(name, m) for name, m in rec.metrics["policies"].items()] + [text])
         seconds = rec.seconds or rec.metrics.get("seconds") or 0
-        table.add_row(rec.name, rec.status, f"{seconds:.0f}s" if rec.status == "ran" else "-",
-                      ", ".join(f"{k}={_fmt(v)}" for k, v in shown[:5]))
+        table.add_row(rec.name, rec.status, f"{seconds:.0f}s" if rec.status == "ran" else "-", text)
     Console(stderr=False).print(table)
 
 

@@ -19,12 +19,20 @@ align's own stages (sft, reward, ppo, rank, eval, self_instruct) are read by the
 section is handled by what it holds (model roles, ``adapter``, ``train``, generation settings). The
 keys read are listed in docs/memory.md. ``device="cpu"`` estimates the RAM a CPU run adds (what
 the tests measure).
+
+The reward stage's batch element is one prompt with all K of its responses: K is ``rank.k`` only
+when ``reward.data`` is ``@rank``; a local rankings/pairs file is read for its largest prompt group;
+anything else (a hub dataset) is taken as pairs, K = 2, unless the caller passes ``reward_k``.
+The eval stage follows ``eval.model`` (precision, quantization) for every model it loads, one copy
+of each base for the LoRA policies and reference on it, and its KL sampling (``kl_samples``,
+``kl_batch_size``).
 """
 
 from __future__ import annotations
 
 import copy
 import importlib.metadata
+import json
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -41,6 +49,7 @@ REMOTE_BACKENDS = ("openai", "api", "http", "remote", "server")
 # TRL >= 1.x scores the LM head in tiles (trl/kernels/chunked_logprob.py); full logits are never built.
 TRL_TOKEN_CHUNK, TRL_VOCAB_CHUNK = 4096, 32768
 PROMPT_GUESS = 256  # prompt tokens assumed where a stage has no prompt-length setting
+DEFAULT_REWARD_K = 2  # responses per prompt in reward data the planner cannot read: preference pairs
 
 
 # --------------------------------------------------------------------------- result types
@@ -561,12 +570,16 @@ def set_path(section: dict[str, Any], path: str, value: Any) -> None:
 class Planner:
     """Estimates every stage of one recipe (a dict: `recipe.model_dump()`) for one device."""
 
-    def __init__(self, recipe: dict[str, Any], device: str = "cuda"):
+    def __init__(self, recipe: dict[str, Any], device: str = "cuda", reward_k: int | None = None):
         if device not in ("cuda", "cpu"):
             raise AlignError(f"device {device!r}: expected cuda or cpu")
+        if reward_k is not None and reward_k < 2:
+            raise AlignError(f"reward K {reward_k}: a prompt needs at least 2 responses to rank")
         self.recipe = recipe
         self.device = device
+        self.reward_k = reward_k  # explicit responses per prompt for the reward stage (else see reward_group_size)
         self._archs: dict[str, tuple[Arch, dict | None]] = {}
+        self._group_sizes: dict[tuple, tuple[int, str]] = {}
 
     # ----- models
 
@@ -584,7 +597,9 @@ class Planner:
         roles = [r for r in find_roles(section) if r.key in ("model", "policy")]
         if not roles:
             raise AlignError(f"model {name!r}: stage {stage!r} produces no model (it names no model or policy)")
-        arch, _ = self.resolve(roles[0].name, stack + (stage,))
+        arch, upstream = self.resolve(roles[0].name, stack + (stage,))
+        if stage == "ppo" and upstream and output != "merged":
+            return arch, upstream  # align.ppo trains the policy's own adapter further (its `adapter` is unused)
         adapter = section.get("adapter") or {}
         if output == "merged" or not adapter or adapter.get("type") == "full":
             return arch, None
@@ -650,13 +665,47 @@ class Planner:
         """transformers.Trainer over prompt groups: all K responses of a prompt in one forward, a scalar head;
         peft's prepare_model_for_kbit_training upcasts the non-quantized weights to fp32."""
         role = next(r for r in find_roles(section) if r.key == "model")
-        rank = self.recipe.get("rank")
-        k = int(rank.get("k", 4)) if isinstance(rank, dict) else 2
+        k, why = self.reward_group_size(section)
         est = self.training(name, section, role, head="classifier", seqs_per_example=k, trainer="own",
                             upcast_non_quantized=role.quantization != "none")
-        est.notes.append(f"{k} responses per prompt ({'rank.k' if isinstance(rank, dict) else 'pairs assumed'}); "
-                         "train.batch_size counts prompts")
+        est.notes.append(f"{k} responses per prompt ({why}); train.batch_size counts prompts")
         return est
+
+    def reward_group_size(self, section: dict[str, Any]) -> tuple[int, str]:
+        """K, the responses one reward batch element holds (all of a prompt's responses), and where it comes from.
+
+        - the planner's explicit `reward_k` when given;
+        - `rank.k` when `data` is the rank stage's output (`@rank`);
+        - a local rankings / pairs file: the largest prompt group align.rankings makes of it (records sharing
+          a prompt are merged, as the reward stage does; `max_records` respected);
+        - anything else (a hub dataset, which the planner never downloads, or another stage's output):
+          DEFAULT_REWARD_K = 2, preference pairs such as Anthropic HH.
+        """
+        if self.reward_k is not None:
+            return self.reward_k, "set explicitly"
+        data = section.get("data")
+        data = data.get("path") if isinstance(data, dict) else data
+        if not isinstance(data, str):
+            return DEFAULT_REWARD_K, "pairs assumed"
+        if data.startswith("@"):
+            stage = data[1:].partition(".")[0]
+            rank = self.recipe.get(stage)
+            if stage == "rank" and isinstance(rank, dict):
+                return int(rank.get("k", 4)), "rank.k"
+            return DEFAULT_REWARD_K, f"{data} is not the rank stage: pairs assumed"
+        if not Path(data).expanduser().exists():
+            return DEFAULT_REWARD_K, f"{data} is not a local file: pairs assumed (K = 2, e.g. Anthropic HH)"
+        key = (data, section.get("max_records"))
+        if key not in self._group_sizes:
+            from align.rankings import group_by_prompt, read_rankings
+
+            try:
+                groups = group_by_prompt(read_rankings(data, section.get("max_records")))
+                k = max(len(g.responses) for g in groups)
+                self._group_sizes[key] = (max(k, 2), f"largest prompt group in {data}")
+            except AlignError as exc:  # unreadable here: the reward stage will say why
+                self._group_sizes[key] = (DEFAULT_REWARD_K, f"{data} unreadable ({exc}): pairs assumed")
+        return self._group_sizes[key]
 
     # ----- PPO
 
@@ -794,31 +843,141 @@ class Planner:
                  "max_new_tokens": "max_new_tokens"}
         return StageEstimate(name, "generation", terms + overhead_term(self.device), notes, knobs=knobs)
 
+    def base_of(self, name: str) -> tuple[str, str | None]:
+        """(the base weights a model runs on, the adapter it adds or None): eval loads each base once for
+        every LoRA/DoRA adapter on it. A full or prefix/prompt-tuned model is its own base. (`resolve`
+        rejects reference cycles before this recursion could loop.)"""
+        _, adapter = self.resolve(name)
+        shareable = adapter is None or adapter.get("type") in ("lora", "dora")
+        if name.startswith("@"):
+            stage = name[1:].partition(".")[0]
+            roles = [r for r in find_roles(self.recipe.get(stage) or {}) if r.key in ("model", "policy")]
+            if adapter is None:  # a full or merged stage output: weights of its own
+                return name, None
+            base, _ = self.base_of(roles[0].name) if roles else (name, None)
+            return (base, name) if shareable else (name, None)
+        if adapter is None:
+            return name, None
+        path = Path(name).expanduser()
+        folder = path / "model" if (path / "model" / "adapter_config.json").exists() else path
+        try:
+            base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+        except (OSError, ValueError, KeyError):
+            base = name
+        return (base, name) if shareable else (name, None)
+
     def eval(self, name: str, section: dict[str, Any]) -> StageEstimate:
-        """Each policy is loaded (with the KL reference) and sampled in turn; the reward model scores after."""
+        """align.stages.eval: the policies take turns; LoRA policies (and the reference) on one base share ONE
+        copy of it. Per policy: greedy generation, then (with a reference) KL sampling and the reference's
+        scoring forward; the reward model scores after every policy is freed. `model` (precision,
+        quantization) applies to all of them; without it the reward model loads as trained: its base in the
+        reward stage's quantization, in fp32 (align.reward_model.load_reward_model)."""
+        from align.stages.eval import KL_LOGITS_ELEMENTS
+
         batch, new = int(section.get("batch_size", 8)), int(section.get("max_new_tokens", 128))
-        terms, notes = [], []
-        for label, ref in (section.get("policies") or {}).items():
-            phase = f"policy {label}"
-            t, n = self._generator(Role(label, f"policies.{label}", ref), batch, PROMPT_GUESS, new, phase)
-            terms, notes = terms + t, notes + n
-            if section.get("reference"):
-                r_arch, _ = self.resolve(section["reference"])
-                d = dtypes_for(self.device, "auto")
-                terms.append(replace(weights_term(r_arch, d, "none", "reference (KL) "), phase=phase))
+        settings = section.get("model") if isinstance(section.get("model"), dict) else None
+        precision = (settings or {}).get("precision") or "auto"
+        quant = (settings or {}).get("quantization") or "none"
+        d = dtypes_for(self.device, precision)
+        n_kl, kl_batch = int(section.get("kl_samples", 1)), int(section.get("kl_batch_size", 32))
+        reference = section.get("reference") if n_kl > 0 else None
+        policies = section.get("policies") or {}
+        ident = {label: self.base_of(ref) for label, ref in policies.items()}
+        ref_ident = self.base_of(reference) if reference else None
+        groups: dict[str, list[str]] = {}
+        for label, (base, _) in ident.items():
+            groups.setdefault(base, []).append(label)
+
+        def loaded(base: str, members: list[tuple[str, str | None]], prefix: str) -> list[Term]:
+            """A base's weights + every adapter loaded on it (peft keeps adapters in fp32)."""
+            arch, _ = self.resolve(members[0][1] or base)
+            terms = [weights_term(arch, d, quant, prefix)]
+            for _, adapter in dict.fromkeys(members):
+                if adapter is not None:
+                    up = numel(adapter_tensors(arch, self.resolve(adapter)[1]))
+                    terms.append(Term(f"{prefix}adapter {adapter} (loaded)", up * 4, note=f"{up:,} params"))
+            return terms
+
+        terms: list[Term] = []
+        notes = [f"models: {d.label}" + (f", {quant}" if quant != "none" else ", unquantized")
+                 + ("" if settings else " (eval.model not set)")]
+        for base, labels in groups.items():
+            members = [ident[label] for label in labels]
+            with_ref = ref_ident is not None and ref_ident[0] == base  # the reference rides on this base too
+            weights = loaded(base, members + ([ref_ident] if with_ref else []), "")
+            if ref_ident is not None and not with_ref:
+                weights += loaded(ref_ident[0], [ref_ident], "reference (KL) ")
+            if len(dict.fromkeys(members + ([ref_ident] if with_ref else []))) > 1:
+                notes.append(f"{', '.join(labels)}{' and the reference' if with_ref else ''}: one copy of {base}")
+            arch, _ = self.resolve(base if not members[0][1] else members[0][1])
+            for label in labels:
+                phase = f"policy {label}"
+                terms += [replace(t, phase=phase) for t in weights]
+                terms += generation_terms(arch, d, batch, PROMPT_GUESS, new, phase)
+                if ref_ident is None or ident[label] == ref_ident:
+                    continue
+                phase = f"policy {label} KL"
+                terms += [replace(t, phase=phase) for t in weights]
+                terms += self._kl_terms(arch, d, n_kl, kl_batch, new, phase, KL_LOGITS_ELEMENTS)
+        if reference and n_kl:
+            notes.append(f"KL: {n_kl} sample(s) per prompt, up to {kl_batch} sequences per generate call; then the "
+                         "reference scores them (a policy that is the reference: no sampling)")
         if section.get("reward_model"):
-            r_arch, _ = self.resolve(section["reward_model"])
-            d = dtypes_for(self.device, "fp32")  # load_reward_model defaults to float32
-            terms.append(replace(weights_term(r_arch, d, "none", "reward_model ", head="classifier"),
-                                 phase="reward scoring"))
+            terms += self._eval_reward(section["reward_model"], settings, notes)
         llm = section.get("llm_judge")
         if section.get("judge") == "llm" and isinstance(llm, dict) and llm.get("type", "local") == "local":
             t, n = self._generator(Role("judge", "llm_judge.model", llm["model"]), int(llm.get("batch_size", 8)),
                                    4 * PROMPT_GUESS, 256, "judging")
             terms, notes = terms + t, notes + n
-        notes.append(f"models loaded one after another (one phase each); prompts assumed {PROMPT_GUESS} tokens")
-        knobs = {"quantization": [], "gen_batch": "batch_size", "max_new_tokens": "max_new_tokens"}
+        notes.append(f"policies take turns (a phase each); prompts assumed {PROMPT_GUESS} tokens")
+        knobs = {"quantization": ["model.quantization"], "gen_batch": "batch_size", "max_new_tokens": "max_new_tokens"}
         return StageEstimate(name, "generation", terms + overhead_term(self.device), notes, knobs=knobs)
+
+    @staticmethod
+    def _kl_terms(arch: Arch, d: Dtypes, n: int, kl_batch: int, new: int, phase: str, chunk_elements: int) -> list[Term]:
+        """KL buffers: sampling (KV cache of one generate call + the recorded log-softmax row), then the
+        reference's forward over the samples in chunks of `chunk_elements` logits. They do not overlap:
+        the larger counts."""
+        rows = max(1, kl_batch // n) * n
+        V = arch.vocab_size
+        sampling = generation_terms(arch, d, rows, PROMPT_GUESS, new, phase, "KL sampling ")
+        sampling.append(Term("KL sampling: log-prob recorder", rows * V * 4 + rows * new * 4, phase,
+                             "one fp32 log-softmax row per sequence"))
+        chunk = max(1, min(rows, chunk_elements // (new * V)))
+        logits = chunk * (new + 1) * V * d.act + 2 * chunk * new * V * 4
+        forward = chunk * (PROMPT_GUESS + new) * (3 * arch.intermediate_size + 4 * arch.hidden_size) * d.act
+        scoring = [Term("KL: reference log-probs", logits + forward, phase,
+                        f"{chunk} sequences x {new} response positions x vocab per forward (logits + fp32 log-softmax)")]
+        return sampling if sum(t.bytes for t in sampling) >= scoring[0].bytes else scoring
+
+    def _eval_reward(self, ref: str, settings: dict[str, Any] | None, notes: list[str]) -> list[Term]:
+        """The reward model's weights (+ adapter) and one scoring forward (RewardModel.score: 8 rows)."""
+        arch, adapter = self.resolve(ref)
+        max_length = 512
+        if ref.startswith("@"):
+            stage = self.recipe.get(ref[1:].partition(".")[0]) or {}
+            max_length = int((stage.get("train") or {}).get("max_length", 512))
+            role = next((r for r in find_roles(stage) if r.key == "model"), None)
+            trained_quant = role.quantization if role else "none"
+        else:
+            trained_quant = "none"  # a reward model dir: align_reward.json is not read here
+        if settings:
+            precision, quant = settings.get("precision") or "auto", settings.get("quantization") or "none"
+            how = "eval.model"
+        else:  # load_reward_model: float32, its base quantized as the reward stage trained it (adapters only)
+            precision, quant = "fp32", trained_quant if adapter else "none"
+            how = "as trained (fp32" + (f", {quant} base)" if quant != "none" else ")")
+        d = dtypes_for(self.device, precision)
+        phase = "reward scoring"
+        terms = [replace(weights_term(arch, d, quant, "reward_model ", head="classifier"), phase=phase)]
+        if adapter:
+            up = numel(adapter_tensors(arch, adapter))
+            terms.append(Term("reward_model adapter", up * 4, phase, f"{up:,} params"))
+        rows = 8
+        act = rows * max_length * (3 * arch.intermediate_size + 4 * arch.hidden_size) * d.act
+        terms.append(Term("reward_model scoring forward", act, phase, f"{rows} x {max_length} tokens"))
+        notes.append(f"reward_model: {how}")
+        return terms
 
     def self_instruct(self, name: str, section: dict[str, Any]) -> StageEstimate:
         teacher = section.get("teacher") or {}
@@ -954,11 +1113,13 @@ def suggest(planner: Planner, name: str, section: dict[str, Any], est: StageEsti
 # --------------------------------------------------------------------------- entry points
 
 
-def plan_recipe(recipe: dict[str, Any], device: str = "cuda", budget: float | None = None) -> list[StageEstimate]:
-    """One estimate per stage present in the recipe, in run order; with a budget, suggestions for misfits."""
+def plan_recipe(recipe: dict[str, Any], device: str = "cuda", budget: float | None = None,
+                reward_k: int | None = None) -> list[StageEstimate]:
+    """One estimate per stage present in the recipe, in run order; with a budget, suggestions for misfits.
+    `reward_k`: responses per prompt in the reward stage's data, when the planner cannot tell."""
     from align.stages import STAGE_ORDER
 
-    planner = Planner(recipe, device)
+    planner = Planner(recipe, device, reward_k)
     stages = [s for s in STAGE_ORDER if isinstance(recipe.get(s), dict)]
     stages += [s for s, v in recipe.items() if isinstance(v, dict) and s not in stages and s != "vars"]
     out = []

@@ -148,7 +148,7 @@ def _stage_section(stage: str, stage_dir: Path, plots_dir: Path) -> tuple[list[s
         plots += [p] if p else []
     shown = [(k, v) for k, v in _flat_metrics(metrics) if not k.startswith(("pass_rate", "policies.") ) or
              k.count(".") <= 1 or k.split(".")[2] in ("gold_score", "strict_accuracy", "reward_score",
-                                                      "kl_to_reference", "response_words_mean")]
+                                                      "kl", "kl_stderr", "response_words_mean")]
     if shown:
         lines += ["| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in shown[:40]]

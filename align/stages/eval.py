@@ -4,20 +4,39 @@ For each policy (e.g. ``sft: "@sft"``, ``ppo: "@ppo"``): greedy responses to hel
 verifiable constraints, then
 - gold score (fraction of constraints met) and strict accuracy (all met), per constraint type;
 - reward-model score (when a reward model is given);
-- KL to a reference model on the policy's own responses (sum over tokens of log π − log π_ref);
+- KL(π‖π_ref) to a reference model (when one is given), see below;
 - response length;
 - win rate of every policy over the baseline, judged by the gold function, the reward model or an
   LLM judge (position-swapped);
 - optionally lm-evaluation-harness tasks (``lm_eval``) on each policy.
 Outputs ``responses.jsonl`` (every prompt/response/score) and ``metrics.json``.
+
+KL is a Monte-Carlo estimate on SAMPLED responses, not on the greedy ones: KL(π‖π_ref) =
+E_{y~π(·|x)}[log π(y|x) − log π_ref(y|x)] only holds for y drawn from π. On greedy responses the
+log-ratio is no estimate of anything (it can even be negative). So for every prompt ``kl_samples``
+responses are sampled from the policy itself (temperature 1, no top-k / top-p / repetition
+penalty: the model's own distribution, seeded), and the per-response sum over its tokens (up to
+and including EOS, at most max_new_tokens) of log π − log π_ref is averaged over prompts and
+samples (the "k1" estimator: unbiased, noisy; ``kl_stderr`` is its standard error). log π is
+recorded while sampling; log π_ref takes one forward pass of the reference. A policy that IS the
+reference gets 0 without sampling. Gold, strict, reward-model scores and win rates stay on the
+greedy responses.
+
+Models: ``model`` (precision / quantization, as in align.models.ModelConfig) applies to every model
+eval loads, so a QLoRA recipe can evaluate in 4-bit. Policies and the reference that are LoRA
+adapters on the same base (e.g. ``@sft``, ``@ppo``) share ONE copy of the base: the adapters are
+loaded side by side and switched (a plain base is the same weights with adapters disabled).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,6 +60,25 @@ class LmEvalConfig(BaseModel):
     num_fewshot: int | None = None
 
 
+# Logit elements (rows x response tokens x vocabulary) scored per forward when computing KL log-probs:
+# 2**26 = 128 MiB of bf16 logits (+ two fp32 temporaries), whatever the model; align.plan counts the same.
+KL_LOGITS_ELEMENTS = 2**26
+
+
+class ModelSettings(BaseModel):
+    """How eval loads its models: align.models.ModelConfig without the name (each model has its own)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Compute precision. auto: bf16 on GPUs that support it, fp32 on CPU.")
+    quantization: Literal["none", "8bit", "4bit"] = Field(
+        "none", description="Load base weights quantized with bitsandbytes (4bit = NF4 + double quant, as QLoRA "
+        "trained them).")
+    attn_implementation: str | None = Field(None, description="e.g. sdpa, eager, flash_attention_2; None = default.")
+    trust_remote_code: bool = False
+
+
 class Config(BaseModel):
     """The `eval:` section of a recipe."""
 
@@ -54,6 +92,17 @@ class Config(BaseModel):
     batch_size: int = Field(8, gt=0)
     reward_model: str | None = Field(None, description="Reward model dir or @reward: adds RM scores.")
     reference: str | None = Field(None, description="Reference model for KL (e.g. @sft); None = no KL.")
+    kl_samples: int = Field(
+        1, ge=0, description="Responses sampled per prompt from each policy (temperature 1, no top-k/top-p, seeded) "
+        "for KL(π‖π_ref): the mean over prompts and samples of Σ_tokens log π − log π_ref (k1, unbiased; kl_stderr "
+        "is its standard error). Greedy responses would not give a KL estimate. 0 = no KL.")
+    kl_batch_size: int = Field(
+        32, gt=0, description="Sequences per generate() call when sampling for KL (prompts x kl_samples). Larger "
+        "batches sample far faster per sequence on CPU; align plan counts their KV cache.")
+    model: ModelSettings | None = Field(
+        None, description="precision / quantization (none|8bit|4bit) for the policies, the reference and the reward "
+        "model, e.g. {quantization: 4bit} after QLoRA. None: policies and reference unquantized, the reward model "
+        "as it was trained (its saved quantization, fp32).")
     judge: Literal["gold", "reward", "llm"] = Field("gold", description="What decides win rates.")
     llm_judge: dict[str, Any] | None = Field(None, description="Teacher settings for judge: llm (local or OpenAI-compatible).")
     lm_eval: LmEvalConfig | None = None
@@ -72,38 +121,351 @@ def load_prompts(spec: str, num: int | None) -> list:
     return prompts[:num] if num else prompts
 
 
-def response_logprob_sums(model, tokenizer, conversations: list[list[dict]], responses: list[str],
-                          batch_size: int = 8) -> list[float]:
-    """Sum of log p(response tokens | prompt) per example (chat template applied), for KL estimates."""
+# --------------------------------------------------------------------------- KL on sampled responses
+
+
+@dataclass
+class SampledBatch:
+    """One generate() call's samples, as token ids (never re-tokenized text: the KL is over these tokens).
+
+    input_ids (N, P + R): left-padded prompt, then the response columns; attention_mask (N, P + R): real
+    prompt tokens and response tokens up to and including the first EOS; response_mask (N, R): the tokens
+    whose log-probs count. N = prompts in the call x samples per prompt (rows of a prompt are adjacent).
+    """
+
+    input_ids: Any
+    attention_mask: Any
+    response_mask: Any
+    logprobs: Any = None  # (N, R) the sampling model's log-prob of each response token, recorded while sampling
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """The ids generation stops at: the tokenizer's EOS and the model's generation-config EOS ids."""
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = {tokenizer.eos_token_id, *(gen_eos if isinstance(gen_eos, list) else [gen_eos])} - {None}
+    return sorted(ids)
+
+
+@contextlib.contextmanager
+def neutral_generation_config(model) -> Iterator[None]:
+    """Generate without the checkpoint's generation_config.json defaults (top_k, top_p, repetition_penalty,
+    min_p...): transformers fills every setting a call leaves unset from it, and any of them would make the
+    samples come from a distribution other than π. (PeftModel.generate copies the inner model's config.)"""
+    from transformers import GenerationConfig
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = inner.generation_config
+    inner.generation_config = GenerationConfig(eos_token_id=saved.eos_token_id, pad_token_id=saved.pad_token_id,
+                                               bos_token_id=saved.bos_token_id)
+    try:
+        yield
+    finally:
+        inner.generation_config = saved
+
+
+def pure_sampling_kwargs(tokenizer, eos_ids: list[int], n: int, max_new_tokens: int) -> dict[str, Any]:
+    """generate() settings that sample from the model's own softmax: temperature 1 and every logits
+    processor with a default that changes the distribution switched off explicitly (top_k's global default
+    is 50)."""
+    return {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": None, "typical_p": 1.0,
+            "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+            "min_new_tokens": 0, "max_new_tokens": max_new_tokens, "num_return_sequences": n,
+            "pad_token_id": tokenizer.pad_token_id, "eos_token_id": eos_ids, "use_cache": True}
+
+
+def logprob_recorder():
+    """A logits processor that records log π(token) of every sampled token while generate() runs.
+
+    It sees the final scores (no warpers follow it: pure_sampling_kwargs adds none) and keeps one (N, V)
+    log-softmax: at each step it reads the previous step's value at the token that step sampled. This
+    saves a second forward pass of the policy over every sample.
+    """
     import torch
+    from transformers import LogitsProcessor
+
+    class Recorder(LogitsProcessor):
+        def __init__(self) -> None:
+            self.last = None
+            self.taken: list = []
+
+        def __call__(self, input_ids, scores):
+            if self.last is not None:
+                self.taken.append(self.last.gather(-1, input_ids[:, -1:]).squeeze(-1))
+            self.last = torch.log_softmax(scores.float(), dim=-1)
+            return scores
+
+        def finish(self, sequences):
+            """(N, R) log-probs of the R generated tokens of `sequences` (N, P + R)."""
+            self.taken.append(self.last.gather(-1, sequences[:, -1:].to(self.last.device)).squeeze(-1))
+            out = torch.stack(self.taken, dim=1)
+            self.last, self.taken = None, []
+            return out
+
+    return Recorder()
+
+
+def sample_responses(model, tokenizer, conversations: list[list[dict]], n: int, max_new_tokens: int,
+                     batch_size: int, seed: int) -> list[SampledBatch]:
+    """n responses per conversation sampled from the model, kept as token ids with their log-probs.
+
+    Each generate() call takes max(1, batch_size // n) prompts (about batch_size sequences). Seeded per
+    call, like align.generation.generate_texts.
+    """
+    import torch
+    from transformers import LogitsProcessorList
 
     from align.generation import chat_prompt
 
+    tokenizer.padding_side = "left"
     device = next(model.parameters()).device
+    eos_ids = eos_token_ids(model, tokenizer)
+    kwargs = pure_sampling_kwargs(tokenizer, eos_ids, n, max_new_tokens)
+    seeds = torch.Generator().manual_seed(seed)
+    per_call = max(1, batch_size // n)
+    batches: list[SampledBatch] = []
+    for start in range(0, len(conversations), per_call):
+        prompts = [chat_prompt(tokenizer, c) for c in conversations[start : start + per_call]]
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=seeds)))
+        recorder = logprob_recorder()
+        with torch.no_grad(), neutral_generation_config(model):
+            out = model.generate(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
+                                 logits_processor=LogitsProcessorList([recorder]), **kwargs)
+        logprobs = recorder.finish(out).cpu()
+        out = out.cpu()
+        response = out[:, enc["input_ids"].shape[1] :]
+        is_eos = torch.isin(response, torch.tensor(eos_ids, dtype=response.dtype))
+        keep = (is_eos.long().cumsum(-1) - is_eos.long()) == 0  # up to and including the first EOS
+        prompt_mask = enc["attention_mask"].repeat_interleave(n, dim=0)
+        batches.append(SampledBatch(out, torch.cat([prompt_mask, keep.long()], dim=1), keep, logprobs))
+    return batches
+
+
+def _vocab_size(model) -> int:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and hasattr(head, "weight"):
+        return int(head.weight.shape[0])
+    return int(getattr(model.config, "vocab_size", 0) or 32_000)
+
+
+def _response_logits(model, input_ids, attention_mask, n_response: int):
+    """Logits (B, R, V) predicting the last n_response tokens; positions counted over real tokens, as
+    generate() counts them under left padding."""
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    try:  # only the response positions' logits: no (B, P + R, V) tensor
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                    logits_to_keep=n_response + 1)
+        return out.logits[:, :-1]
+    except TypeError:  # models without logits_to_keep
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        return out.logits[:, -n_response - 1 : -1]
+
+
+def sequence_logprobs(model, batches: list[SampledBatch]) -> list[float]:
+    """Σ over each response's counted tokens of log p(token | everything before it), one float per row.
+
+    Rows go through the model in chunks of at most KL_LOGITS_ELEMENTS logit entries.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    vocab = _vocab_size(model)
     sums: list[float] = []
-    for start in range(0, len(responses), batch_size):
-        prompts = [chat_prompt(tokenizer, c) for c in conversations[start : start + batch_size]]
-        resp = responses[start : start + batch_size]
-        rows, prompt_lens = [], []
-        for p, r in zip(prompts, resp):
-            p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
-            r_ids = tokenizer(r + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
-            rows.append(p_ids + r_ids)
-            prompt_lens.append(len(p_ids))
-        width = max(len(r) for r in rows)
-        pad = tokenizer.pad_token_id
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
-        with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device)).squeeze(-1)
-        for i, r in enumerate(rows):
-            sums.append(float(logp[i, prompt_lens[i] - 1 : len(r) - 1].sum()))
+    for b in batches:
+        n_resp = b.response_mask.shape[1]
+        rows = max(1, KL_LOGITS_ELEMENTS // (n_resp * vocab))
+        for s in range(0, b.input_ids.shape[0], rows):
+            ids = b.input_ids[s : s + rows].to(device)
+            mask = b.attention_mask[s : s + rows].to(device)
+            keep = b.response_mask[s : s + rows].to(device)
+            with torch.no_grad():
+                logits = _response_logits(model, ids, mask, n_resp).float()
+                logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, -n_resp:, None]).squeeze(-1)
+                sums.extend(logp.where(keep, 0.0).sum(-1).tolist())
+            del logits, logp
     return sums
 
+
+def kl_estimate(policy: ModelView, reference: ModelView, conversations: list[list[dict]], n: int,
+                max_new_tokens: int, batch_size: int, seed: int) -> dict[str, float]:
+    """k1 Monte-Carlo KL(π‖π_ref): mean over prompts and n samples y ~ π of Σ_t log π(y_t|·) − log π_ref(y_t|·)."""
+    import math
+
+    if policy.tokenizer.get_vocab() != reference.tokenizer.get_vocab():
+        raise AlignError("eval.reference: KL needs the reference to share the policy's tokenizer (the same token "
+                         "ids); this reference's vocabulary differs")
+    with policy.active() as model:
+        batches = sample_responses(model, policy.tokenizer, conversations, n, max_new_tokens, batch_size, seed)
+    lp = [float(x) for b in batches for x in b.logprobs.where(b.response_mask, 0.0).sum(-1)]
+    with reference.active() as model:
+        lp_ref = sequence_logprobs(model, batches)
+    ratios = [a - b for a, b in zip(lp, lp_ref)]
+    mean = sum(ratios) / len(ratios)
+    var = sum((r - mean) ** 2 for r in ratios) / max(1, len(ratios) - 1)
+    tokens = sum(int(b.response_mask.sum()) for b in batches)
+    return {"kl": mean, "kl_stderr": math.sqrt(var / len(ratios)), "kl_samples": len(ratios),
+            "kl_response_tokens_mean": tokens / len(ratios)}
+
+
+# --------------------------------------------------------------------------- loading: one copy per base
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model eval runs, described without loading it."""
+
+    ref: str  # as named (after @stage resolution)
+    base: str  # the base weights (local dirs as absolute paths)
+    adapter: str | None  # a LoRA adapter dir on that base; None = the base itself
+    shareable: bool  # a plain model or a LoRA adapter: can ride on a shared copy of its base
+
+    @property
+    def group(self) -> tuple[str, str]:
+        """Specs with the same group are served by one loaded model."""
+        return ("base", self.base) if self.shareable else ("own", self.adapter or self.base)
+
+    @property
+    def identity(self) -> tuple[str, str | None]:
+        return self.base, self.adapter
+
+
+def _norm_path(path: str) -> str:
+    return str(Path(path).resolve()) if Path(path).exists() else path
+
+
+def describe_model(ref: str) -> ModelSpec:
+    from align.models import resolve_model_ref
+
+    resolved = resolve_model_ref(ref)
+    adapter_cfg = Path(resolved) / "adapter_config.json"
+    if adapter_cfg.exists():
+        cfg = json.loads(adapter_cfg.read_text())
+        return ModelSpec(ref, _norm_path(cfg["base_model_name_or_path"]), _norm_path(resolved),
+                         cfg.get("peft_type") == "LORA")
+    return ModelSpec(ref, _norm_path(resolved), None, True)
+
+
+@dataclass
+class ModelView:
+    """One model as eval sees it: a loaded model (possibly shared) + which adapter to run it with."""
+
+    model: Any
+    tokenizer: Any
+    adapter: str | None = None  # PeftModel adapter to activate
+    base_only: bool = False  # run the shared base with adapters disabled
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[Any]:
+        if self.adapter is not None:
+            self.model.set_adapter(self.adapter)
+        with self.model.disable_adapter() if self.base_only else contextlib.nullcontext():
+            yield self.model
+
+
+def check_settings(settings: ModelSettings | None) -> None:
+    """Fail before loading anything when the machine cannot honour eval.model."""
+    import importlib.util
+
+    from align.models import pick_precision
+
+    if settings is None:
+        return
+    try:
+        pick_precision(settings.precision)
+    except AlignError as exc:
+        raise AlignError(f"eval.model.precision: {exc}") from None
+    if settings.quantization != "none" and importlib.util.find_spec("bitsandbytes") is None:
+        raise AlignError(f"eval.model.quantization: {settings.quantization} loads the weights with bitsandbytes, "
+                         "which is not installed (pip install bitsandbytes; without a CUDA GPU it needs a "
+                         "bitsandbytes build with CPU support); or set eval.model.quantization: none")
+
+
+def _model_config(ref: str, settings: ModelSettings | None):
+    from align.models import ModelConfig
+
+    return ModelConfig(name=ref, **(settings.model_dump() if settings else {}))
+
+
+def _loading(what: str, settings: ModelSettings | None, load):
+    """Run a loader; bitsandbytes/transformers errors of a quantized load name the recipe key."""
+    try:
+        return load()
+    except (ImportError, RuntimeError, ValueError) as exc:
+        if settings is None or settings.quantization == "none":
+            raise
+        raise AlignError(f"eval.model.quantization: {settings.quantization}: loading {what} failed: {exc}. "
+                         "Use quantization: none, or a bitsandbytes build that supports this device.") from exc
+
+
+def load_views(specs: list[ModelSpec], settings: ModelSettings | None) -> dict[tuple, ModelView]:
+    """Load the models of one group: a plain model, or ONE base with every LoRA adapter of the group on it.
+
+    Returns a view per spec identity (base, adapter). A spec that is the base itself runs with adapters
+    disabled; an adapter is activated by name before each use.
+    """
+    from align.models import load_causal_lm, load_tokenizer
+
+    unique = list({s.identity: s for s in specs}.values())
+    adapters = [s for s in unique if s.adapter is not None]
+    first = adapters[0] if adapters else unique[0]
+    model = _loading(first.ref, settings, lambda: load_causal_lm(_model_config(first.ref, settings)))
+    model.eval()
+    names = {}
+    for i, spec in enumerate(adapters):
+        names[spec.identity] = "default" if i == 0 else f"eval_{i}"
+        if i > 0:  # peft: a second LoRA on the same base weights, switched with set_adapter
+            model.load_adapter(spec.adapter, adapter_name=names[spec.identity], is_trainable=False)
+    views = {}
+    for spec in unique:
+        tokenizer = load_tokenizer(spec.ref)
+        tokenizer.padding_side = "left"
+        views[spec.identity] = ModelView(model, tokenizer, adapter=names.get(spec.identity),
+                                         base_only=bool(adapters) and spec.adapter is None)
+    return views
+
+
+def _free() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def load_reward(path: str, settings: ModelSettings | None):
+    """The reward model: as trained (align.reward_model.load_reward_model) unless eval.model says how."""
+    from align.reward_model import load_reward_model
+
+    if settings is None:
+        return load_reward_model(path)
+    from transformers import AutoTokenizer
+
+    from align.models import load_sequence_classifier
+    from align.reward_model import META_FILE, NORM_FILE, RewardModel, detect_format, find_reward_dir
+
+    folder = find_reward_dir(path)
+    meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).exists() else {}
+    adapter_cfg = folder / "adapter_config.json"
+    adapter = meta.get("adapter", adapter_cfg.exists())
+    base = meta.get("base") or (json.loads(adapter_cfg.read_text())["base_model_name_or_path"] if adapter
+                                else str(folder))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError):
+        tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # name = the folder: align.models loads an adapter on its base (quantized as asked), a full model as is
+    model = _loading(str(folder), settings,
+                     lambda: load_sequence_classifier(_model_config(str(folder), settings), num_labels=1))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    norm = json.loads((folder / NORM_FILE).read_text()) if (folder / NORM_FILE).exists() else {}
+    text_format = meta.get("format") or detect_format(base if adapter else str(folder))
+    return RewardModel(model, tokenizer, text_format, int(meta.get("max_length", 512)),
+                       float(norm.get("mean", 0.0)), float(norm.get("std", 1.0)))
 
 def run_lm_eval(model_ref: str, cfg: LmEvalConfig, out_dir: Path) -> dict[str, Any]:
     """Run lm-evaluation-harness on one model (adapters via its `peft=` model arg); returns task metrics."""
@@ -158,7 +520,6 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     from align.eval.gold import score_batch
     from align.eval.winrate import pairwise_win_rate, win_rate
     from align.generation import generate_chat
-    from align.models import load_for_generation
 
     if not cfg.policies:
         raise AlignError("eval.policies: name at least one policy to evaluate")
@@ -169,36 +530,60 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         raise AlignError("eval.judge: reward needs eval.reward_model")
     if cfg.judge == "llm" and not cfg.llm_judge:
         raise AlignError("eval.judge: llm needs eval.llm_judge (teacher settings)")
+    check_settings(cfg.model)
     prompts = load_prompts(cfg.prompts, cfg.num_prompts)
     conversations = [[{"role": "user", "content": p.prompt}] for p in prompts]
 
     responses: dict[str, list[str]] = {}
-    metrics: dict[str, Any] = {"n_prompts": len(prompts), "baseline": baseline, "judge": cfg.judge, "policies": {}}
-    reference = load_for_generation(ctx.resolve(cfg.reference)) if cfg.reference else None  # loaded once
-    for name, ref in cfg.policies.items():
-        model, tokenizer = load_for_generation(ctx.resolve(ref))
-        responses[name] = generate_chat(model, tokenizer, conversations, max_new_tokens=cfg.max_new_tokens,
-                                        temperature=0.0, batch_size=cfg.batch_size, seed=ctx.seed)
-        gold = score_batch(prompts, responses[name])
-        entry = {
-            "gold_score": gold["gold_score"], "strict_accuracy": gold["strict_accuracy"],
-            "instruction_accuracy": gold["instruction_accuracy"], "pass_rate": gold["pass_rate"],
-            "response_words_mean": sum(len(r.split()) for r in responses[name]) / len(prompts),
-        }
-        if reference is not None:
-            # Sequence log-ratio on the policy's own (greedy) responses: a KL estimate, exact only for sampled ones.
-            lp = response_logprob_sums(model, tokenizer, conversations, responses[name], cfg.batch_size)
-            lp_ref = response_logprob_sums(*reference, conversations, responses[name], cfg.batch_size)
-            entry["kl_to_reference"] = sum(a - b for a, b in zip(lp, lp_ref)) / len(lp)
-        metrics["policies"][name] = entry
-        del model
-    del reference
+    metrics: dict[str, Any] = {"n_prompts": len(prompts), "baseline": baseline, "judge": cfg.judge,
+                               "policies": {name: {} for name in cfg.policies}}
+    specs = {name: describe_model(ctx.resolve(ref)) for name, ref in cfg.policies.items()}
+    ref_spec = describe_model(ctx.resolve(cfg.reference)) if cfg.reference and cfg.kl_samples else None
+    groups: dict[tuple, list[str]] = {}
+    for name, spec in specs.items():
+        groups.setdefault(spec.group, []).append(name)
+    # The reference rides on its own base's group, which goes first; policies on other bases get one
+    # separate copy of it, loaded once and kept while they take turns.
+    order = sorted(groups, key=lambda g: ref_spec is None or g != ref_spec.group)
+    own_reference, loads = None, len(groups)
+    for group in order:
+        names = groups[group]
+        members = [specs[n] for n in names]
+        with_ref = ref_spec is not None and ref_spec.group == group
+        if ref_spec is not None and not with_ref and own_reference is None:
+            own_reference = load_views([ref_spec], cfg.model)[ref_spec.identity]
+            loads += 1
+        views = load_views(members + ([ref_spec] if with_ref else []), cfg.model)
+        reference = views[ref_spec.identity] if with_ref else own_reference
+        for name in names:
+            view = views[specs[name].identity]
+            with view.active() as model:
+                responses[name] = generate_chat(model, view.tokenizer, conversations,
+                                                max_new_tokens=cfg.max_new_tokens, temperature=0.0,
+                                                batch_size=cfg.batch_size, seed=ctx.seed)
+            gold = score_batch(prompts, responses[name])
+            entry = metrics["policies"][name]
+            entry.update({
+                "gold_score": gold["gold_score"], "strict_accuracy": gold["strict_accuracy"],
+                "instruction_accuracy": gold["instruction_accuracy"], "pass_rate": gold["pass_rate"],
+                "response_words_mean": sum(len(r.split()) for r in responses[name]) / len(prompts),
+            })
+            if reference is not None and specs[name].identity == ref_spec.identity:
+                entry.update({"kl": 0.0, "kl_stderr": 0.0, "kl_samples": 0})  # the reference itself: 0, exactly
+            elif reference is not None:
+                entry.update(kl_estimate(view, reference, conversations, cfg.kl_samples, cfg.max_new_tokens,
+                                         cfg.kl_batch_size, ctx.seed))
+            if "kl" in entry:
+                entry["kl_to_reference"] = entry["kl"]  # the old key (report.py reads it), now the sampled estimate
+        del views, reference, view, model
+        _free()
+    del own_reference
+    _free()
+    metrics["model_loads"] = loads  # base models loaded (policies and reference), each once
 
     rm_scores: dict[str, list[float]] = {}
     if cfg.reward_model:
-        from align.reward_model import load_reward_model
-
-        reward_model = load_reward_model(ctx.resolve(cfg.reward_model))
+        reward_model = load_reward(ctx.resolve(cfg.reward_model), cfg.model)
         texts = [p.prompt for p in prompts]
         for name in cfg.policies:
             rm_scores[name] = reward_model.score(texts, responses[name])
@@ -239,6 +624,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     last = list(cfg.policies)[-1]
     metrics["gold_score"] = metrics["policies"][last]["gold_score"]
     metrics["strict_accuracy"] = metrics["policies"][last]["strict_accuracy"]
+    if "kl" in metrics["policies"][last]:
+        metrics["kl"] = metrics["policies"][last]["kl"]
     if last != baseline:
         metrics["win_rate"] = metrics["policies"][last]["win_rate_vs_" + baseline]
         metrics["gold_gain_vs_baseline"] = metrics["gold_score"] - metrics["policies"][baseline]["gold_score"]

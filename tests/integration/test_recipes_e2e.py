@@ -111,9 +111,9 @@ def test_instructgpt_shrunken_end_to_end(tmp_path, align_cache):
     assert ev["n_prompts"] == 4 and set(ev["policies"]) == {"sft", "ppo"}
     for name in ("sft", "ppo"):
         entry = ev["policies"][name]
-        for key in ("gold_score", "strict_accuracy", "reward_score", "kl_to_reference"):
+        for key in ("gold_score", "strict_accuracy", "reward_score", "kl"):
             assert isinstance(entry[key], float), (name, key)
-    assert abs(ev["policies"]["sft"]["kl_to_reference"]) < 1e-4  # the SFT policy against itself
+    assert abs(ev["policies"]["sft"]["kl"]) < 1e-4  # the SFT policy against itself
     assert "win_rate_vs_sft" in ev["policies"]["ppo"] and "win_rate" in ev
     rows = read_jsonl(run / "eval" / "responses.jsonl")
     assert len(rows) == 4 and all("sft" in row and "ppo" in row for row in rows)
