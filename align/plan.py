@@ -209,7 +209,10 @@ def adapter_tensors(arch: Arch, adapter: dict[str, Any]) -> list[Tensors]:
     if kind in ("lora", "dora"):
         r = int(adapter.get("r", 16))
         out: list[Tensors] = []
+        top = adapter.get("top_layers")
         for fan_in, fan_out, count in lora_targets(arch, adapter.get("target_modules", "all-linear")).values():
+            if top and count == arch.num_layers:  # top_layers: only the last N blocks carry adapters
+                count = min(count, int(top))
             out += [Tensors(r * fan_in, count, rows=r), Tensors(fan_out * r, count, rows=fan_out)]
             if kind == "dora":
                 out.append(Tensors(fan_out, count))
@@ -375,6 +378,9 @@ def autocast_weight_copies(s: TrainSetup) -> float:
 
 def activation_terms(s: TrainSetup) -> list[Term]:
     a, e, L = s.arch, s.dtypes.act, s.arch.num_layers
+    top = s.adapter.get("top_layers") if not s.full and s.adapter.get("type", "lora") in ("lora", "dora") else None
+    if top:  # frozen blocks below the lowest adapter keep nothing for backward
+        L = min(L, int(top))
     seq = s.tokens // (s.batch_size * s.seqs_per_example)
     T = s.tokens
     layer = layer_activation_bytes(s, seq)

@@ -184,3 +184,11 @@ def test_parse_size_rejects_garbage():
 
 def test_format_bytes():
     assert format_bytes(3 * 2**30) == "3.00 GiB" and format_bytes(5 * 2**20) == "5 MiB"
+
+
+def test_top_layers_counts_adapters_and_activations_of_the_adapted_blocks_only():
+    top = {**LORA8, "top_layers": 1}
+    assert numel(adapter_tensors(ARCH, top)) == 8192  # one of the two layers
+    est = StageEstimate("s", "training", training_terms(setup(adapter=top, head="lm-fused")))
+    # 64 tokens x (1 layer x 4088 + final norm 256 + the head's input copy 256): the frozen block keeps nothing
+    assert est.term("activations") == 64 * (4088 + 256 + 256)
