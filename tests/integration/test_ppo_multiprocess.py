@@ -58,6 +58,8 @@ def shard(r, rows: slice):
         v = getattr(r, f.name)
         if isinstance(v, torch.Tensor) and v.dim() == 2:
             v = v[rows, first:] if f.name.startswith("query") else v[rows, :width]
+        elif isinstance(v, dict):  # per-phase timings: not per row
+            v = dict(v)
         elif v is not None:
             v = v[rows]
         out[f.name] = v
