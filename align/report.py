@@ -47,6 +47,23 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def moving_average(ys: list[float], min_points: int = 8) -> list[float] | None:
+    """Trailing mean over a window of ~1/8 of the run (at least 3 points), or None for short series.
+
+    PPO logs one batch of rollouts per step, so per-step scores are noisy; the trend is what matters.
+    """
+    if len(ys) < min_points:
+        return None
+    window = max(3, len(ys) // 8)
+    out, total = [], 0.0
+    for i, y in enumerate(ys):
+        total += y
+        if i >= window:
+            total -= ys[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def _plot_lines(path: Path, title: str, series: dict[str, list[tuple[float, float]]], xlabel: str = "step",
                 twin: str | None = None) -> Path | None:
     """One PNG with a line per series (the `twin` series on a second y-axis)."""
@@ -65,7 +82,12 @@ def _plot_lines(path: Path, title: str, series: dict[str, list[tuple[float, floa
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
     for (name, points), color in zip(series.items(), colors):
         xs, ys = zip(*points)
-        axes[name].plot(xs, ys, label=name, color=color, marker="." if len(xs) < 40 else None)
+        smooth = moving_average(list(ys))
+        faint = smooth is not None  # noisy per-step values: draw them faintly under their trend
+        axes[name].plot(xs, ys, label=None if faint else name, color=color, alpha=0.35 if faint else 1.0,
+                        marker="." if len(xs) < 40 else None)
+        if faint:
+            axes[name].plot(xs, smooth, label=f"{name} (moving avg)", color=color, linewidth=2)
         axes[name].set_ylabel(name, color=color if twin else "black")
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)

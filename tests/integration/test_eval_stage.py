@@ -71,3 +71,14 @@ def test_report_files_and_plots(tmp_path):
     assert len(pngs) >= 3 and all(p.stat().st_size > 2000 for p in pngs)
     page = html.read_text()
     assert "<script>alert" not in page and "&lt;script&gt;" in page
+
+
+def test_moving_average_smooths_long_series_only():
+    from align.report import moving_average
+
+    assert moving_average([1.0, 2.0]) is None  # too short to have a trend worth drawing
+    ys = [0.0] * 8 + [1.0] * 8  # a step in the middle; 16 points -> a 3-point trailing window
+    smooth = moving_average(ys)
+    assert smooth is not None and len(smooth) == 16
+    assert smooth[7] == 0.0 and smooth[10] == 1.0
+    assert abs(smooth[8] - 1 / 3) < 1e-9 and abs(smooth[9] - 2 / 3) < 1e-9
