@@ -256,30 +256,64 @@ def find_reward_dir(path: str | Path) -> Path:
                      "or a model/ subfolder)")
 
 
-def load_reward_model(path: str | Path, *, dtype: str = "float32") -> RewardModel:
-    """Load a saved reward model with plain transformers (+ peft for adapters)."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+@dataclass
+class SavedRewardModel:
+    """What a reward model folder says about itself: where its base is, its format and normalization."""
 
+    folder: Path
+    meta: dict[str, Any]
+    adapter: bool
+    base: str
+    norm: dict[str, Any]
+
+    def tokenizer(self):
+        """The tokenizer saved with the model (else its base's), with a pad token."""
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
+        except (OSError, ValueError):
+            tokenizer = AutoTokenizer.from_pretrained(self.base)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+
+    def wrap(self, model, tokenizer) -> RewardModel:
+        """A loaded model as a RewardModel, with this folder's text format, max length and normalization."""
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.eval()
+        text_format = self.meta.get("format") or detect_format(self.base if self.adapter else str(self.folder))
+        return RewardModel(model, tokenizer, text_format, int(self.meta.get("max_length", 512)),
+                           float(self.norm.get("mean", 0.0)), float(self.norm.get("std", 1.0)))
+
+
+def read_saved_reward_model(path: str | Path) -> SavedRewardModel:
+    """A reward model dir (or a reward stage dir holding model/), read without loading weights."""
     folder = find_reward_dir(path)
-    meta_path = folder / META_FILE
+    meta_path, norm_path = folder / META_FILE, folder / NORM_FILE
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     adapter_cfg = folder / "adapter_config.json"
     adapter = meta.get("adapter", adapter_cfg.exists())
     base = meta.get("base") or (json.loads(adapter_cfg.read_text())["base_model_name_or_path"] if adapter else str(folder))
+    norm = json.loads(norm_path.read_text()) if norm_path.exists() else {}
+    return SavedRewardModel(folder, meta, adapter, base, norm)
+
+
+def load_reward_model(path: str | Path, *, dtype: str = "float32") -> RewardModel:
+    """Load a saved reward model with plain transformers (+ peft for adapters)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    saved = read_saved_reward_model(path)
+    folder, meta, adapter, base = saved.folder, saved.meta, saved.adapter, saved.base
     torch_dtype = getattr(torch, dtype)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    except (OSError, ValueError):
-        tokenizer = AutoTokenizer.from_pretrained(base)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = saved.tokenizer()
     kwargs: dict[str, Any] = {"num_labels": 1, "dtype": torch_dtype}
     if adapter and meta.get("quantization", "none") != "none":  # QLoRA: score on the same 4/8-bit base it trained on
         from align.models import quantization_config
 
         kwargs["quantization_config"] = quantization_config(meta["quantization"], torch_dtype)
-        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+        kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
     try:
         if adapter:
             from peft import PeftModel
@@ -291,12 +325,6 @@ def load_reward_model(path: str | Path, *, dtype: str = "float32") -> RewardMode
             model = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1, dtype=torch_dtype)
     except OSError as exc:
         raise AlignError(f"cannot load reward model from {folder} (base {base}): {exc}") from exc
-    model.config.pad_token_id = tokenizer.pad_token_id
     if torch.cuda.is_available() and "device_map" not in kwargs:
         model = model.to("cuda")
-    model.eval()
-    norm_path = folder / NORM_FILE
-    norm = json.loads(norm_path.read_text()) if norm_path.exists() else {"mean": 0.0, "std": 1.0}
-    text_format = meta.get("format") or detect_format(str(folder) if not adapter else base)
-    return RewardModel(model, tokenizer, text_format, int(meta.get("max_length", 512)),
-                       float(norm["mean"]), float(norm.get("std", 1.0)))
+    return saved.wrap(model, tokenizer)

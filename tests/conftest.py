@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -46,3 +47,49 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def reward_spec(tmp_path) -> str:
+    """A reward function file for PPO (`path/file.py:frac_e`): the fraction of 'e's in the response."""
+    (tmp_path / "toy_reward.py").write_text(
+        "def frac_e(prompt, response):\n"
+        "    return sum(c == 'e' for c in response) / max(len(response), 1)\n"
+    )
+    return f"{tmp_path / 'toy_reward.py'}:frac_e"
+
+
+def write_llama_config(folder: Path) -> Path:
+    """A 2-layer Llama config.json (no weights): enough for `align plan`, which reads only the config."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(
+        {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000, "tie_word_embeddings": False}))
+    return folder
+
+
+def make_reward_adapter(out: Path, base_dir: str, mean: float = 0.25) -> Path:
+    """A reward model in the reward stage's saved format: SEQ_CLS LoRA, score head in modules_to_save,
+    align_reward.json and reward_normalization.json (random nonzero weights, so scores differ)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from align.models import load_tokenizer
+
+    torch.manual_seed(1)
+    tok = load_tokenizer(base_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1)
+    model.config.pad_token_id = tok.pad_token_id
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="SEQ_CLS",
+                                                  init_lora_weights=False))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "score" in name:
+                p.normal_(0, 0.5)
+    peft_model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    meta = {"base": base_dir, "adapter": True, "max_length": 64, "quantization": "none"}
+    (out / "align_reward.json").write_text(json.dumps(meta))
+    (out / "reward_normalization.json").write_text(json.dumps({"mean": mean, "std": 1.0, "n": 4}))
+    return out

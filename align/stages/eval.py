@@ -440,32 +440,17 @@ def load_reward(path: str, settings: ModelSettings | None):
 
     if settings is None:
         return load_reward_model(path)
-    from transformers import AutoTokenizer
-
     from align.models import load_sequence_classifier
-    from align.reward_model import META_FILE, NORM_FILE, RewardModel, detect_format, find_reward_dir
+    from align.reward_model import read_saved_reward_model
 
-    folder = find_reward_dir(path)
-    meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).exists() else {}
-    adapter_cfg = folder / "adapter_config.json"
-    adapter = meta.get("adapter", adapter_cfg.exists())
-    base = meta.get("base") or (json.loads(adapter_cfg.read_text())["base_model_name_or_path"] if adapter
-                                else str(folder))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    except (OSError, ValueError):
-        tokenizer = AutoTokenizer.from_pretrained(base)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    saved = read_saved_reward_model(path)
+    folder = str(saved.folder)
+    tokenizer = saved.tokenizer()
     # name = the folder: align.models loads an adapter on its base (quantized as asked), a full model as is
-    model = _loading(str(folder), settings,
-                     lambda: load_sequence_classifier(_model_config(str(folder), settings), num_labels=1))
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.eval()
-    norm = json.loads((folder / NORM_FILE).read_text()) if (folder / NORM_FILE).exists() else {}
-    text_format = meta.get("format") or detect_format(base if adapter else str(folder))
-    return RewardModel(model, tokenizer, text_format, int(meta.get("max_length", 512)),
-                       float(norm.get("mean", 0.0)), float(norm.get("std", 1.0)))
+    model = _loading(folder, settings,
+                     lambda: load_sequence_classifier(_model_config(folder, settings), num_labels=1))
+    return saved.wrap(model, tokenizer)
+
 
 def run_lm_eval(model_ref: str, cfg: LmEvalConfig, out_dir: Path) -> dict[str, Any]:
     """Run lm-evaluation-harness on one model (adapters via its `peft=` model arg); returns task metrics."""

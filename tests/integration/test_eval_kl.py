@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from align.stages.eval import (
     sample_responses,
     sequence_logprobs,
 )
+from tests.conftest import make_reward_adapter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,31 +55,6 @@ def save_lora(base_dir: str, out: Path, seed: int) -> Path:
                 p.copy_(torch.randn(p.shape, generator=g))
     model.save_pretrained(str(out))
     load_tokenizer(base_dir).save_pretrained(str(out))
-    return out
-
-
-def save_reward_adapter(base_dir: str, out: Path) -> Path:
-    """A reward model as the reward stage saves it: SEQ_CLS LoRA + score head, align_reward.json."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForSequenceClassification
-
-    from align.models import load_tokenizer
-
-    torch.manual_seed(1)
-    tok = load_tokenizer(base_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1)
-    model.config.pad_token_id = tok.pad_token_id
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="SEQ_CLS",
-                                             init_lora_weights=False))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "score" in name:
-                p.normal_(0, 0.5)
-    model.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
-    meta = {"base": base_dir, "adapter": True, "max_length": 64, "quantization": "none"}
-    (out / "align_reward.json").write_text(json.dumps(meta))
-    (out / "reward_normalization.json").write_text(json.dumps({"mean": 0.25, "std": 1.0, "n": 4}))
     return out
 
 
@@ -241,7 +216,7 @@ def test_4bit_settings_quantize_the_shared_base(tiny_model_dir, adapters):
 
 
 def test_reward_model_follows_eval_model_settings(tiny_model_dir, tmp_path):
-    folder = save_reward_adapter(tiny_model_dir, tmp_path / "rm")
+    folder = make_reward_adapter(tmp_path / "rm", tiny_model_dir)
     prompts, responses = ["Name a color.", "Why is the sky blue?"], ["Blue.", "Light scatters."]
     as_trained = load_reward(str(folder), None).score(prompts, responses)
     explicit = load_reward(str(folder), ModelSettings(precision="fp32")).score(prompts, responses)
@@ -254,7 +229,7 @@ def test_reward_model_follows_eval_model_settings(tiny_model_dir, tmp_path):
 
 def test_eval_stage_runs_in_4bit(tmp_path, tiny_model_dir, adapters):
     pytest.importorskip("bitsandbytes")
-    rm = save_reward_adapter(tiny_model_dir, tmp_path / "rm")
+    rm = make_reward_adapter(tmp_path / "rm", tiny_model_dir)
     cfg = Config.model_validate({
         "policies": {"lora": adapters[0], "other": adapters[1]}, "num_prompts": 3, "max_new_tokens": 6,
         "reference": "tiny-llama", "reward_model": str(rm), "model": {"quantization": "4bit"}})

@@ -137,15 +137,6 @@ def test_two_process_update_equals_the_single_process_update(tiny_model_dir, tmp
         assert multi["stats"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
 
-@pytest.fixture()
-def reward_spec(tmp_path) -> str:
-    (tmp_path / "toy_reward.py").write_text(
-        "def frac_e(prompt, response):\n"
-        "    return sum(c == 'e' for c in response) / max(len(response), 1)\n"
-    )
-    return f"{tmp_path / 'toy_reward.py'}:frac_e"
-
-
 def recipe(tmp_path: Path) -> Path:
     (tmp_path / "len_reward.py").write_text("def score(prompt, response):\n    return float(len(response))\n")
     path = tmp_path / "ppo-ddp.yaml"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from align.ppo.policy import REF_ADAPTER, load_roles, policy_forward, position_i
 from align.ppo.rewards import SeparateRewardScorer, SharedBaseRewardScorer, load_scorer
 from align.ppo.rollout import encode_queries, left_pad
 from align.rl import logprobs_from_logits
+from tests.conftest import make_reward_adapter
 
 QUERIES = [[{"role": "user", "content": "Name a color."}],
            [{"role": "user", "content": "Write a short poem about the sea, please."}],
@@ -32,29 +32,6 @@ def perturb_adapter(model, adapter: str = "default", seed: int = 0) -> None:
         for name, p in model.named_parameters():
             if f"lora_B.{adapter}." in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-
-
-def make_reward_adapter(out: Path, base_dir: str, mean: float = 0.25) -> Path:
-    """A reward model in the reward stage's saved format: SEQ_CLS LoRA, score head in modules_to_save."""
-    from peft import LoraConfig, get_peft_model
-
-    from align.models import load_tokenizer
-
-    torch.manual_seed(1)
-    tok = load_tokenizer(base_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1)
-    model.config.pad_token_id = tok.pad_token_id
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="SEQ_CLS",
-                                                  init_lora_weights=False))
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "score" in name:
-                p.normal_(0, 0.5)
-    peft_model.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
-    (out / "align_reward.json").write_text(json.dumps({"base": base_dir, "adapter": True, "max_length": 64}))
-    (out / "reward_normalization.json").write_text(json.dumps({"mean": mean, "std": 1.0, "n": 4}))
-    return out
 
 
 def batch(roles, responses=RESPONSES):

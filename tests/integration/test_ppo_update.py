@@ -24,15 +24,6 @@ QUERIES = [[{"role": "user", "content": text}] for text in (
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture()
-def reward_spec(tmp_path) -> str:
-    (tmp_path / "toy_reward.py").write_text(
-        "def frac_e(prompt, response):\n"
-        "    return sum(c == 'e' for c in response) / max(len(response), 1)\n"
-    )
-    return f"{tmp_path / 'toy_reward.py'}:frac_e"
-
-
 def settings(**kw) -> PPOSettings:
     base = dict(batch_size=8, mini_batch_size=8, grad_accum=1, ppo_epochs=2, lr=1e-2, max_new_tokens=10,
                 temperature=0.9, init_kl_coef=0.05, report_to=["none"], progress=False)

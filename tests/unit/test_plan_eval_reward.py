@@ -19,6 +19,7 @@ import pytest
 from align.config import load_recipe
 from align.errors import AlignError
 from align.plan import CUDA_OVERHEAD, Planner, plan_recipe
+from tests.conftest import write_llama_config
 
 RECIPE = """
 name: plan-eval
@@ -53,11 +54,7 @@ NF4_LINEARS = 66_744
 
 @pytest.fixture()
 def recipe_file(tmp_path):
-    base = tmp_path / "base"
-    base.mkdir()
-    (base / "config.json").write_text(json.dumps(
-        {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000, "tie_word_embeddings": False}))
+    base = write_llama_config(tmp_path / "base")
     path = tmp_path / "recipe.yaml"
     path.write_text(RECIPE.format(base=base))
     return path

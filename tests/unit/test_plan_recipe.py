@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from align.cli import main
@@ -18,6 +16,7 @@ from align.plan import (
     plan_recipe,
     training_terms,
 )
+from tests.conftest import write_llama_config
 
 RECIPE = """
 name: plan-test
@@ -50,11 +49,7 @@ eval:
 
 @pytest.fixture()
 def recipe_file(tmp_path):
-    base = tmp_path / "base"
-    base.mkdir()
-    (base / "config.json").write_text(json.dumps(
-        {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000, "tie_word_embeddings": False}))
+    base = write_llama_config(tmp_path / "base")
     path = tmp_path / "recipe.yaml"
     path.write_text(RECIPE.format(base=base))
     return path
