@@ -104,16 +104,6 @@ def all_gather_object(obj: T) -> list[T]:
     return out
 
 
-def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate equally shaped tensors from every process along dim 0, in rank order."""
-    if world_size() == 1:
-        return tensor
-    buf = tensor.detach().to(_comm_device())
-    parts = [torch.empty_like(buf) for _ in range(world_size())]
-    _dist().all_gather(parts, buf.contiguous())
-    return torch.cat(parts).to(tensor.device)
-
-
 def broadcast_object(obj: T, src: int = 0) -> T:
     """src's obj on every process."""
     if world_size() == 1:

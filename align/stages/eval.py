@@ -248,25 +248,15 @@ def _vocab_size(model) -> int:
     return int(getattr(model.config, "vocab_size", 0) or 32_000)
 
 
-def _response_logits(model, input_ids, attention_mask, n_response: int):
-    """Logits (B, R, V) predicting the last n_response tokens; positions counted over real tokens, as
-    generate() counts them under left padding."""
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    try:  # only the response positions' logits: no (B, P + R, V) tensor
-        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                    logits_to_keep=n_response + 1)
-        return out.logits[:, :-1]
-    except TypeError:  # models without logits_to_keep
-        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-        return out.logits[:, -n_response - 1 : -1]
-
-
 def sequence_logprobs(model, batches: list[SampledBatch]) -> list[float]:
     """Σ over each response's counted tokens of log p(token | everything before it), one float per row.
 
     Rows go through the model in chunks of at most KL_LOGITS_ELEMENTS logit entries.
     """
     import torch
+
+    from align.ppo.policy import causal_forward
+    from align.rl import logprobs_from_logits
 
     device = next(model.parameters()).device
     vocab = _vocab_size(model)
@@ -279,8 +269,8 @@ def sequence_logprobs(model, batches: list[SampledBatch]) -> list[float]:
             mask = b.attention_mask[s : s + rows].to(device)
             keep = b.response_mask[s : s + rows].to(device)
             with torch.no_grad():
-                logits = _response_logits(model, ids, mask, n_resp).float()
-                logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, -n_resp:, None]).squeeze(-1)
+                logits = causal_forward(model, ids, mask, n_resp, hidden=False)[0]
+                logp = logprobs_from_logits(logits, ids[:, -n_resp:])
                 sums.extend(logp.where(keep, 0.0).sum(-1).tolist())
             del logits, logp
     return sums

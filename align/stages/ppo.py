@@ -74,7 +74,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     s = cfg.ppo
     distributed.init_from_env()  # before loading models: on CUDA it picks this process's GPU
     rank, world = distributed.rank(), distributed.world_size()
-    main = rank == 0
+    main = distributed.is_main()
     rows_per_process(s, world)  # batch sizes must split across processes: fail before loading anything
     policy_cfg = cfg.policy.model_copy(update={"name": ctx.resolve(cfg.policy.name)})
     prompts_cfg = cfg.prompts.model_copy(update={"path": ctx.resolve(cfg.prompts.path)})

@@ -69,7 +69,7 @@ def test_helpers_are_no_ops_in_one_process():
     assert not distributed.is_initialized() and not distributed.init_from_env()
     assert distributed.world_size() == 1 and distributed.rank() == 0 and distributed.is_main()
     t = torch.arange(3.0)
-    assert distributed.all_reduce_sum(t) is t and torch.equal(distributed.all_gather_tensor(t), t)
+    assert distributed.all_reduce_sum(t) is t
     assert distributed.all_gather_object({"a": 1}) == [{"a": 1}] and distributed.broadcast_object(5) == 5
     assert distributed.all_reduce_stats({"x": 1.5}) == {"x": 1.5}
     r = rollouts([2], [2])
