@@ -32,6 +32,10 @@ def _fmt(value: object) -> str:
 def _policy_line(name: str, m: dict) -> str:
     keys = (("gold_score", "gold"), ("strict_accuracy", "strict"), ("reward_score", "rm"), ("kl", "kl"))
     parts = [f"{short}={_fmt(m[k])}" for k, short in keys if isinstance(m.get(k), (int, float))]
+    if isinstance(m.get("gold_gain"), dict):
+        from align.eval.bootstrap import format_gain
+
+        parts.append(f"gold gain {format_gain(m['gold_gain'])} (95% CI, n={m['gold_gain']['n']})")
     return f"{name}: " + " ".join(parts)
 
 

@@ -130,6 +130,32 @@ def _plot_bars(path: Path, title: str, groups: dict[str, dict[str, float]]) -> P
     return path
 
 
+def _plot_gains(path: Path, title: str, gains: dict[str, dict[str, float]]) -> Path | None:
+    """One bar per policy: its gain over the baseline, with the bootstrap 95% interval as an error bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not gains:
+        return None
+    names = list(gains)
+    ys = [gains[n]["gain"] for n in names]
+    errs = [[y - gains[n]["ci_low"] for n, y in zip(names, ys)], [gains[n]["ci_high"] - y for n, y in zip(names, ys)]]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    bars = ax.bar(range(len(names)), ys, yerr=errs, capsize=6, color="tab:green", alpha=0.8)
+    ax.bar_label(bars, fmt="%+.3f", fontsize=8)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def _flat_metrics(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     rows = []
     for key, value in metrics.items():
@@ -168,6 +194,19 @@ def _stage_section(stage: str, stage_dir: Path, plots_dir: Path) -> tuple[list[s
                   for name, m in metrics["policies"].items()}
         p = _plot_bars(plots_dir / "eval_gold.png", "Held-out gold score and strict accuracy", groups)
         plots += [p] if p else []
+        gains = {name: m["gold_gain"] for name, m in metrics["policies"].items() if isinstance(m.get("gold_gain"), dict)}
+        if gains:
+            from align.eval.bootstrap import format_gain
+
+            baseline = metrics.get("baseline", "baseline")
+            lines += [f"| policy | gold gain over {baseline} (95% CI) | strict gain (95% CI) | prompts |",
+                      "|---|---|---|---|"]
+            lines += [f"| {name} | {format_gain(g)} | {format_gain(metrics['policies'][name]['strict_gain'])} | "
+                      f"{g['n']} |" for name, g in gains.items() if isinstance(metrics["policies"][name].get("strict_gain"), dict)]
+            lines.append("")
+            p = _plot_gains(plots_dir / "eval_gain.png", f"Held-out gold gain over {baseline} (paired bootstrap 95% CI)",
+                            gains)
+            plots += [p] if p else []
     shown = [(k, v) for k, v in _flat_metrics(metrics) if not k.startswith(("pass_rate", "policies.") ) or
              k.count(".") <= 1 or k.split(".")[2] in ("gold_score", "strict_accuracy", "reward_score",
                                                       "kl", "kl_stderr", "response_words_mean")]

@@ -565,9 +565,17 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
             metrics["policies"][name]["reward_score"] = sum(rm_scores[name]) / len(prompts)
         del reward_model
 
-    from align.eval.gold import gold_score
+    from align.eval.bootstrap import paired_bootstrap
+    from align.eval.gold import gold_score, strict_accuracy
 
     per_prompt_gold = {n: [gold_score(p, r) for p, r in zip(prompts, responses[n])] for n in cfg.policies}
+    per_prompt_strict = {n: [strict_accuracy(p, r) for p, r in zip(prompts, responses[n])] for n in cfg.policies}
+    for name in cfg.policies:
+        if name != baseline:  # the gain over the baseline on the same prompts, with a paired bootstrap 95% CI
+            metrics["policies"][name]["gold_gain"] = paired_bootstrap(
+                per_prompt_gold[name], per_prompt_gold[baseline], seed=ctx.seed)
+            metrics["policies"][name]["strict_gain"] = paired_bootstrap(
+                per_prompt_strict[name], per_prompt_strict[baseline], seed=ctx.seed)
     judge_fn = _llm_judge(cfg.llm_judge) if cfg.judge == "llm" else None
     for name in cfg.policies:
         if name == baseline:
@@ -603,7 +611,9 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         metrics["kl"] = metrics["policies"][last]["kl"]
     if last != baseline:
         metrics["win_rate"] = metrics["policies"][last]["win_rate_vs_" + baseline]
-        metrics["gold_gain_vs_baseline"] = metrics["gold_score"] - metrics["policies"][baseline]["gold_score"]
+        gain = metrics["policies"][last]["gold_gain"]
+        metrics["gold_gain_vs_baseline"] = gain["gain"]
+        metrics["gold_gain_ci95"] = [gain["ci_low"], gain["ci_high"]]
     return StageResult(outputs={"responses": str(ctx.stage_dir / "responses.jsonl")}, metrics=metrics)
 
 

@@ -28,6 +28,10 @@ def test_eval_stage_gold_kl_winrate(tmp_path, tiny_model_dir):
     assert pol["same"]["kl"] == 0.0 and pol["same"]["kl_samples"] == 0
     assert result.metrics["model_loads"] == 1  # one copy of the weights serves both names and the reference
     assert pol["same"]["win_rate_vs_base"] == 0.5
+    # identical responses: a gain of exactly 0 with a zero-width interval, in metrics and headline
+    gain = pol["same"]["gold_gain"]
+    assert gain["n"] == 6 and gain["gain"] == gain["ci_low"] == gain["ci_high"] == 0.0
+    assert result.metrics["gold_gain_ci95"] == [0.0, 0.0] and "gold_gain" not in pol["base"]
     rows = [json.loads(line) for line in Path(result.outputs["responses"]).read_text().splitlines()]
     assert len(rows) == 6 and rows[0]["base"]["response"] == rows[0]["same"]["response"]
 
@@ -64,11 +68,17 @@ def test_report_files_and_plots(tmp_path):
         for i in range(5)) + "\n")
     (run / "ppo" / "samples.jsonl").write_text(json.dumps(
         {"step": 4, "query": "q", "response": "<script>alert(1)</script>", "score": 1.0}) + "\n")
+    (run / "eval").mkdir()
+    gain = {"n": 64, "gain": 0.12, "ci_low": 0.05, "ci_high": 0.19, "stderr": 0.035, "p_not_positive": 0.0}
+    (run / "eval" / "metrics.json").write_text(json.dumps({"baseline": "sft", "policies": {
+        "sft": {"gold_score": 0.3, "strict_accuracy": 0.1},
+        "ppo": {"gold_score": 0.42, "strict_accuracy": 0.2, "gold_gain": gain, "strict_gain": gain}}}))
     md, html = write_report(run)
     text = md.read_text()
     assert "## sft" in text and "## ppo" in text and "plots/sft_loss.png" in text
+    assert "| ppo | +0.120 [+0.050, +0.190] |" in text and "plots/eval_gain.png" in text
     pngs = sorted((run / "plots").glob("*.png"))
-    assert len(pngs) >= 3 and all(p.stat().st_size > 2000 for p in pngs)
+    assert len(pngs) >= 5 and all(p.stat().st_size > 2000 for p in pngs)
     page = html.read_text()
     assert "<script>alert" not in page and "&lt;script&gt;" in page
 
