@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from transformers import LogitsProcessor
@@ -79,11 +80,17 @@ class FiniteLogits(LogitsProcessor):
 
 
 @contextmanager
-def in_step(stage: str, step: int, last_loss: tuple[int, float] | None, hint: str) -> Iterator[None]:
-    """Place a TrainingDiverged raised inside (by a check that knows only what went wrong) at this stage/step."""
+def in_step(stage: str, step: int, last_loss: tuple[int, float] | None, hint: str,
+            progress: Any = None) -> Iterator[None]:
+    """Place a TrainingDiverged raised inside (by a check that knows only what went wrong) at this stage/step.
+
+    progress: a tqdm bar to close first, so that the error is printed on a line of its own.
+    """
     try:
         yield
     except TrainingDiverged as exc:
+        if progress is not None:
+            progress.close()
         if exc.stage is not None:
             raise
         raise exc.at(stage, step, last_loss, exc.hint or hint) from None

@@ -147,4 +147,11 @@ def train(trainer: Any, stage: str, hint: str | None = None) -> tuple[Any, str |
     under its output_dir. Returns (TrainOutput, the checkpoint it resumed from or None)."""
     trainer.add_callback(NonFiniteGuard(stage, hint))
     resume = last_checkpoint(Path(trainer.args.output_dir))
-    return trainer.train(resume_from_checkpoint=resume), resume
+    try:
+        return trainer.train(resume_from_checkpoint=resume), resume
+    except TrainingDiverged:
+        for callback in trainer.callback_handler.callbacks:  # end the progress bar's line: the error gets its own
+            bar = getattr(callback, "training_bar", None)
+            if bar is not None:
+                bar.close()
+        raise

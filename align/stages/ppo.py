@@ -141,11 +141,11 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         hint = f"lower ppo.ppo.lr (now {s.lr:g})"
         first = f"check the policy it started from ({resumed_from or policy_cfg.name}) for NaN/inf weights"
         # NaN/inf: one clear error naming this step (a policy that cannot sample at once was broken before)
-        with in_step("ppo", step + 1, last_loss, first if step == start_step else hint):
+        with in_step("ppo", step + 1, last_loss, first if step == start_step else hint, bar):
             rollouts = rollout(roles, scorer, [queries[i] for i in batch], [tokens[i] for i in batch], s, gold)
             rollouts = distributed.gather_rollouts(rollouts, roles.tokenizer.pad_token_id)  # the global batch
             check_scores(rollouts.scores, scorer.kind)
-        with in_step("ppo", step + 1, last_loss, hint):
+        with in_step("ppo", step + 1, last_loss, hint, bar):
             kl_coef = kl_ctl.value
             adv = estimate_advantages(rollouts, kl_coef, s)
             t_update = time.perf_counter()

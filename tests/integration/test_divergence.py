@@ -29,7 +29,8 @@ def run_cli(capsys, recipe: str, out: Path, overrides: list[str]) -> tuple[int, 
 
 def diverged_step(stderr: str, stage: str, lr_key: str) -> int:
     """The one error line names the stage, the step, the non-finite quantity and the setting to lower."""
-    errors = re.findall(r"error: (.*)", stderr)
+    assert len(re.findall(r"error: ", stderr)) == 1, stderr[-2000:]
+    errors = re.findall(r"(?:^|\n)error: (.*)", stderr)  # on a line of its own, not after a progress bar
     assert len(errors) == 1, stderr[-2000:]
     match = re.fullmatch(rf"{stage}: training diverged at step (\d+): .* (?:is|are) (?:nan|inf|-inf)\b.*"
                          rf"lower {re.escape(lr_key)} \(now 1e\+30\).*", errors[0])

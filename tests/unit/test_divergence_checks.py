@@ -44,8 +44,11 @@ def test_in_step_places_an_error_and_keeps_its_own_hint():
     placed = r"^ppo: training diverged at step 3: loss is inf \(last finite loss 0.5 at step 2\); lower lr"
     with pytest.raises(TrainingDiverged, match=placed), in_step("ppo", 3, (2, 0.5), "lower lr"):
         raise TrainingDiverged("loss is inf")
-    with pytest.raises(TrainingDiverged, match="; check the reward"), in_step("ppo", 3, None, "lower lr"):
+    bar = SimpleNamespace(closed=False)
+    bar.close = lambda: setattr(bar, "closed", True)
+    with pytest.raises(TrainingDiverged, match="; check the reward"), in_step("ppo", 3, None, "lower lr", bar):
         raise TrainingDiverged("scores are nan", hint="check the reward")
+    assert bar.closed  # the progress bar's line is ended before the error is printed
 
 
 def test_grad_norm_and_weight_checks():
