@@ -151,7 +151,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
             t_update = time.perf_counter()
             update_stats = step_with_rollouts(roles, optimizer, rollouts, adv, s, ctx.seed, step, ptx)
             update_stats["time/update_s"] = time.perf_counter() - t_update
-            check_weights(roles)  # no checkpoint or output with NaN/inf weights
+            if (step + 1) % s.save_steps == 0 or step + 1 == s.steps:
+                check_weights(roles)  # no checkpoint or output with NaN/inf weights
         if is_finite(update_stats.get("loss/total")):
             last_loss = (step + 1, update_stats["loss/total"])
         stats = record_step_stats(rollouts, adv, update_stats, kl_coef)

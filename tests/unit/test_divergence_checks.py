@@ -57,10 +57,12 @@ def test_grad_norm_and_weight_checks():
     a.grad, b.grad = torch.full((3,), 2.0), torch.tensor([float("nan"), 0.0])
     assert grad_norm([a]) == pytest.approx(math.sqrt(12)) and math.isnan(grad_norm([a, b]))
     frozen = torch.nn.Parameter(torch.tensor([INF]), requires_grad=False)
-    assert non_finite_parameter([("a", a), ("frozen", frozen)]) is None  # frozen base weights are not ours
-    with torch.no_grad():
-        b[0] = INF
-    assert non_finite_parameter([("a", a), ("b", b)]) == "b"
+    sharded = torch.nn.Parameter(torch.ones(0))  # DeepSpeed ZeRO-3 leaves empty placeholders
+    assert non_finite_parameter([("a", a), ("frozen", frozen), ("sharded", sharded)]) is None
+    for bad in (INF, -INF, float("nan")):
+        with torch.no_grad():
+            b[0] = bad
+        assert non_finite_parameter([("a", a), ("b", b)]) == "b"
 
 
 def guard_call(event: str, guard: NonFiniteGuard, grad: float = 1.0, scaler: bool = False, save: bool = False,
