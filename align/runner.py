@@ -175,6 +175,9 @@ def _run_stage(name: str, cfg: BaseModel, digest: str, stage_dir: Path, run_dir:
     try:
         ctx = StageContext(name=name, stage_dir=stage_dir, run_dir=run_dir, seed=seed, upstream=dict(upstream))
         result: StageResult = stage_module(name).run(cfg, ctx)
+    except AlignError as exc:  # the reason goes into log.txt too (the CLI prints it once, on stderr)
+        handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "stage %s failed: %s", (name, exc), None))
+        raise
     finally:
         for lg in loggers:
             lg.removeHandler(handler)

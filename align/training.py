@@ -1,7 +1,9 @@
-"""The one place where our TrainConfig becomes TRL/transformers training arguments.
+"""The one place where our TrainConfig becomes TRL/transformers training arguments, and where trainers run.
 
 TrainingArguments has ~100 fields; recipes see a dozen. Everything else is decided here
-(precision from the hardware, checkpoint cadence, no silent column dropping).
+(precision from the hardware, checkpoint cadence, no silent column dropping). Every trainer-based
+stage trains through `train(trainer, stage)`: resume from the newest complete checkpoint, and stop
+at the first NaN/inf gradient or loss (NonFiniteGuard) instead of finishing with NaN weights.
 """
 
 from __future__ import annotations
@@ -9,7 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from transformers import TrainerCallback
+
 from align.config import TrainConfig
+from align.divergence import describe, grad_norm, is_finite, non_finite_parameter
+from align.errors import TrainingDiverged
 from align.models import Precision
 
 
@@ -32,6 +38,7 @@ def trainer_args(args_cls: type, train: TrainConfig, output_dir: Path, precision
         optim=train.optim,
         logging_steps=train.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN step is logged as NaN, not as the window's average
         save_strategy="steps",
         save_steps=train.save_steps,
         save_total_limit=2,
@@ -83,3 +90,68 @@ def last_checkpoint(output_dir: Path) -> str | None:
 def loss_history(log_history: list[dict], key: str = "loss") -> list[tuple[int, float]]:
     """(step, value) pairs of a logged metric."""
     return [(int(e["step"]), float(e[key])) for e in log_history if key in e and "step" in e]
+
+
+# fp16 loss scaling skips a step whose gradients overflowed and halves the scale (from 2**16): a few
+# non-finite gradient norms in a row are normal there, more than this many are divergence.
+FP16_SKIPPED_STEPS = 24
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Stops a Trainer at the first NaN/inf gradient norm or loss, before the optimizer applies it.
+
+    The gradients are checked after clipping, before `optimizer.step()` (a NaN loss makes them NaN
+    too), so the weights stay those of the last finite step; the trainable weights are checked again
+    before every checkpoint, so no checkpoint holding NaN/inf is written and resume never picks one.
+    """
+
+    def __init__(self, stage: str, hint: str | None = None):
+        self.stage, self.hint, self.skipped = stage, hint, 0
+
+    def _diverged(self, args, state, step: int, what: str) -> TrainingDiverged:
+        last = [(int(e["step"]), float(e["loss"])) for e in state.log_history
+                if "loss" in e and "step" in e and is_finite(e["loss"])]
+        hint = self.hint or f"lower {self.stage}.train.lr (now {args.learning_rate:g})"
+        return TrainingDiverged(what, self.stage, step, last[-1] if last else None, hint)
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        norm = grad_norm(p for p in model.parameters() if p.requires_grad) if model is not None else None
+        if is_finite(norm):
+            self.skipped = 0
+            return
+        if getattr(optimizer, "scaler", None) is not None and self.skipped < FP16_SKIPPED_STEPS:
+            self.skipped += 1  # the fp16 grad scaler skips this step itself and lowers its scale
+            return
+        raise self._diverged(args, state, state.global_step + 1, f"gradient norm is {describe(norm)}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if isinstance(loss, (int, float)) and not is_finite(loss):
+            raise self._diverged(args, state, state.global_step, f"loss is {describe(loss)}")
+
+    def _check_weights(self, args, state, control, model) -> None:
+        if control.should_save and model is not None:
+            name = non_finite_parameter(model.named_parameters())
+            if name is not None:
+                raise self._diverged(args, state, state.global_step, f"weight {name} became non-finite")
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self._check_weights(args, state, control, model)
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        self._check_weights(args, state, control, model)
+
+
+def train(trainer: Any, stage: str, hint: str | None = None) -> tuple[Any, str | None]:
+    """`trainer.train()` for a stage: guarded by NonFiniteGuard, resumed from the newest complete checkpoint
+    under its output_dir. Returns (TrainOutput, the checkpoint it resumed from or None)."""
+    trainer.add_callback(NonFiniteGuard(stage, hint))
+    resume = last_checkpoint(Path(trainer.args.output_dir))
+    try:
+        return trainer.train(resume_from_checkpoint=resume), resume
+    except TrainingDiverged:
+        for callback in trainer.callback_handler.callbacks:  # end the progress bar's line: the error gets its own
+            bar = getattr(callback, "training_bar", None)
+            if bar is not None:
+                bar.close()
+        raise

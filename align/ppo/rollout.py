@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from align.divergence import FiniteLogits
 from align.ppo.config import PPOSettings
 from align.ppo.policy import ModelRoles, policy_forward, ref_forward
 from align.ppo.queries import Conversation
@@ -101,7 +102,8 @@ def generate(roles: ModelRoles, query_ids: torch.Tensor, query_mask: torch.Tenso
         for start in range(0, len(query_ids), chunk):
             ids = query_ids[start : start + chunk].to(roles.device)
             mask = query_mask[start : start + chunk].to(roles.device)
-            out = roles.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            out = roles.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                       logits_processor=[FiniteLogits()])  # NaN policy: clear error, not multinomial's
             pieces.append(out[:, ids.shape[1] :].cpu())
     width = max(p.shape[1] for p in pieces)
     return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=tok.pad_token_id) for p in pieces])

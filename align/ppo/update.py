@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from align.errors import AlignError
+from align.divergence import describe, is_finite
+from align.errors import AlignError, TrainingDiverged
 from align.ppo import distributed
 from align.ppo.config import PPOSettings
 from align.ppo.policy import ModelRoles, policy_forward
@@ -120,6 +121,20 @@ def rows_per_process(s: PPOSettings, world: int) -> int:
     return s.mini_batch_size // world
 
 
+def check_update(update_stats: dict[str, float], grad_norm: torch.Tensor, update: int) -> None:
+    """Raise TrainingDiverged if this optimizer batch's loss or gradient norm is NaN/inf.
+
+    Checked after the all-reduce, so every process sees the same numbers and stops at the same update.
+    """
+    where = f"in optimizer update {update} of the step"
+    for key in ("loss/total", "loss/ptx"):
+        if not is_finite(update_stats.get(key)):
+            name = "PPO-ptx loss" if key == "loss/ptx" else "loss"
+            raise TrainingDiverged(f"{name} is {describe(update_stats[key])} {where}")
+    if not is_finite(grad_norm):
+        raise TrainingDiverged(f"gradient norm is {describe(float(grad_norm))} {where}")
+
+
 def step_with_rollouts(
     roles: ModelRoles,
     optimizer: torch.optim.Optimizer,
@@ -190,6 +205,7 @@ def step_with_rollouts(
                 distributed.reduce_gradients(params)
                 update_stats = defaultdict(float, distributed.all_reduce_stats(update_stats))
             grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+            check_update(update_stats, grad_norm, n_updates + 1)  # before the step: the weights stay the last finite ones
             optimizer.step()
             update_stats["policy/grad_norm"] = float(grad_norm)
             for k, v in update_stats.items():

@@ -55,6 +55,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     from tqdm.auto import tqdm
 
     from align.data import load_examples
+    from align.divergence import in_step, is_finite
     from align.ppo import distributed
     from align.ppo.checkpoint import (
         latest_checkpoint,
@@ -130,19 +131,30 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     bar = tqdm(range(start_step, s.steps), desc="ppo", initial=start_step, total=s.steps,
                disable=not s.progress or not main)
     started = time.perf_counter()
+    last_loss: tuple[int, float] | None = None  # for the message if training diverges
     for step in bar:
         t0 = time.perf_counter()
         lr = s.lr * (1 - step / s.steps) if s.lr_schedule == "linear" else s.lr
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = sampler.indices(step, rank, world)  # this process's shard of the step's queries
-        rollouts = rollout(roles, scorer, [queries[i] for i in batch], [tokens[i] for i in batch], s, gold)
-        rollouts = distributed.gather_rollouts(rollouts, roles.tokenizer.pad_token_id)  # the global batch
-        kl_coef = kl_ctl.value
-        adv = estimate_advantages(rollouts, kl_coef, s)
-        t_update = time.perf_counter()
-        update_stats = step_with_rollouts(roles, optimizer, rollouts, adv, s, ctx.seed, step, ptx)
-        update_stats["time/update_s"] = time.perf_counter() - t_update
+        hint = f"lower ppo.ppo.lr (now {s.lr:g})"
+        first = f"check the policy it started from ({resumed_from or policy_cfg.name}) for NaN/inf weights"
+        # NaN/inf: one clear error naming this step (a policy that cannot sample at once was broken before)
+        with in_step("ppo", step + 1, last_loss, first if step == start_step else hint, bar):
+            rollouts = rollout(roles, scorer, [queries[i] for i in batch], [tokens[i] for i in batch], s, gold)
+            rollouts = distributed.gather_rollouts(rollouts, roles.tokenizer.pad_token_id)  # the global batch
+            check_scores(rollouts.scores, scorer.kind)
+        with in_step("ppo", step + 1, last_loss, hint, bar):
+            kl_coef = kl_ctl.value
+            adv = estimate_advantages(rollouts, kl_coef, s)
+            t_update = time.perf_counter()
+            update_stats = step_with_rollouts(roles, optimizer, rollouts, adv, s, ctx.seed, step, ptx)
+            update_stats["time/update_s"] = time.perf_counter() - t_update
+            if (step + 1) % s.save_steps == 0 or step + 1 == s.steps:
+                check_weights(roles)  # no checkpoint or output with NaN/inf weights
+        if is_finite(update_stats.get("loss/total")):
+            last_loss = (step + 1, update_stats["loss/total"])
         stats = record_step_stats(rollouts, adv, update_stats, kl_coef)
         kl_ctl.update(stats["objective/kl"], n_steps=s.batch_size)
         stats.update({"lr": lr, "time/step_s": time.perf_counter() - t0})
@@ -179,6 +191,28 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         "world_size": world,
     })
     return StageResult(outputs={"model": str(out_dir), "value_head": str(value_head_file)}, metrics=metrics)
+
+
+def check_scores(scores: Any, kind: str) -> None:
+    """The reward must be finite for every rollout (a NaN reward model is not the policy's fault)."""
+    from align.divergence import describe, is_finite
+    from align.errors import TrainingDiverged
+
+    if not is_finite(scores):
+        bad = next(float(v) for v in scores.flatten() if not is_finite(float(v)))
+        raise TrainingDiverged(f"the reward ({kind}) returned {describe(bad)} scores",
+                               hint="check ppo.reward: the reward model or function gives NaN/inf for some responses")
+
+
+def check_weights(roles: Any) -> None:
+    """Raise if a trainable weight (policy adapter or weights, value head) holds NaN/inf."""
+    from align.divergence import non_finite_parameter
+    from align.errors import TrainingDiverged
+
+    named = [*roles.model.named_parameters(), *(("value_head." + n, p) for n, p in roles.value_head.named_parameters())]
+    name = non_finite_parameter(named)
+    if name is not None:
+        raise TrainingDiverged(f"weight {name} became non-finite")
 
 
 def _check_device(device: Any, rank: int) -> None:

@@ -164,7 +164,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         normalization_stats,
         pair_metrics,
     )
-    from align.training import last_checkpoint, loss_history
+    from align.training import loss_history, train
 
     if cfg.adapter.type in ("prefix", "prompt"):
         raise AlignError(f"reward: adapter type {cfg.adapter.type} is not supported for reward models; "
@@ -207,9 +207,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     trainer = build_trainer(model, tokenizer, usable, cfg.train, checkpoints, precision, ctx.seed,
                             text_format=text_format, margin=cfg.margin)
     guard_4bit_cpu_gradients(trainer.model)
-    resume = last_checkpoint(checkpoints)
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=resume)
+    output, resume = train(trainer, "reward")  # stops at the first NaN/inf; resumes from the last checkpoint
     seconds = time.perf_counter() - started
     rows = trainer.rm_stats["rows"]
 

@@ -96,14 +96,12 @@ def build_trainer(cfg: Config, ctx: StageContext):
 
 
 def run(cfg: Config, ctx: StageContext) -> StageResult:
-    from align.training import last_checkpoint, loss_history
+    from align.training import loss_history, train
 
     trainer, info = build_trainer(cfg, ctx)
     model_cfg, precision, tokenizer = info["model_cfg"], info["precision"], info["tokenizer"]
-    checkpoints = ctx.stage_dir / "checkpoints"
-    resume = last_checkpoint(checkpoints)
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=resume)
+    output, resume = train(trainer, "sft")  # stops at the first NaN/inf; resumes from the last checkpoint
     seconds = time.perf_counter() - started
 
     out_dir = ctx.stage_dir / "model"
