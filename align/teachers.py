@@ -124,10 +124,12 @@ def generate_local(model: Any, tokenizer: Any, prompts: list[str], *, max_tokens
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    sampling = temperature > 0
-    eos = model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+    from align.generation import generation_eos_ids, sampling_config
+
+    eos_ids = set(generation_eos_ids(model, tokenizer))
     stop = [s for s in stop or [] if s] or None
+    config = sampling_config(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, num_return_sequences=n,
+                             eos_token_id=sorted(eos_ids), pad_token_id=tokenizer.pad_token_id, stop_strings=stop)
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     results: dict[int, list[Completion]] = {}
@@ -137,12 +139,7 @@ def generate_local(model: Any, tokenizer: Any, prompts: list[str], *, max_tokens
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
                         add_special_tokens=False).to(model.device)
         with torch.no_grad():
-            generated = model.generate(
-                **enc, max_new_tokens=max_tokens, do_sample=sampling,
-                temperature=temperature if sampling else None, top_p=top_p if sampling else None, top_k=None,
-                num_return_sequences=n, pad_token_id=tokenizer.pad_token_id, use_cache=True,
-                stop_strings=stop, tokenizer=tokenizer if stop else None,
-            )
+            generated = model.generate(**enc, generation_config=config, tokenizer=tokenizer if stop else None)
         new_tokens = generated[:, enc["input_ids"].shape[1] :].tolist()
         for k, i in enumerate(idx):
             results[i] = [_finish(tokenizer, ids, eos_ids, max_tokens, stop) for ids in new_tokens[k * n : (k + 1) * n]]
