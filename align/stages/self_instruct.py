@@ -51,6 +51,7 @@ class Config(BaseModel):
 
 def run(cfg: Config, ctx: StageContext) -> StageResult:
     from align.data_gen.generate import generate
+    from align.data_gen.prompts import bootstrap_stop
     from align.data_gen.seeds import load_seed_tasks
     from align.teachers import make_teacher
 
@@ -64,7 +65,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     sampling = cfg.sampling
     if sampling.bootstrap_stop is None and teacher_cfg.resolved_endpoint == "chat":
         # Chat models often put blank lines between list items; the parser copes, a "\n\n" stop would not.
-        sampling = sampling.model_copy(update={"bootstrap_stop": [f"Task {2 * sampling.num_prompt_instructions}"]})
+        stops = bootstrap_stop(sampling.num_prompt_instructions, sampling.bootstrap_prompt, chat=True)
+        sampling = sampling.model_copy(update={"bootstrap_stop": stops})
 
     seed_tasks = load_seed_tasks(cfg.seeds)
     teacher = make_teacher(teacher_cfg)

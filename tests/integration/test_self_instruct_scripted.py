@@ -126,9 +126,9 @@ class ScriptedTeacher:
             return self.instances(prompt.rsplit("Task: ", 1)[1].strip(), "Class label:" in prompt)
         if prompt.rstrip().endswith("Instruction:"):
             return self.alpaca(int(re.search(r"(\d+)\. Instruction:\s*$", prompt).group(1)))
-        match = re.search(r"Task (\d+):\s*$", prompt)
+        match = re.search(r"(?:Task (\d+):|\n(\d+)\.)\s*$", prompt)  # guided or original bootstrap prompt
         if match:
-            return self.bootstrap(int(match.group(1)))
+            return self.bootstrap(int(match.group(1) or match.group(2)), guided=match.group(1) is not None)
         raise AssertionError(f"unexpected prompt: {prompt[-200:]!r}")
 
     def _next(self) -> str:
@@ -136,13 +136,14 @@ class ScriptedTeacher:
         self.emitted.append(inst)
         return inst
 
-    def bootstrap(self, start: int) -> str:
+    def bootstrap(self, start: int, guided: bool = False) -> str:
         items = [self._next(), self._next(), JUNK[self.calls % len(JUNK)], self._next()]
         if self.emitted[:-3]:  # repeat an earlier instruction, reworded a little: a near-duplicate
             items.append(self.emitted[len(self.emitted) // 2].replace(".", " please."))
         items.append("Write a haiku about autumn leaves")  # unfinished, cut by the token limit: parser drops it
-        lines = [f" {items[0]}"] + [f"Task {start + i}: {inst}" for i, inst in enumerate(items[1:], start=1)]
-        return "\n".join(lines) + "\nTask 16: Something the stop string cuts off."
+        marker = "Task {}:" if guided else "{}."
+        lines = [f" {items[0]}"] + [f"{marker.format(start + i)} {inst}" for i, inst in enumerate(items[1:], start=1)]
+        return "\n".join(lines) + f"\n{marker.format(16)} Something the stop string cuts off."
 
     def instances(self, instruction: str, classification: bool) -> str:
         if instruction in EMPTY_OUTPUT_TASKS:
