@@ -356,12 +356,18 @@ def generate(
     seed: int = 0,
     formats: Sequence[ExportFormat] = ("alpaca", "self_instruct", "chat"),
     progress: bool = True,
+    export_incomplete: bool = False,
 ) -> GenerationResult:
     """Generate until `num_instructions` tasks are kept in `out_dir` (resuming what is there), then export.
 
     `teacher` is anything with ``complete(prompts, *, max_tokens, temperature, stop) -> list[str]``
     (see `align.teachers`). Writes ``machine_generated.jsonl`` (kept tasks, the resumable record),
     ``progress.jsonl`` (filter counts per round), ``stats.json`` and one file per export format.
+
+    Exports are training data, so they are written (each atomically) only for a finished run: one that
+    reached the target, or, with ``export_incomplete``, one that stopped at its limits with at least one
+    task kept. A run that fails or keeps nothing exports nothing and removes exports an earlier run left,
+    which no longer match ``machine_generated.jsonl``; stats.json says what happened either way.
     """
     from tqdm.auto import tqdm
 
@@ -415,7 +421,7 @@ def generate(
         bar.close()
         try:
             _finish(loop, out_dir, formats, time.perf_counter() - started,
-                    f"interrupted by {type(exc).__name__}: {exc}", resumed_with)
+                    f"interrupted by {type(exc).__name__}: {exc}", resumed_with, export=False)
         except Exception:  # never hide the original error behind a reporting one
             log.exception("self-instruct: could not write stats after an error")
         raise
@@ -424,12 +430,14 @@ def generate(
     if stop_reason:
         log.warning("self-instruct: %s. Outputs so far are in %s; re-run the same command to continue.",
                     stop_reason, out_dir)
-    return _finish(loop, out_dir, formats, elapsed, stop_reason, resumed_with)
+    complete = len(loop.records) >= num_instructions
+    return _finish(loop, out_dir, formats, elapsed, stop_reason, resumed_with,
+                   export=complete or (export_incomplete and bool(loop.records)))
 
 
 def _finish(loop: _Loop, out_dir: Path, formats: Sequence[ExportFormat], elapsed: float, stop_reason: str | None,
-            resumed_with: int) -> GenerationResult:
-    """Totals over every round (this and earlier invocations), stats.json and the exports."""
+            resumed_with: int, export: bool) -> GenerationResult:
+    """Totals over every round (this and earlier invocations), stats.json and (when `export`) the exports."""
     report = FilterReport()
     classification = {"yes": 0, "no": 0, "unclear": 0}
     for rnd in loop.rounds:
@@ -462,9 +470,13 @@ def _finish(loop: _Loop, out_dir: Path, formats: Sequence[ExportFormat], elapsed
         "files": {},
     }
     files: dict[str, Path] = {}
-    for fmt in formats:
-        files[fmt] = EXPORT_FORMATS[fmt](loop.records, out_dir / EXPORT_FILES[fmt])
-        stats["files"][fmt] = files[fmt].name
+    if export:
+        for fmt in formats:
+            files[fmt] = EXPORT_FORMATS[fmt](loop.records, out_dir / EXPORT_FILES[fmt])
+            stats["files"][fmt] = files[fmt].name
+    else:  # an export left by an earlier invocation no longer matches the records: never pass it off as data
+        for name in EXPORT_FILES.values():
+            (out_dir / name).unlink(missing_ok=True)
     tmp = stats_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(stats, indent=2))
     tmp.replace(stats_path)

@@ -328,5 +328,31 @@ def test_teacher_failure_keeps_records_and_marks_stats_incomplete(tmp_path, seed
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["complete"] is False and stats["kept"] == len(kept)
     assert stats["stop_reason"].startswith("interrupted by AlignError")
+    assert stats["files"] == {} and not any(tmp_path.glob("*_data.json*"))  # no export passed off as the data
     result = generate(ScriptedTeacher(), seeds, tmp_path, num_instructions=len(kept) + 3, config=SMALL, progress=False)
     assert result.complete and result.records[: len(kept)] == kept
+    assert len(json.loads((tmp_path / "alpaca_data.json").read_text())) == result.stats["instances"]["total"]
+
+
+def test_a_failed_continuation_removes_the_earlier_exports(tmp_path, seeds):
+    """Exports of an earlier, smaller target no longer match the records once a larger run failed midway."""
+    from align.errors import AlignError
+
+    generate(ScriptedTeacher(), seeds, tmp_path, num_instructions=3, config=SMALL, progress=False)
+    assert (tmp_path / "alpaca_data.json").exists()
+    with pytest.raises(AlignError):
+        generate(FailingTeacher(fail_after=4), seeds, tmp_path, num_instructions=30, config=SMALL, progress=False)
+    assert not any(tmp_path.glob("*_data.json*"))
+
+
+def test_an_incomplete_run_exports_only_when_asked_and_never_an_empty_file(tmp_path, seeds):
+    cfg = GenerationConfig(request_batch_size=1, max_teacher_calls=3)
+    result = generate(ScriptedTeacher(), seeds, tmp_path / "a", num_instructions=40, config=cfg, progress=False)
+    assert not result.complete and result.records and result.files == {}
+    assert not (tmp_path / "a" / "alpaca_data.json").exists()
+    result = generate(ScriptedTeacher(), seeds, tmp_path / "b", num_instructions=40, config=cfg, progress=False,
+                      export_incomplete=True)
+    assert len(json.loads((tmp_path / "b" / "alpaca_data.json").read_text())) == result.stats["instances"]["total"] > 0
+    useless = generate(ScriptedTeacher(useless=True), seeds, tmp_path / "c", num_instructions=5,
+                       config=GenerationConfig(max_idle_rounds=1), progress=False, export_incomplete=True)
+    assert useless.records == [] and not (tmp_path / "c" / "alpaca_data.json").exists()
