@@ -2,9 +2,10 @@
 
 Every builder returns plain completion text that ends where the teacher should continue ("9.",
 "4. Instruction:", ...), so it works with base models as is. The bootstrap prompt is the original
-code's by default; ``style="guided"`` selects a paraphrase with guidance sentences and "Task N:" items. Chat models get the *same* text as a single
-user message, with no system message: they usually answer by restating the next marker ("Task 9: ...")
-or with markdown bold, and the parsers accept both forms.
+code's by default; ``style="guided"`` selects a paraphrase with guidance sentences and "Task N:" items.
+Chat models get the *same* text as a single user message, with no system message: they usually answer
+by restating the next marker ("9. ..." or "Task 9: ...") or with markdown bold, and the parsers accept
+these forms.
 
 Pipeline (Wang et al. 2022):
 1. ``build_bootstrap_prompt`` -> teacher -> ``parse_bootstrap_output``: new instructions.
@@ -134,9 +135,10 @@ _TERMINAL_RE = re.compile(r"[.?!:;)\]\"'”’`]$")
 
 
 def parse_bootstrap_output(text: str, start_index: int, truncated: bool | None = None) -> list[str]:
-    """Instructions from a teacher's continuation of a bootstrap prompt ending in "Task {start_index}:".
+    """Instructions from a teacher's continuation of a bootstrap prompt ending in "{start_index}." (or
+    "Task {start_index}:").
 
-    The text before the first marker is item ``start_index`` (a restated "Task {start_index}:" is fine).
+    The text before the first marker is item ``start_index`` (a restated "9." or "Task 9:" is fine).
     Numbering may be messy ("9.", "Task 10:", "10)", "**Task 11:**", gaps), but it must increase: a
     repeated or smaller number means the model started another list, and parsing stops. Parsing also
     stops at an end-of-turn token, or at text after a blank line that does not start a new item

@@ -165,7 +165,7 @@ def test_openai_teacher_returns_each_texts_finish_reason(endpoint):
 
     prompts = ["done", "cut", "cut at stop"]
     with running_server("fixed", backend=ReasonBackend()) as srv:
-        teacher = remote(srv, endpoint=endpoint, batch_size=3)
+        teacher = remote(srv, endpoint=endpoint, batch_size=3, model="fixed")
         got = teacher.complete(prompts, max_tokens=5, temperature=0.0, stop=["\n\n"])
     assert got == ["Name three rivers.", "Write a haiku about the", "Name a river."]
     assert [finish_reason(t) for t in got] == ["stop", "length", "stop"]
