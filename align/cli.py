@@ -171,7 +171,7 @@ def cmd_self_instruct(args: argparse.Namespace) -> int:
         settings["seeds"] = args.seeds
     result = run_standalone(settings, args.out, seed=args.seed)
     print(f"self-instruct: {result.metrics['kept']}/{args.num_instructions} instructions in {args.out}"
-          f" -> {result.outputs['data']}")
+          f" -> {result.outputs.get('data', 'nothing exported')}")
     return 0 if result.metrics.get("complete") else 1
 
 

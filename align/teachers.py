@@ -7,8 +7,9 @@ One small interface, two backends chosen by config:
   the official ``openai`` client, with a concurrency limit and our own retry loop.
 
 A teacher has ``complete(prompts, ...)`` (text continuation of raw prompts) and
-``chat(conversations, ...)`` (assistant replies to message lists). Both return one string per input,
-in input order.
+``chat(conversations, ...)`` (assistant replies to message lists). Both return one `Generated` per input,
+in input order: a ``str`` that also carries its ``finish_reason`` ("stop", or "length" when the token
+limit cut it off, which Self-Instruct's parsers need to drop a truncated last item).
 
 The API key is read from the environment variable named by ``api_key_env`` at call time and is
 never stored in the config, written to disk, or logged.
@@ -82,13 +83,34 @@ class TeacherConfig(BaseModel):
         return self.endpoint or ("completions" if self.type == "local" else "chat")
 
 
+class Generated(str):
+    """A teacher's text, and why generation ended: ``finish_reason`` "stop" (end of turn or a stop string)
+    or "length" (max_tokens reached: the text is cut off). A ``str``, so callers that only need the text
+    (judges) use it as one; string methods return plain ``str`` without the reason."""
+
+    finish_reason: str
+
+    def __new__(cls, text: str, finish_reason: str | None = "stop") -> Generated:
+        obj = super().__new__(cls, text)
+        obj.finish_reason = finish_reason or "stop"
+        return obj
+
+    def __reduce__(self):  # pickles (and deep-copies) with its reason
+        return (Generated, (str(self), self.finish_reason))
+
+
+def finish_reason(text: str) -> str | None:
+    """The finish reason of a teacher's text; None when the teacher did not say (a plain str)."""
+    return getattr(text, "finish_reason", None)
+
+
 class Teacher(Protocol):
     """What data generation and judging need from a model."""
 
     def complete(self, prompts: list[str], *, max_tokens: int, temperature: float,
-                 stop: list[str] | None = None) -> list[str]: ...
+                 stop: list[str] | None = None) -> list[Generated]: ...
 
-    def chat(self, conversations: list[list[dict]], *, max_tokens: int, temperature: float) -> list[str]: ...
+    def chat(self, conversations: list[list[dict]], *, max_tokens: int, temperature: float) -> list[Generated]: ...
 
 
 def make_teacher(cfg: TeacherConfig | dict | str) -> Teacher:
@@ -124,10 +146,12 @@ def generate_local(model: Any, tokenizer: Any, prompts: list[str], *, max_tokens
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    sampling = temperature > 0
-    eos = model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+    from align.generation import generation_eos_ids, sampling_config
+
+    eos_ids = set(generation_eos_ids(model, tokenizer))
     stop = [s for s in stop or [] if s] or None
+    config = sampling_config(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, num_return_sequences=n,
+                             eos_token_id=sorted(eos_ids), pad_token_id=tokenizer.pad_token_id, stop_strings=stop)
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     results: dict[int, list[Completion]] = {}
@@ -137,12 +161,7 @@ def generate_local(model: Any, tokenizer: Any, prompts: list[str], *, max_tokens
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
                         add_special_tokens=False).to(model.device)
         with torch.no_grad():
-            generated = model.generate(
-                **enc, max_new_tokens=max_tokens, do_sample=sampling,
-                temperature=temperature if sampling else None, top_p=top_p if sampling else None, top_k=None,
-                num_return_sequences=n, pad_token_id=tokenizer.pad_token_id, use_cache=True,
-                stop_strings=stop, tokenizer=tokenizer if stop else None,
-            )
+            generated = model.generate(**enc, generation_config=config, tokenizer=tokenizer if stop else None)
         new_tokens = generated[:, enc["input_ids"].shape[1] :].tolist()
         for k, i in enumerate(idx):
             results[i] = [_finish(tokenizer, ids, eos_ids, max_tokens, stop) for ids in new_tokens[k * n : (k + 1) * n]]
@@ -182,7 +201,7 @@ class LocalTeacher:
         return self._model, self._tokenizer
 
     def complete(self, prompts: list[str], *, max_tokens: int, temperature: float,
-                 stop: list[str] | None = None) -> list[str]:
+                 stop: list[str] | None = None) -> list[Generated]:
         with self._lock:
             model, tokenizer = self._load()
             if self.cfg.resolved_endpoint == "chat":
@@ -191,19 +210,20 @@ class LocalTeacher:
                 prompts = [chat_prompt(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
             return self._generate(list(prompts), max_tokens, temperature, stop)
 
-    def chat(self, conversations: list[list[dict]], *, max_tokens: int, temperature: float) -> list[str]:
+    def chat(self, conversations: list[list[dict]], *, max_tokens: int, temperature: float) -> list[Generated]:
         from align.generation import chat_prompt
 
         with self._lock:
             model, tokenizer = self._load()
             return self._generate([chat_prompt(tokenizer, c) for c in conversations], max_tokens, temperature, None)
 
-    def _generate(self, prompts: list[str], max_tokens: int, temperature: float, stop: list[str] | None) -> list[str]:
+    def _generate(self, prompts: list[str], max_tokens: int, temperature: float,
+                  stop: list[str] | None) -> list[Generated]:
         self._calls += 1
         out = generate_local(self._model, self._tokenizer, prompts, max_tokens=max_tokens, temperature=temperature,
                              top_p=self.cfg.top_p, stop=stop, batch_size=self.cfg.batch_size,
                              seed=self.cfg.seed + self._calls)
-        return [row[0].text for row in out]
+        return [Generated(row[0].text, row[0].finish_reason) for row in out]
 
 
 # --------------------------------------------------------------------------- OpenAI-compatible
@@ -295,7 +315,7 @@ class OpenAITeacher:
             return list(pool.map(fn, items))
 
     def _chat_one(self, messages: list[dict], max_tokens: int, temperature: float,
-                  stop: list[str] | None = None) -> str:
+                  stop: list[str] | None = None) -> Generated:
         kwargs: dict[str, Any] = {"model": self.cfg.model, "messages": messages, "max_tokens": max_tokens,
                                   "temperature": temperature}
         if temperature > 0 and self.cfg.top_p < 1:
@@ -305,27 +325,26 @@ class OpenAITeacher:
         response = self._request(lambda: self._client.chat.completions.create(**kwargs), "chat completion")
         if not response.choices:
             raise AlignError(f"teacher {self.cfg.model}: chat completion returned no choices")
-        return (response.choices[0].message.content or "").strip()
+        choice = response.choices[0]
+        return Generated((choice.message.content or "").strip(), choice.finish_reason)
 
-    def chat(self, conversations: list[list[dict]], *, max_tokens: int, temperature: float) -> list[str]:
+    def chat(self, conversations: list[list[dict]], *, max_tokens: int, temperature: float) -> list[Generated]:
         return self._map(lambda conv: self._chat_one(conv, max_tokens, temperature), list(conversations))
 
     def complete(self, prompts: list[str], *, max_tokens: int, temperature: float,
-                 stop: list[str] | None = None) -> list[str]:
+                 stop: list[str] | None = None) -> list[Generated]:
         prompts = list(prompts)
         if self.cfg.resolved_endpoint == "chat":
-            from align.generation import cut_at_stop
-
             replies = self._map(lambda p: self._chat_one([{"role": "user", "content": p}], max_tokens, temperature,
                                                          stop), prompts)
-            return [cut_at_stop(r, stop) for r in replies]  # servers may ignore or only partly honour stop
+            return [_cut(r, r.finish_reason, stop) for r in replies]  # servers may ignore or only partly honour stop
         size = self.cfg.batch_size
         batches = [prompts[i : i + size] for i in range(0, len(prompts), size)]
         return [text for batch in self._map(lambda b: self._complete_batch(b, max_tokens, temperature, stop), batches)
                 for text in batch]
 
     def _complete_batch(self, prompts: list[str], max_tokens: int, temperature: float,
-                        stop: list[str] | None) -> list[str]:
+                        stop: list[str] | None) -> list[Generated]:
         kwargs: dict[str, Any] = {"model": self.cfg.model, "prompt": prompts, "max_tokens": max_tokens,
                                   "temperature": temperature}
         if temperature > 0 and self.cfg.top_p < 1:
@@ -333,17 +352,25 @@ class OpenAITeacher:
         if stop:
             kwargs["stop"] = stop[:4]
         response = self._request(lambda: self._client.completions.create(**kwargs), "completion")
-        texts: list[str | None] = [None] * len(prompts)
+        texts: list[Generated | None] = [None] * len(prompts)
         for position, choice in enumerate(response.choices):
             index = choice.index if choice.index is not None else position
             if 0 <= index < len(prompts) and texts[index] is None:
-                texts[index] = choice.text or ""
+                texts[index] = _cut(choice.text or "", choice.finish_reason, stop)
         if any(t is None for t in texts):
             raise AlignError(f"teacher {self.cfg.model}: completion answered {len(response.choices)} choices for "
                              f"{len(prompts)} prompts")
-        from align.generation import cut_at_stop
+        return texts  # type: ignore[return-value]
 
-        return [cut_at_stop(t, stop) for t in texts]  # type: ignore[arg-type]
+
+def _cut(text: str, reason: str | None, stop: list[str] | None) -> Generated:
+    """Text cut at the first stop string; a text that reached one ended there, whatever the server said."""
+    from align.generation import cut_at_stop
+
+    cut = cut_at_stop(text, stop)
+    if stop and any(s in text for s in stop):
+        reason = "stop"
+    return Generated(cut, reason)
 
 
 def _describe(exc: BaseException) -> str:

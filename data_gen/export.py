@@ -4,12 +4,14 @@ A task is a ``SeedTask`` or a mapping with ``instruction`` and ``instances`` (``
 optionally ``id``, ``name`` and ``is_classification``. Alpaca and chat files get one example per
 instance; Self-Instruct JSONL keeps one line per task in the seed format, so it can be loaded back with
 ``seeds.load_seed_tasks`` or used as a seed file itself. All three load with
-``datasets.load_dataset("json", data_files=path)`` and with ``align.data.load_examples``.
+``datasets.load_dataset("json", data_files=path)`` and with ``align.data.load_examples``. Every file is
+written atomically (a temporary file renamed into place).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -61,21 +63,31 @@ def to_chat(tasks: Iterable[SeedTask | Mapping[str, Any]]) -> list[dict[str, lis
     ]
 
 
-def _write_jsonl(records: Iterable[dict], path: str | Path) -> Path:
+def _write_atomic(path: str | Path, chunks: Iterable[str]) -> Path:
+    """Write to a temporary file next to `path`, then rename it over `path`: a reader (or a crash) sees the
+    old file or the whole new one, never a half-written one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def _write_jsonl(records: Iterable[dict], path: str | Path) -> Path:
+    return _write_atomic(path, (json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
 
 
 def write_alpaca_json(tasks: Iterable[SeedTask | Mapping[str, Any]], path: str | Path) -> Path:
     """Alpaca format: a single JSON list of ``{instruction, input, output}``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_alpaca(tasks), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    return path
+    return _write_atomic(path, [json.dumps(to_alpaca(tasks), ensure_ascii=False, indent=2) + "\n"])
 
 
 def write_self_instruct_jsonl(tasks: Iterable[SeedTask | Mapping[str, Any]], path: str | Path) -> Path:

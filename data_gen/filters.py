@@ -1,10 +1,16 @@
 """Heuristic quality filters for generated tasks, each with a named reason so drops can be counted.
 
-Instruction filters follow Self-Instruct / Stanford Alpaca: drop instructions that mention things a
-text-only model cannot see or produce (images, files, maps, plots...), that are too short or too long,
-or that start with punctuation or a non-English character. Instance filters drop empty outputs and
-duplicate instances, and reject a whole task whose instances give different outputs for the same
-(non-empty) input, which usually means the teacher did not understand the task.
+The rules are those of the original code (yizhongw/self-instruct ``bootstrap_instructions.py``
+``post_process_gpt3_response`` and ``prepare_for_finetuning.py`` ``filter_invalid_instances`` /
+``filter_duplicate_instances``; tatsu-lab/stanford_alpaca ``generate_instruction.py``
+``post_process_gpt3_response``):
+
+- instructions: drop those with 3 words or fewer or more than 150, that name something a text-only model
+  cannot see or produce (``BLACKLIST``, whole words; the Alpaca method adds ``ALPACA_EXTRA_BLACKLIST``),
+  that start with "Write a program", with punctuation or with a non-ASCII character;
+- instances: drop those with an empty output, an input equal to the output, or an input or output ending
+  in ":" (usually a cut-off generation), and duplicates; reject a whole task whose instances give
+  different outputs for the same (non-empty) input: the teacher did not understand the task.
 
 ``FilterReport`` tallies kept tasks and drops per reason (including ``near_duplicate`` from the ROUGE-L
 pool, recorded by the generation loop), prints as a table and serialises to JSON.
@@ -22,28 +28,40 @@ from dataclasses import dataclass, field
 BLACKLISTED_WORD = "blacklisted_word"
 TOO_SHORT = "too_short"
 TOO_LONG = "too_long"
+WRITE_A_PROGRAM = "write_a_program"
 STARTS_WITH_PUNCTUATION = "starts_with_punctuation"
 STARTS_NON_ENGLISH = "starts_non_english"
 EMPTY_OUTPUT = "empty_output"
+INPUT_EQUALS_OUTPUT = "input_equals_output"
+ENDS_WITH_COLON = "ends_with_colon"
 DUPLICATE_INSTANCE = "duplicate_instance"
 SAME_INPUT_DIFFERENT_OUTPUT = "same_input_different_output"
 NO_INSTANCES = "no_instances"
 NEAR_DUPLICATE = "near_duplicate"
 
 REASONS = (
-    BLACKLISTED_WORD, TOO_SHORT, TOO_LONG, STARTS_WITH_PUNCTUATION, STARTS_NON_ENGLISH, NEAR_DUPLICATE,
-    SAME_INPUT_DIFFERENT_OUTPUT, EMPTY_OUTPUT, DUPLICATE_INSTANCE, NO_INSTANCES,
+    BLACKLISTED_WORD, TOO_SHORT, TOO_LONG, WRITE_A_PROGRAM, STARTS_WITH_PUNCTUATION, STARTS_NON_ENGLISH,
+    NEAR_DUPLICATE, SAME_INPUT_DIFFERENT_OUTPUT, EMPTY_OUTPUT, INPUT_EQUALS_OUTPUT, ENDS_WITH_COLON,
+    DUPLICATE_INSTANCE, NO_INSTANCES,
 )
 """Every reason a filter in this package can give, in report order."""
 
 BLACKLIST = (
-    "image", "images", "picture", "pictures", "graph", "graphs", "file", "files", "map", "maps",
-    "draw", "drawing", "plot", "plots", "go to",
+    "image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
+    "draw", "plot", "go to",
 )
-"""Words that point at inputs or outputs a text-only model cannot handle (Self-Instruct's list plus a few)."""
+"""Words that point at inputs or outputs a text-only model cannot handle (Self-Instruct's list)."""
 
-MIN_WORDS = 3
+ALPACA_EXTRA_BLACKLIST = ("video", "audio", "music", "flowchart", "diagram")
+"""What Stanford Alpaca adds to the list."""
+
+ALPACA_BLACKLIST = BLACKLIST + ALPACA_EXTRA_BLACKLIST
+
+MIN_WORDS = 4
+"""Instructions with fewer words are dropped (the originals: ``len(inst.split()) <= 3``)."""
 MAX_WORDS = 150
+
+_WRITE_A_PROGRAM_RE = re.compile(r"write\s+a\s+program", re.IGNORECASE)
 
 
 def _blacklist_re(words: Iterable[str]) -> re.Pattern[str]:
@@ -68,8 +86,9 @@ def instruction_drop_reason(
 ) -> str | None:
     """Why the instruction should be dropped (one of the reason names above), or None to keep it.
 
-    Checks run in a fixed order and the first failing one is reported: blacklist, too short (fewer than
-    ``min_words`` words), too long (more than ``max_words``), leading punctuation, leading non-English
+    Checks run in a fixed order and the first failing one is reported: blacklist (``BLACKLIST`` when None),
+    too short (fewer than ``min_words`` words), too long (more than ``max_words``), "Write a program..."
+    (any case, as the original capitalises before comparing), leading punctuation, leading non-English
     character (anything but an ASCII letter or digit).
     """
     text = instruction.strip()
@@ -84,6 +103,8 @@ def instruction_drop_reason(
         return TOO_SHORT
     if n_words > max_words:
         return TOO_LONG
+    if _WRITE_A_PROGRAM_RE.match(text):
+        return WRITE_A_PROGRAM
     if text[0] in string.punctuation:
         return STARTS_WITH_PUNCTUATION
     if not (text[0].isascii() and text[0].isalnum()):
@@ -106,35 +127,53 @@ class InstanceCheck:
     removed: dict[str, int] = field(default_factory=dict)
 
 
+def instance_drop_reason(inp: str, out: str) -> str | None:
+    """Why one (input, output) instance is unusable (Self-Instruct's ``filter_invalid_instances``), or None.
+
+    Empty output; input equal to the output; input or output ending in ":" (usually a cut-off generation).
+    Compares stripped text.
+    """
+    inp, out = inp.strip(), out.strip()
+    if not out:
+        return EMPTY_OUTPUT
+    if inp == out:
+        return INPUT_EQUALS_OUTPUT
+    if inp.endswith(":") or out.endswith(":"):
+        return ENDS_WITH_COLON
+    return None
+
+
 def filter_instances(instances: Iterable[Mapping | object]) -> InstanceCheck:
-    """Drop empty-output and duplicate instances; reject the task on conflicting outputs or nothing left.
+    """Drop unusable (``instance_drop_reason``) and duplicate instances; reject the task on conflicting
+    outputs or when nothing is left.
 
     Same non-empty input with different outputs rejects the whole task (as in Self-Instruct): the
     instances contradict each other. Same empty input with different outputs is fine ("write a poem").
     Inputs and outputs are compared after stripping outer whitespace.
     """
-    removed = {EMPTY_OUTPUT: 0, DUPLICATE_INSTANCE: 0}
+    removed: dict[str, int] = {}
     kept: list[dict[str, str]] = []
     seen: set[tuple[str, str]] = set()
     output_for_input: dict[str, str] = {}
     conflict = False
     for inst in instances:
         inp, out = _get(inst, "input").strip(), _get(inst, "output").strip()
-        if not out:
-            removed[EMPTY_OUTPUT] += 1
-            continue
-        if (inp, out) in seen:
-            removed[DUPLICATE_INSTANCE] += 1
+        reason = instance_drop_reason(inp, out)
+        if reason is None and (inp, out) in seen:
+            reason = DUPLICATE_INSTANCE
+        if reason is not None:
+            removed[reason] = removed.get(reason, 0) + 1
             continue
         if inp and output_for_input.setdefault(inp, out) != out:
             conflict = True
         seen.add((inp, out))
         kept.append({"input": inp, "output": out})
-    removed = {k: v for k, v in removed.items() if v}
     if conflict:
         return InstanceCheck([], SAME_INPUT_DIFFERENT_OUTPUT, removed)
     if not kept:
-        reason = EMPTY_OUTPUT if removed.get(EMPTY_OUTPUT) else NO_INSTANCES
+        # the commonest reason the instances went (report order breaks ties)
+        order = {r: i for i, r in enumerate(REASONS)}
+        reason = min(removed, key=lambda r: (-removed[r], order.get(r, len(order))), default=NO_INSTANCES)
         return InstanceCheck([], reason, removed)
     return InstanceCheck(kept, None, removed)
 

@@ -3,16 +3,20 @@
 One round (Wang et al. 2022, as in yizhongw/self-instruct)::
 
     prompts    = [8 in-context instructions: 6 seeds + 2 already generated] x request_batch_size
-    candidates = parse(teacher.complete(prompts))             # new instructions, "Task 9:" onwards
-    candidates = heuristics(candidates)                       # length, blacklist, leading punctuation...
+    candidates = parse(teacher.complete(prompts))             # new instructions, item 9 onwards
+    candidates = heuristics(candidates)                       # length, blacklist, "Write a program"...
     candidates = rouge_l(candidates, pool) <= 0.7             # pool = seeds + everything kept so far
     labels     = teacher.complete(classification prompts)     # is it a classification task?
     instances  = teacher.complete(instance prompts)           # input-first, or output-first for classification
-    kept       = instance_filters(instances)                  # empty outputs, duplicates, contradictions
+    kept       = instance_filters(instances)                  # empty, input == output, ":" endings, contradictions
     append kept tasks to machine_generated.jsonl (one fsync'd line each)
 
 The Alpaca variant (``method: alpaca``, Taori et al. 2023) asks for whole tasks (instruction, input,
-output) in one prompt and runs the same heuristic, ROUGE-L and instance filters.
+output) in one prompt and runs the same heuristic (with Alpaca's longer blacklist), ROUGE-L and instance
+filters.
+
+A teacher text cut at the token limit (finish_reason "length") loses what the originals drop: a whole
+bootstrap continuation (``bootstrap_on_length``), the last instance of a task, the last Alpaca task.
 
 Resuming: ``machine_generated.jsonl`` is the source of truth. A restarted run reads it back, rebuilds the
 similarity pool from seeds + kept tasks, and continues to the target; each kept task is one atomic line,
@@ -44,6 +48,8 @@ from align.data_gen.diversity import verb_noun_diversity
 from align.data_gen.export import EXPORT_FORMATS
 from align.data_gen.filters import FilterReport, filter_instances, instruction_drop_reason
 from align.data_gen.prompts import (
+    BootstrapStyle,
+    bootstrap_stop,
     build_alpaca_prompt,
     build_bootstrap_prompt,
     build_classification_prompt,
@@ -83,13 +89,20 @@ class GenerationConfig(BaseModel):
     num_prompt_instructions: int = Field(8, gt=1, description="In-context instructions per bootstrap prompt.")
     num_machine_in_prompt: int = Field(2, ge=0, description="How many of them are machine-generated (once "
                                        "available); the rest are seeds.")
+    bootstrap_prompt: BootstrapStyle = Field("original", description="original: the Self-Instruct code's prompt "
+                                             "('Come up with a series of tasks:', '1.' numbering); guided: a "
+                                             "paraphrase with guidance sentences and 'Task N:' numbering.")
+    bootstrap_on_length: Literal["drop", "drop_last"] = Field(
+        "drop", description="A bootstrap continuation cut at bootstrap_max_tokens: drop: discard all of it (the "
+        "original); drop_last: keep its complete items, drop the cut-off last one.")
     bootstrap_max_tokens: int = Field(256, gt=0, description="Token budget of one bootstrap continuation (7 "
                                       "new instructions of up to ~30 tokens; the original's 1024 mostly pays for "
                                       "rambling past the stop).")
     bootstrap_temperature: float = Field(0.7, ge=0, description="Sampling temperature for new instructions.")
     bootstrap_stop: list[str] | None = Field(None, description="Stop strings for bootstrap calls. None: a blank "
-                                             "line and 'Task {2n}' (n in-context), as the original; the stage "
-                                             "drops the blank line for chat teachers, which space items out.")
+                                             "line and item 2n (n in-context: '\\n16', '16.', '16 .' as the "
+                                             "original, or 'Task 16'); the stage drops the blank line for chat "
+                                             "teachers, which space items out.")
     classification_max_tokens: int = Field(5, gt=0, description="Token budget of the yes/no answer.")
     instance_max_tokens: int = Field(200, gt=0, description="Token budget of one task's instances (original: 300).")
     instance_temperature: float = Field(0.0, ge=0, description="Temperature for classification and instances.")
@@ -101,7 +114,8 @@ class GenerationConfig(BaseModel):
     alpaca_temperature: float = Field(1.0, ge=0, description="alpaca: sampling temperature.")
     rouge_threshold: float = Field(0.7, ge=0, le=1, description="Drop an instruction whose ROUGE-L F with a "
                                    "pool member is above this.")
-    min_words: int = Field(filters.MIN_WORDS, gt=0, description="Drop instructions shorter than this.")
+    min_words: int = Field(filters.MIN_WORDS, gt=0, description="Drop instructions with fewer words than this "
+                           "(the originals drop 3 words or fewer).")
     max_words: int = Field(filters.MAX_WORDS, gt=0, description="Drop instructions longer than this.")
     max_teacher_calls: int | None = Field(None, gt=0, description="Stop after this many teacher calls in one "
                                           "invocation. None: 20 + 2 x the instructions still needed.")
@@ -132,12 +146,14 @@ class _Round:
     calls: int = 0
     raw: int = 0
     empty_generations: int = 0
+    truncated_generations: int = 0  # teacher texts cut at the token limit (finish_reason "length")
     report: FilterReport = field(default_factory=FilterReport)
     classification: dict[str, int] = field(default_factory=lambda: {"yes": 0, "no": 0, "unclear": 0})
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return {"round": self.index, "calls": self.calls, "raw": self.raw, "empty_generations": self.empty_generations,
+                "truncated_generations": self.truncated_generations,
                 "kept": self.report.kept, "dropped": self.report.dropped,
                 "instances_removed": self.report.instances_removed, "classification": self.classification,
                 "seconds": round(self.seconds, 3)}
@@ -178,36 +194,47 @@ class _Loop:
                                    threshold=cfg.rouge_threshold)
         self.calls = 0  # this invocation
         self.raw_log: RecordWriter | None = None
-        n = cfg.num_prompt_instructions
-        self.bootstrap_stop = cfg.bootstrap_stop if cfg.bootstrap_stop is not None else ["\n\n", f"Task {2 * n}"]
+        self.bootstrap_stop = (cfg.bootstrap_stop if cfg.bootstrap_stop is not None
+                               else bootstrap_stop(cfg.num_prompt_instructions, cfg.bootstrap_prompt))
+        self.blacklist = filters.ALPACA_BLACKLIST if method == "alpaca" else filters.BLACKLIST
 
     @property
     def machine_instructions(self) -> list[str]:
         return [r["instruction"] for r in self.records]
 
-    def _call(self, rnd: _Round, kind: str, prompts: list[str], **kwargs: Any) -> list[str]:
+    def _call(self, rnd: _Round, kind: str, prompts: list[str], **kwargs: Any) -> list[tuple[str, bool | None]]:
+        """The teacher's texts, each with whether the token limit cut it off (None: the teacher did not say)."""
         self.calls += 1
         rnd.calls += 1
         texts = self.teacher.complete(prompts, **kwargs)
         if len(texts) != len(prompts):
             raise AlignError(f"teacher returned {len(texts)} texts for {len(prompts)} prompts")
-        if self.raw_log is not None:
-            for i, text in enumerate(texts):
-                self.raw_log.append({"round": rnd.index, "kind": kind, "index": i, "text": text})
-        return texts
+        out = []
+        for i, text in enumerate(texts):
+            reason = getattr(text, "finish_reason", None)
+            rnd.truncated_generations += reason == "length"
+            if self.raw_log is not None:
+                self.raw_log.append({"round": rnd.index, "kind": kind, "index": i, "text": str(text),
+                                     "finish_reason": reason})
+            out.append((str(text), None if reason is None else reason == "length"))
+        return out
 
     # --- candidates ------------------------------------------------------------------------------------
 
     def _bootstrap(self, rnd: _Round, rng: random.Random) -> list[dict]:
         cfg = self.cfg
         prompts = [build_bootstrap_prompt(self.seed_instructions, self.machine_instructions,
-                                          cfg.num_prompt_instructions, rng=rng, num_machine=cfg.num_machine_in_prompt)
+                                          cfg.num_prompt_instructions, rng=rng, num_machine=cfg.num_machine_in_prompt,
+                                          style=cfg.bootstrap_prompt)
                    for _ in range(cfg.request_batch_size)]
         texts = self._call(rnd, "bootstrap", prompts, max_tokens=cfg.bootstrap_max_tokens, temperature=cfg.bootstrap_temperature,
                            stop=self.bootstrap_stop)
         out = []
-        for text in texts:
-            found = parse_bootstrap_output(text, start_index=cfg.num_prompt_instructions + 1)
+        for text, truncated in texts:
+            if truncated and cfg.bootstrap_on_length == "drop":
+                continue  # as the original's post_process_gpt3_response: a cut-off continuation yields nothing
+            # truncated None (teacher did not say): the parser guesses from the last item's punctuation
+            found = parse_bootstrap_output(text, start_index=cfg.num_prompt_instructions + 1, truncated=truncated)
             rnd.empty_generations += not found
             out.extend({"instruction": inst} for inst in found)
         return out
@@ -220,8 +247,8 @@ class _Loop:
         texts = self._call(rnd, "alpaca", prompts, max_tokens=cfg.alpaca_max_tokens, temperature=cfg.alpaca_temperature,
                            stop=[f"\n{cfg.alpaca_num_tasks + 1}.", f"{cfg.alpaca_num_tasks + 1}. Instruction"])
         out = []
-        for text in texts:
-            found = parse_alpaca_output(text)
+        for text, truncated in texts:
+            found = parse_alpaca_output(text, truncated=bool(truncated))  # drops a cut-off last task, as Alpaca
             rnd.empty_generations += not found
             out.extend({"instruction": t["instruction"], "instances": [{"input": t["input"], "output": t["output"]}],
                         "is_classification": False} for t in found)
@@ -235,7 +262,7 @@ class _Loop:
         round_pool = SimilarityPool(threshold=cfg.rouge_threshold)
         novel = []
         for cand in candidates:
-            reason = instruction_drop_reason(cand["instruction"], cfg.min_words, cfg.max_words)
+            reason = instruction_drop_reason(cand["instruction"], cfg.min_words, cfg.max_words, self.blacklist)
             if reason is None and (self.pool.is_near_duplicate(cand["instruction"])
                                    or round_pool.is_near_duplicate(cand["instruction"])):
                 reason = filters.NEAR_DUPLICATE
@@ -252,15 +279,16 @@ class _Loop:
         answers = self._call(rnd, "classification", [build_classification_prompt(t["instruction"]) for t in tasks],
                              max_tokens=cfg.classification_max_tokens, temperature=cfg.instance_temperature,
                              stop=["\n", "Task"])
-        for task, answer in zip(tasks, answers):
+        for task, (answer, _) in zip(tasks, answers):
             label = parse_classification(answer)
             rnd.classification["unclear" if label is None else "yes" if label else "no"] += 1
             task["is_classification"] = bool(label)
         texts = self._call(rnd, "instances", [build_instance_prompt(t["instruction"], t["is_classification"]) for t in tasks],
                            max_tokens=cfg.instance_max_tokens, temperature=cfg.instance_temperature,
                            stop=["\nTask:", f"Example {cfg.max_instances_per_task + 1}"])
-        for task, text in zip(tasks, texts):
-            task["instances"] = parse_instances(text, task["is_classification"])
+        for task, (text, truncated) in zip(tasks, texts):
+            # a cut-off last instance is dropped, as in the original's parse_instances_for_*_task
+            task["instances"] = parse_instances(text, task["is_classification"], truncated=bool(truncated))
 
     # --- a round -------------------------------------------------------------------------------------
 
@@ -328,12 +356,18 @@ def generate(
     seed: int = 0,
     formats: Sequence[ExportFormat] = ("alpaca", "self_instruct", "chat"),
     progress: bool = True,
+    export_incomplete: bool = False,
 ) -> GenerationResult:
     """Generate until `num_instructions` tasks are kept in `out_dir` (resuming what is there), then export.
 
     `teacher` is anything with ``complete(prompts, *, max_tokens, temperature, stop) -> list[str]``
     (see `align.teachers`). Writes ``machine_generated.jsonl`` (kept tasks, the resumable record),
     ``progress.jsonl`` (filter counts per round), ``stats.json`` and one file per export format.
+
+    Exports are training data, so they are written (each atomically) only for a finished run: one that
+    reached the target, or, with ``export_incomplete``, one that stopped at its limits with at least one
+    task kept. A run that fails or keeps nothing exports nothing and removes exports an earlier run left,
+    which no longer match ``machine_generated.jsonl``; stats.json says what happened either way.
     """
     from tqdm.auto import tqdm
 
@@ -387,7 +421,7 @@ def generate(
         bar.close()
         try:
             _finish(loop, out_dir, formats, time.perf_counter() - started,
-                    f"interrupted by {type(exc).__name__}: {exc}", resumed_with)
+                    f"interrupted by {type(exc).__name__}: {exc}", resumed_with, export=False)
         except Exception:  # never hide the original error behind a reporting one
             log.exception("self-instruct: could not write stats after an error")
         raise
@@ -396,12 +430,14 @@ def generate(
     if stop_reason:
         log.warning("self-instruct: %s. Outputs so far are in %s; re-run the same command to continue.",
                     stop_reason, out_dir)
-    return _finish(loop, out_dir, formats, elapsed, stop_reason, resumed_with)
+    complete = len(loop.records) >= num_instructions
+    return _finish(loop, out_dir, formats, elapsed, stop_reason, resumed_with,
+                   export=complete or (export_incomplete and bool(loop.records)))
 
 
 def _finish(loop: _Loop, out_dir: Path, formats: Sequence[ExportFormat], elapsed: float, stop_reason: str | None,
-            resumed_with: int) -> GenerationResult:
-    """Totals over every round (this and earlier invocations), stats.json and the exports."""
+            resumed_with: int, export: bool) -> GenerationResult:
+    """Totals over every round (this and earlier invocations), stats.json and (when `export`) the exports."""
     report = FilterReport()
     classification = {"yes": 0, "no": 0, "unclear": 0}
     for rnd in loop.rounds:
@@ -422,6 +458,7 @@ def _finish(loop: _Loop, out_dir: Path, formats: Sequence[ExportFormat], elapsed
         "teacher_calls_this_run": loop.calls,
         "raw_generations": sum(r.get("raw", 0) for r in loop.rounds),
         "empty_generations": sum(r.get("empty_generations", 0) for r in loop.rounds),
+        "truncated_generations": sum(r.get("truncated_generations", 0) for r in loop.rounds),
         "filters": report.to_dict(),
         "classification": classification,
         "instances": {"total": sum(instances), "per_task_mean": round(sum(instances) / len(instances), 3)
@@ -433,9 +470,13 @@ def _finish(loop: _Loop, out_dir: Path, formats: Sequence[ExportFormat], elapsed
         "files": {},
     }
     files: dict[str, Path] = {}
-    for fmt in formats:
-        files[fmt] = EXPORT_FORMATS[fmt](loop.records, out_dir / EXPORT_FILES[fmt])
-        stats["files"][fmt] = files[fmt].name
+    if export:
+        for fmt in formats:
+            files[fmt] = EXPORT_FORMATS[fmt](loop.records, out_dir / EXPORT_FILES[fmt])
+            stats["files"][fmt] = files[fmt].name
+    else:  # an export left by an earlier invocation no longer matches the records: never pass it off as data
+        for name in EXPORT_FILES.values():
+            (out_dir / name).unlink(missing_ok=True)
     tmp = stats_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(stats, indent=2))
     tmp.replace(stats_path)

@@ -1,9 +1,11 @@
 """Self-Instruct and Alpaca prompts for a teacher model, and parsers for what it writes back.
 
-Every builder returns plain completion text that ends where the teacher should continue ("Task 9:",
-"4. Instruction:", ...), so it works with base models as is. Chat models get the *same* text as a single
-user message, with no system message: they usually answer by restating the next marker ("Task 9: ...")
-or with markdown bold, and the parsers accept both forms.
+Every builder returns plain completion text that ends where the teacher should continue ("9.",
+"4. Instruction:", ...), so it works with base models as is. The bootstrap prompt is the original
+code's by default; ``style="guided"`` selects a paraphrase with guidance sentences and "Task N:" items.
+Chat models get the *same* text as a single user message, with no system message: they usually answer
+by restating the next marker ("9. ..." or "Task 9: ...") or with markdown bold, and the parsers accept
+these forms.
 
 Pipeline (Wang et al. 2022):
 1. ``build_bootstrap_prompt`` -> teacher -> ``parse_bootstrap_output``: new instructions.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 from align.errors import AlignError
 
@@ -59,10 +62,16 @@ def _one_line(text: str) -> str:
 # 1. Instruction bootstrapping
 # ---------------------------------------------------------------------------------------------------------
 
+BOOTSTRAP_HEADER_ORIGINAL = "Come up with a series of tasks:\n"
+"""The header of Self-Instruct's bootstrap prompt (``encode_prompt`` in ``bootstrap_instructions.py``)."""
+
 BOOTSTRAP_HEADER = (
     "Come up with a series of new tasks. Each task is a single instruction that someone could give to a "
     "helpful assistant. Make them diverse in topic, length and kind of work.\n\n"
 )
+"""The header of the ``guided`` prompt style: added guidance, "Task N:" numbering."""
+
+BootstrapStyle = Literal["original", "guided"]
 
 
 def build_bootstrap_prompt(
@@ -72,12 +81,15 @@ def build_bootstrap_prompt(
     *,
     rng: random.Random,
     num_machine: int = 2,
+    style: BootstrapStyle = "original",
 ) -> str:
-    """A "Task 1: ... Task 8: ... Task 9:" prompt from 6 human + 2 machine instructions, in random order.
+    """A bootstrap prompt from 6 human + 2 machine instructions in random order, ending where item 9 starts.
 
-    With fewer than ``num_machine`` machine instructions available (the start of a run), human ones fill
-    the gap, as in the original. The teacher continues after the final "Task {n+1}:"; parse its text with
-    ``parse_bootstrap_output(text, start_index=num_prompt_instructions + 1)``.
+    ``original`` (the Self-Instruct code): "Come up with a series of tasks:\n1. ...\n8. ...\n9.";
+    ``guided``: a header with guidance sentences and "Task 1: ... Task 9:" numbering (some chat models
+    keep to it better). With fewer than ``num_machine`` machine instructions available (the start of a
+    run), human ones fill the gap, as in the original. Parse the teacher's text with
+    ``parse_bootstrap_output(text, start_index=num_prompt_instructions + 1)`` (either style).
     Chat models: send the returned text as the only user message.
     """
     n_machine = min(num_machine, len(machine_instructions), num_prompt_instructions)
@@ -88,8 +100,25 @@ def build_bootstrap_prompt(
         )
     chosen = rng.sample(list(machine_instructions), n_machine) + rng.sample(list(seed_instructions), n_human)
     rng.shuffle(chosen)
+    if style == "original":
+        lines = [f"{i}. {_one_line(inst)}" for i, inst in enumerate(chosen, start=1)]
+        return BOOTSTRAP_HEADER_ORIGINAL + "\n".join(lines) + f"\n{len(chosen) + 1}."
+    if style != "guided":
+        raise AlignError(f"bootstrap prompt style must be original or guided, got {style!r}")
     lines = [f"Task {i}: {_one_line(inst)}" for i, inst in enumerate(chosen, start=1)]
     return BOOTSTRAP_HEADER + "\n".join(lines) + f"\nTask {len(chosen) + 1}:"
+
+
+def bootstrap_stop(num_prompt_instructions: int, style: BootstrapStyle = "original", chat: bool = False) -> list[str]:
+    """Stop strings for a bootstrap call: a blank line, or the item number twice the prompt's.
+
+    ``original``: the Self-Instruct code's ["\n\n", "\n16", "16.", "16 ."] for 8 in-context items;
+    ``guided``: ["\n\n", "Task 16"]. Chat teachers (``chat=True``) get no blank-line stop: they often
+    space list items with blank lines, which the parser copes with and a stop would cut.
+    """
+    n = 2 * num_prompt_instructions
+    stops = [f"\n{n}", f"{n}.", f"{n} ."] if style == "original" else [f"Task {n}"]
+    return stops if chat else ["\n\n", *stops]
 
 
 # "Task 10:", "**Task 10:**", "10.", "10)", "(10)", "#10:", "- 10." and "Instruction 10:" all start an item.
@@ -106,9 +135,10 @@ _TERMINAL_RE = re.compile(r"[.?!:;)\]\"'”’`]$")
 
 
 def parse_bootstrap_output(text: str, start_index: int, truncated: bool | None = None) -> list[str]:
-    """Instructions from a teacher's continuation of a bootstrap prompt ending in "Task {start_index}:".
+    """Instructions from a teacher's continuation of a bootstrap prompt ending in "{start_index}." (or
+    "Task {start_index}:").
 
-    The text before the first marker is item ``start_index`` (a restated "Task {start_index}:" is fine).
+    The text before the first marker is item ``start_index`` (a restated "9." or "Task 9:" is fine).
     Numbering may be messy ("9.", "Task 10:", "10)", "**Task 11:**", gaps), but it must increase: a
     repeated or smaller number means the model started another list, and parsing stops. Parsing also
     stops at an end-of-turn token, or at text after a blank line that does not start a new item

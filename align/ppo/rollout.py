@@ -88,14 +88,11 @@ def generate(roles: ModelRoles, query_ids: torch.Tensor, query_mask: torch.Tenso
     top_k is switched off explicitly (transformers' default is 50): the update's log-probs are
     those of softmax(logits / temperature), so sampling must draw from that distribution.
     """
-    from transformers import GenerationConfig
+    from align.generation import sampling_config
 
     tok = roles.tokenizer
-    config = GenerationConfig(
-        do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=0, max_new_tokens=s.max_new_tokens,
-        min_new_tokens=1, eos_token_id=eos_ids(tok, roles.model), pad_token_id=tok.pad_token_id,
-        use_cache=True, repetition_penalty=1.0,
-    )
+    config = sampling_config(temperature=s.temperature, top_p=s.top_p, top_k=0, max_new_tokens=s.max_new_tokens,
+                             min_new_tokens=1, eos_token_id=eos_ids(tok, roles.model), pad_token_id=tok.pad_token_id)
     chunk = s.generation_batch_size or len(query_ids)
     pieces = []
     with roles.autocast():

@@ -146,37 +146,10 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
-@contextlib.contextmanager
-def neutral_generation_config(model) -> Iterator[None]:
-    """Generate without the checkpoint's generation_config.json defaults (top_k, top_p, repetition_penalty,
-    min_p...): transformers fills every setting a call leaves unset from it, and any of them would make the
-    samples come from a distribution other than π. (PeftModel.generate copies the inner model's config.)"""
-    from transformers import GenerationConfig
-
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    saved = inner.generation_config
-    inner.generation_config = GenerationConfig(eos_token_id=saved.eos_token_id, pad_token_id=saved.pad_token_id,
-                                               bos_token_id=saved.bos_token_id)
-    try:
-        yield
-    finally:
-        inner.generation_config = saved
-
-
-def pure_sampling_kwargs(tokenizer, eos_ids: list[int], n: int, max_new_tokens: int) -> dict[str, Any]:
-    """generate() settings that sample from the model's own softmax: temperature 1 and every logits
-    processor with a default that changes the distribution switched off explicitly (top_k's global default
-    is 50)."""
-    return {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": None, "typical_p": 1.0,
-            "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
-            "min_new_tokens": 0, "max_new_tokens": max_new_tokens, "num_return_sequences": n,
-            "pad_token_id": tokenizer.pad_token_id, "eos_token_id": eos_ids, "use_cache": True}
-
-
 def logprob_recorder():
     """A logits processor that records log π(token) of every sampled token while generate() runs.
 
-    It sees the final scores (no warpers follow it: pure_sampling_kwargs adds none) and keeps one (N, V)
+    It sees the final scores (no warpers follow it: sampling_config at temperature 1 adds none) and keeps one (N, V)
     log-softmax: at each step it reads the previous step's value at the token that step sampled. This
     saves a second forward pass of the policy over every sample.
     """
@@ -214,12 +187,14 @@ def sample_responses(model, tokenizer, conversations: list[list[dict]], n: int, 
     import torch
     from transformers import LogitsProcessorList
 
-    from align.generation import chat_prompt
+    from align.generation import chat_prompt, sampling_config
 
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
     eos_ids = eos_token_ids(model, tokenizer)
-    kwargs = pure_sampling_kwargs(tokenizer, eos_ids, n, max_new_tokens)
+    # temperature 1, no top-k/top-p, nothing from the checkpoint's generation_config.json: samples from π itself
+    config = sampling_config(max_new_tokens=max_new_tokens, temperature=1.0, num_return_sequences=n,
+                             eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id)
     seeds = torch.Generator().manual_seed(seed)
     per_call = max(1, batch_size // n)
     batches: list[SampledBatch] = []
@@ -228,9 +203,9 @@ def sample_responses(model, tokenizer, conversations: list[list[dict]], n: int, 
         enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=seeds)))
         recorder = logprob_recorder()
-        with torch.no_grad(), neutral_generation_config(model):
+        with torch.no_grad():
             out = model.generate(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
-                                 logits_processor=LogitsProcessorList([recorder]), **kwargs)
+                                 logits_processor=LogitsProcessorList([recorder]), generation_config=config)
         logprobs = recorder.finish(out).cpu()
         out = out.cpu()
         response = out[:, enc["input_ids"].shape[1] :]

@@ -4,6 +4,7 @@ The loop itself lives in `align.data_gen.generate`; this stage picks the teacher
 OpenAI-compatible API, see `align.teachers`), runs the loop in the stage folder and hands the exported
 data to the next stage (``sft.data: "@self_instruct"``).
 
+Exports are written only when the run finished (see `align.data_gen.generate.generate`).
 Outputs: ``data`` (the first export format, Alpaca JSON by default; loads with
 `align.data.load_examples`), one entry per export format, ``records`` (``machine_generated.jsonl``, the
 resumable record of kept tasks) and ``stats`` (``stats.json``: drops per filter, diversity, time).
@@ -49,8 +50,9 @@ class Config(BaseModel):
                                    "num_instructions; stats.json records complete: false either way.")
 
 
-def run(cfg: Config, ctx: StageContext) -> StageResult:
+def run(cfg: Config, ctx: StageContext, *, standalone: bool = False) -> StageResult:
     from align.data_gen.generate import generate
+    from align.data_gen.prompts import bootstrap_stop
     from align.data_gen.seeds import load_seed_tasks
     from align.teachers import make_teacher
 
@@ -64,13 +66,14 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     sampling = cfg.sampling
     if sampling.bootstrap_stop is None and teacher_cfg.resolved_endpoint == "chat":
         # Chat models often put blank lines between list items; the parser copes, a "\n\n" stop would not.
-        sampling = sampling.model_copy(update={"bootstrap_stop": [f"Task {2 * sampling.num_prompt_instructions}"]})
+        stops = bootstrap_stop(sampling.num_prompt_instructions, sampling.bootstrap_prompt, chat=True)
+        sampling = sampling.model_copy(update={"bootstrap_stop": stops})
 
     seed_tasks = load_seed_tasks(cfg.seeds)
     teacher = make_teacher(teacher_cfg)
     try:
         result = generate(teacher, seed_tasks, ctx.stage_dir, num_instructions=cfg.num_instructions, method=cfg.method,
-                          config=sampling, seed=ctx.seed, formats=cfg.formats)
+                          config=sampling, seed=ctx.seed, formats=cfg.formats, export_incomplete=cfg.allow_incomplete)
     finally:
         close = getattr(teacher, "close", None)
         if close is not None:
@@ -81,7 +84,10 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         raise AlignError(f"self_instruct: {stats['stop_reason']}. The {stats['kept']} tasks kept so far are in "
                          f"{ctx.stage_dir}; run again to continue, raise sampling.max_teacher_calls / "
                          "max_idle_rounds, use a stronger teacher, or set allow_incomplete: true")
-    outputs = {"data": str(result.files[cfg.formats[0]])}
+    if not result.files and not standalone:
+        raise AlignError(f"self_instruct: {stats['stop_reason']}; no task was kept, so there is no data to pass on. "
+                         "Use a stronger teacher or raise sampling.max_teacher_calls / max_idle_rounds")
+    outputs = {"data": str(result.files[cfg.formats[0]])} if result.files else {}
     outputs.update({fmt: str(path) for fmt, path in result.files.items()})
     outputs["records"] = str(ctx.stage_dir / "machine_generated.jsonl")
     outputs["stats"] = str(ctx.stage_dir / "stats.json")
@@ -113,7 +119,7 @@ def run_standalone(settings: dict, out_dir: str | Path, seed: int = 0) -> StageR
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))  # names, never key values
     ctx = StageContext(name="self_instruct", stage_dir=out, run_dir=out, seed=seed, upstream={})
-    result = run(cfg, ctx)
+    result = run(cfg, ctx, standalone=True)
     (out / "result.json").write_text(result.to_json())
     if not result.metrics["complete"]:
         log.warning("self-instruct: incomplete (%d/%d tasks); see %s", result.metrics["kept"],

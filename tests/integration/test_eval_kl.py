@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from align.errors import AlignError
+from align.generation import sampling_config
 from align.stages import StageContext
 from align.stages.eval import (
     Config,
@@ -18,8 +19,6 @@ from align.stages.eval import (
     kl_estimate,
     load_reward,
     load_views,
-    neutral_generation_config,
-    pure_sampling_kwargs,
     run,
     sample_responses,
     sequence_logprobs,
@@ -88,11 +87,12 @@ def test_sampling_ignores_the_checkpoints_generation_defaults(tiny_model_dir):
         3, 0.5, 0.4, 2.0, 2, 0.3)
     enc = view.tokenizer(["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"], return_tensors="pt",
                          add_special_tokens=False)
-    kwargs = pure_sampling_kwargs(view.tokenizer, [view.tokenizer.eos_token_id], 4, 6)
-    with torch.no_grad(), neutral_generation_config(view.model):
-        out = view.model.generate(**enc, **kwargs, output_scores=True, output_logits=True,
-                                  return_dict_in_generate=True)
-    assert view.model.generation_config.top_k == 3  # restored afterwards
+    config = sampling_config(max_new_tokens=6, temperature=1.0, num_return_sequences=4,
+                             eos_token_id=[view.tokenizer.eos_token_id], pad_token_id=view.tokenizer.pad_token_id)
+    config.update(output_scores=True, output_logits=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        out = view.model.generate(**enc, generation_config=config)
+    assert view.model.generation_config.top_k == 3  # the model's own config is left alone
     for scores, logits in zip(out.scores, out.logits):
         assert torch.equal(scores, logits)  # no logits processor touched the distribution
 

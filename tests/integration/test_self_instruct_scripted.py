@@ -126,9 +126,9 @@ class ScriptedTeacher:
             return self.instances(prompt.rsplit("Task: ", 1)[1].strip(), "Class label:" in prompt)
         if prompt.rstrip().endswith("Instruction:"):
             return self.alpaca(int(re.search(r"(\d+)\. Instruction:\s*$", prompt).group(1)))
-        match = re.search(r"Task (\d+):\s*$", prompt)
+        match = re.search(r"(?:Task (\d+):|\n(\d+)\.)\s*$", prompt)  # guided or original bootstrap prompt
         if match:
-            return self.bootstrap(int(match.group(1)))
+            return self.bootstrap(int(match.group(1) or match.group(2)), guided=match.group(1) is not None)
         raise AssertionError(f"unexpected prompt: {prompt[-200:]!r}")
 
     def _next(self) -> str:
@@ -136,13 +136,14 @@ class ScriptedTeacher:
         self.emitted.append(inst)
         return inst
 
-    def bootstrap(self, start: int) -> str:
+    def bootstrap(self, start: int, guided: bool = False) -> str:
         items = [self._next(), self._next(), JUNK[self.calls % len(JUNK)], self._next()]
         if self.emitted[:-3]:  # repeat an earlier instruction, reworded a little: a near-duplicate
             items.append(self.emitted[len(self.emitted) // 2].replace(".", " please."))
         items.append("Write a haiku about autumn leaves")  # unfinished, cut by the token limit: parser drops it
-        lines = [f" {items[0]}"] + [f"Task {start + i}: {inst}" for i, inst in enumerate(items[1:], start=1)]
-        return "\n".join(lines) + "\nTask 16: Something the stop string cuts off."
+        marker = "Task {}:" if guided else "{}."
+        lines = [f" {items[0]}"] + [f"{marker.format(start + i)} {inst}" for i, inst in enumerate(items[1:], start=1)]
+        return "\n".join(lines) + f"\n{marker.format(16)} Something the stop string cuts off."
 
     def instances(self, instruction: str, classification: bool) -> str:
         if instruction in EMPTY_OUTPUT_TASKS:
@@ -327,5 +328,31 @@ def test_teacher_failure_keeps_records_and_marks_stats_incomplete(tmp_path, seed
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["complete"] is False and stats["kept"] == len(kept)
     assert stats["stop_reason"].startswith("interrupted by AlignError")
+    assert stats["files"] == {} and not any(tmp_path.glob("*_data.json*"))  # no export passed off as the data
     result = generate(ScriptedTeacher(), seeds, tmp_path, num_instructions=len(kept) + 3, config=SMALL, progress=False)
     assert result.complete and result.records[: len(kept)] == kept
+    assert len(json.loads((tmp_path / "alpaca_data.json").read_text())) == result.stats["instances"]["total"]
+
+
+def test_a_failed_continuation_removes_the_earlier_exports(tmp_path, seeds):
+    """Exports of an earlier, smaller target no longer match the records once a larger run failed midway."""
+    from align.errors import AlignError
+
+    generate(ScriptedTeacher(), seeds, tmp_path, num_instructions=3, config=SMALL, progress=False)
+    assert (tmp_path / "alpaca_data.json").exists()
+    with pytest.raises(AlignError):
+        generate(FailingTeacher(fail_after=4), seeds, tmp_path, num_instructions=30, config=SMALL, progress=False)
+    assert not any(tmp_path.glob("*_data.json*"))
+
+
+def test_an_incomplete_run_exports_only_when_asked_and_never_an_empty_file(tmp_path, seeds):
+    cfg = GenerationConfig(request_batch_size=1, max_teacher_calls=3)
+    result = generate(ScriptedTeacher(), seeds, tmp_path / "a", num_instructions=40, config=cfg, progress=False)
+    assert not result.complete and result.records and result.files == {}
+    assert not (tmp_path / "a" / "alpaca_data.json").exists()
+    result = generate(ScriptedTeacher(), seeds, tmp_path / "b", num_instructions=40, config=cfg, progress=False,
+                      export_incomplete=True)
+    assert len(json.loads((tmp_path / "b" / "alpaca_data.json").read_text())) == result.stats["instances"]["total"] > 0
+    useless = generate(ScriptedTeacher(useless=True), seeds, tmp_path / "c", num_instructions=5,
+                       config=GenerationConfig(max_idle_rounds=1), progress=False, export_incomplete=True)
+    assert useless.records == [] and not (tmp_path / "c" / "alpaca_data.json").exists()

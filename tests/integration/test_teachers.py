@@ -140,3 +140,47 @@ def test_backoff_grows_exponentially_with_jitter_and_honours_retry_after():
         assert len(set(delays)) > 40  # jittered, not constant
     assert backoff_delay(3, 0.5, retry_after=2.0) == 2.0
     assert backoff_delay(30, 0.5, rng=rng) <= 60.0
+
+
+class ReasonBackend:
+    """`align serve` backend answering each prompt with a fixed (text, finish_reason)."""
+
+    ANSWERS = {"cut": (" Write a haiku about the", "length"), "done": (" Name three rivers.", "stop"),
+               "cut at stop": (" Name a river.\n\nTask 16: more", "length")}
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        return messages[-1]["content"]
+
+    def generate(self, prompts, *, max_tokens, temperature, top_p, stop, n, seed):
+        return [[(*self.ANSWERS[p], 5)] * n for p in prompts]
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_openai_teacher_returns_each_texts_finish_reason(endpoint):
+    """The server's finish_reason reaches the caller per text, in order; a text cut at a stop string ended there."""
+    from align.teachers import finish_reason
+
+    prompts = ["done", "cut", "cut at stop"]
+    with running_server("fixed", backend=ReasonBackend()) as srv:
+        teacher = remote(srv, endpoint=endpoint, batch_size=3, model="fixed")
+        got = teacher.complete(prompts, max_tokens=5, temperature=0.0, stop=["\n\n"])
+    assert got == ["Name three rivers.", "Write a haiku about the", "Name a river."]
+    assert [finish_reason(t) for t in got] == ["stop", "length", "stop"]
+
+
+def test_local_and_remote_teachers_report_length_at_the_token_limit(backend):
+    """tiny-llama never ends a 2-token continuation on its own: every text is cut by max_tokens."""
+    local = make_teacher("tiny-llama")
+    texts = local.complete(PROMPTS, max_tokens=2, temperature=0.0)
+    assert [t.finish_reason for t in texts] == ["length"] * len(PROMPTS)
+    roomy = local.complete(["Hello"], max_tokens=200, temperature=0.0, stop=[texts[2][:1] or " "])
+    assert roomy[0].finish_reason == "stop"  # ended at a stop string, long before the limit
+    with running_server("tiny-llama", backend=backend) as srv:
+        for endpoint in ("completions", "chat"):
+            got = remote(srv, endpoint=endpoint).complete(PROMPTS, max_tokens=2, temperature=0.0)
+            assert [t.finish_reason for t in got] == ["length"] * len(PROMPTS)
+    replies = local.chat([[{"role": "user", "content": "hi"}]], max_tokens=2, temperature=0.0)
+    assert replies[0].finish_reason == "length" and isinstance(replies[0], str)

@@ -83,3 +83,15 @@ def test_bad_tasks_and_formats_are_rejected(tmp_path):
         to_alpaca([{"instruction": "x", "instances": [{"input": "a"}]}])
     with pytest.raises(AlignError, match="unknown export format 'csv'"):
         export(TASKS, tmp_path / "x.csv", "csv")
+
+
+@pytest.mark.parametrize("writer", [write_alpaca_json, write_chat_jsonl, write_self_instruct_jsonl])
+def test_a_failed_write_leaves_the_previous_file_whole(tmp_path, writer):
+    """Exports are written to a temporary file and renamed into place: never half a file, never a stray temp."""
+    path = tmp_path / "out.json"
+    writer(TASKS, path)
+    before = path.read_bytes()
+    with pytest.raises(AlignError):
+        writer([*TASKS, {"instruction": "broken"}], path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]

@@ -29,8 +29,8 @@ MACHINE = ["Machine instruction alpha.", "Machine instruction beta.", "Machine i
 # ---------------------------------------------------------------------------------------------------------
 
 
-def test_bootstrap_prompt_has_six_human_two_machine_numbered_and_open_ended():
-    prompt = build_bootstrap_prompt(HUMAN, MACHINE, rng=random.Random(0))
+def test_guided_bootstrap_prompt_has_six_human_two_machine_numbered_and_open_ended():
+    prompt = build_bootstrap_prompt(HUMAN, MACHINE, rng=random.Random(0), style="guided")
     lines = [ln for ln in prompt.splitlines() if ln.startswith("Task ")]
     assert [ln.split(":")[0] for ln in lines] == [f"Task {i}" for i in range(1, 10)]
     assert prompt.endswith("\nTask 9:")
@@ -41,16 +41,16 @@ def test_bootstrap_prompt_has_six_human_two_machine_numbered_and_open_ended():
 
 
 def test_bootstrap_prompt_fills_with_humans_when_no_machine_tasks_yet():
-    prompt = build_bootstrap_prompt(HUMAN, [], rng=random.Random(0))
+    prompt = build_bootstrap_prompt(HUMAN, [], rng=random.Random(0), style="guided")
     assert prompt.count("Human instruction") == 8 and prompt.endswith("Task 9:")
-    prompt = build_bootstrap_prompt(HUMAN, MACHINE[:1], rng=random.Random(0))
+    prompt = build_bootstrap_prompt(HUMAN, MACHINE[:1], rng=random.Random(0), style="guided")
     assert prompt.count("Machine instruction") == 1 and prompt.count("Human instruction") == 7
 
 
 def test_bootstrap_prompt_is_reproducible_and_collapses_whitespace():
-    a = build_bootstrap_prompt(HUMAN, MACHINE, rng=random.Random(5))
-    assert a == build_bootstrap_prompt(HUMAN, MACHINE, rng=random.Random(5))
-    prompt = build_bootstrap_prompt(["Split\n  over   lines:"] * 8, [], rng=random.Random(0))
+    a = build_bootstrap_prompt(HUMAN, MACHINE, rng=random.Random(5), style="guided")
+    assert a == build_bootstrap_prompt(HUMAN, MACHINE, rng=random.Random(5), style="guided")
+    prompt = build_bootstrap_prompt(["Split\n  over   lines:"] * 8, [], rng=random.Random(0), style="guided")
     assert "Task 1: Split over lines\n" in prompt
 
 
