@@ -77,13 +77,29 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> BaseMod
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise AlignError(f"{path}: not valid YAML: {exc}") from exc
+        raise AlignError(f"{yaml_error_where(exc, path)}: not valid YAML: {yaml_error_text(exc)}") from None
     if not isinstance(raw, dict):
         raise AlignError(f"{path}: a recipe must be a mapping of keys to values, got {type(raw).__name__}")
     for item in overrides or []:
         apply_override(raw, item, source=str(path))
     raw = resolve_references(raw, source=str(path))
     return validate_recipe(raw, source=str(path), text=text)
+
+
+def yaml_error_where(exc: yaml.YAMLError, path: str | Path) -> str:
+    """'file:line:column' of a YAML error (yaml names a parsed string '<unicode string>', not the file)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+
+
+def yaml_error_text(exc: yaml.YAMLError) -> str:
+    """What went wrong, with yaml's own position lines (which name '<unicode string>') left out."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        parts = [exc.context, exc.problem]
+        if exc.context_mark is not None and exc.problem_mark is not None and exc.context_mark.line != exc.problem_mark.line:
+            parts[0] = f"{exc.context} (line {exc.context_mark.line + 1})" if exc.context else None
+        return "; ".join(p for p in parts if p) or str(exc)
+    return str(exc)
 
 
 def validate_recipe(raw: dict, source: str = "<recipe>", text: str | None = None) -> BaseModel:
@@ -110,7 +126,7 @@ def apply_override(raw: dict, item: str, source: str) -> None:
     try:
         value = yaml.safe_load(value_text) if value_text.strip() else ""
     except yaml.YAMLError as exc:
-        raise AlignError(f"override {item!r}: value is not valid YAML: {exc}") from exc
+        raise AlignError(f"override {item!r}: value is not valid YAML: {yaml_error_text(exc)}") from None
     node = raw
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)

@@ -45,10 +45,17 @@ class DataConfig(BaseModel):
         return {"path": value} if isinstance(value, str) else value
 
 
+class EmptyFileError(AlignError):
+    """A data file with nothing in it (callers with a more specific message catch this one)."""
+
+
 def read_records(path: str | Path) -> list[tuple[str, dict]]:
     """Records of a local .json (list) or .jsonl file, each with 'file:line' for error messages."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
+    if not text.strip():  # json.loads would say "Expecting value", which names neither the file nor the cause
+        raise EmptyFileError(f"{path}: empty file; expected a JSON list of records (.json) or one JSON object per "
+                         "line (.jsonl)")
     if path.suffix == ".json" or text.lstrip().startswith("["):
         try:
             data = json.loads(text)

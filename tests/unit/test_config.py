@@ -169,3 +169,11 @@ def test_cli_overrides_after_options(tmp_path, capsys):
     assert main(["plan", str(path), "--gpu-memory", "8GiB", "sft.train.batch_size=2"]) == 0
     with pytest.raises(SystemExit):
         main(["validate", str(path), "--bogus"])
+
+
+def test_invalid_yaml_names_the_file_line_and_column(tmp_path):
+    path = write(tmp_path, "name: t\nsft:\n  model: [tiny-llama\n  data: x.json\n")
+    with pytest.raises(AlignError) as err:
+        load_recipe(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}:4:7: not valid YAML") and "<unicode string>" not in msg

@@ -101,3 +101,12 @@ def test_gold_prompt_splits_by_name():
     assert not {p[-1]["content"] for p in train} & {p[-1]["content"] for p in heldout}
     with pytest.raises(AlignError, match="gold:train and gold:heldout"):
         load_prompts("gold:test")
+
+
+@pytest.mark.parametrize("name", ["empty.json", "empty.jsonl"])
+def test_empty_file_says_so_with_its_path(tmp_path, name):
+    path = tmp_path / name
+    path.write_text("\n  \n")
+    with pytest.raises(AlignError) as err:
+        load_examples(str(path))
+    assert str(err.value).startswith(f"{path}: empty file") and "Expecting value" not in str(err.value)
