@@ -235,6 +235,59 @@ def check_stage_inputs(recipe: BaseModel, source: str) -> None:
                 raise AlignError(f"{source}: {stage}: input '@{ref}' must name an earlier stage ({ref} runs after {stage})")
 
 
+def recipe_inputs(section: Any, where: str) -> list[tuple[str, str, str]]:
+    """(key, kind, reference) of every input a stage section names: kind is model, data or rankings.
+
+    ModelConfig and DataConfig fields are found by type; plain string fields say what they hold with
+    ``json_schema_extra={"input": kind}``. Stage references (@stage) are left out: they exist once that
+    stage has run.
+    """
+    from align.data import DataConfig
+    from align.models import ModelConfig
+
+    found: list[tuple[str, str, str]] = []
+    if isinstance(section, ModelConfig):
+        found.append((where, "model", section.name))
+    elif isinstance(section, DataConfig):
+        found.append((where, "data", section.path))
+    elif isinstance(section, BaseModel):
+        for name, field in type(section).model_fields.items():
+            value, key = getattr(section, name), f"{where}.{name}"
+            kind = (field.json_schema_extra or {}).get("input") if isinstance(field.json_schema_extra, dict) else None
+            if kind and isinstance(value, str):
+                found.append((key, kind, value))
+            else:
+                found.extend(recipe_inputs(value, key))
+    elif isinstance(section, (list, tuple)):
+        for i, value in enumerate(section):
+            found.extend(recipe_inputs(value, f"{where}.{i}"))
+    elif isinstance(section, dict):
+        for k, value in section.items():
+            found.extend(recipe_inputs(value, f"{where}.{k}"))
+    return [item for item in found if not item[2].startswith("@")]
+
+
+def check_recipe_inputs(recipe: BaseModel, source: str = "<recipe>", stages: list[str] | None = None) -> None:
+    """Every local input of the given stages (default: all) exists: model folders, data and rankings files.
+
+    The same checks the loaders start with (`check_model_ref`, `check_data_source`, `check_rankings_source`),
+    run without loading a model or going online, so `align validate` rejects what `align run` would, and
+    `align run` rejects it before the first stage starts instead of when the stage that reads it begins.
+    """
+    from align.data import check_data_source
+    from align.models import check_model_ref
+    from align.rankings import check_rankings_source
+
+    checks = {"model": check_model_ref, "data": check_data_source, "rankings": check_rankings_source}
+    present = [s for s in STAGE_ORDER if getattr(recipe, s, None) is not None]
+    for stage in stages or present:
+        for key, kind, ref in recipe_inputs(getattr(recipe, stage), stage):
+            try:
+                checks[kind](ref)
+            except AlignError as exc:
+                raise AlignError(f"{source}: {key}: {exc}") from None
+
+
 # --------------------------------------------------------------------------- error messages
 
 
@@ -307,6 +360,7 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], source
         else:
             got = err.get("input")
             got_text = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
-            msg = f"{err['msg']}{got_text}"
+            text = err["msg"].removeprefix("Value error, ")  # our validators' own sentences need no prefix
+            msg = f"{text}{got_text}"
         lines.append(f"  {where}{key}: {msg}")
     return "\n".join(lines)

@@ -86,6 +86,25 @@ class AdapterConfig(BaseModel):
         "which matters on CPU. None = every layer.")
 
 
+def adapter_problem(model: ModelConfig, adapter: AdapterConfig) -> str | None:
+    """Why these model and adapter settings cannot train together, or None; known before anything loads.
+
+    Used by the stage configs' validators (so `align validate` and `align run` reject it at once) and by
+    the stages themselves.
+    """
+    if adapter.type == "full" and model.quantization != "none":
+        return (f"full fine-tuning of a {model.quantization} quantized model is not supported (quantized weights "
+                "do not train); use adapter.type: lora (QLoRA) or quantization: none")
+    return None
+
+
+def check_adapter_fits(stage: str, model: ModelConfig, adapter: AdapterConfig) -> None:
+    """`adapter_problem` as an AlignError naming the stage."""
+    problem = adapter_problem(model, adapter)
+    if problem:
+        raise AlignError(f"{stage}: {problem}")
+
+
 # --------------------------------------------------------------------------- cache + built-ins
 
 
@@ -216,11 +235,35 @@ def _gguf_cache_target(gguf_file: Path) -> Path:
     return cache_dir() / f"{gguf_file.stem}-{key}"
 
 
+def check_model_ref(ref: str) -> None:
+    """Reject a reference that cannot load, without loading, converting or going online.
+
+    The checks `resolve_model_ref` starts with; `align validate` and `align run` call it for every
+    model of a recipe before any stage starts. Hub ids are checked when they load.
+    """
+    if ref == SMOLLM2:
+        smollm2_gguf_path()
+        return
+    if ref in BUILTIN_MODELS:
+        return
+    path = Path(ref).expanduser()
+    if ref.endswith(".gguf"):
+        check_gguf_file(path)
+    elif path.exists():
+        if not path.is_dir():
+            raise AlignError(f"model reference {ref!r} is a file; expected a model directory, a .gguf file, "
+                             f"a hub id or one of {', '.join(BUILTIN_MODELS)}")
+        find_model_dir(path)
+    elif ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+        raise AlignError(f"model directory not found: {ref}")
+
+
 def resolve_model_ref(ref: str) -> str:
     """Turn a model reference into something `from_pretrained` takes (a local dir or a hub id).
 
     Built-ins and .gguf files are materialised in the cache on first use.
     """
+    check_model_ref(ref)
     if ref == TINY_LLAMA:
         return str(_atomic_build(cache_dir() / "tiny-llama-v1", build_tiny_llama))
     if ref == SMOLLM2:
@@ -228,15 +271,9 @@ def resolve_model_ref(ref: str) -> str:
         return str(_atomic_build(cache_dir() / "smollm2-135m-instruct-v1", lambda d: convert_gguf(gguf_file, d)))
     path = Path(ref).expanduser()
     if ref.endswith(".gguf"):
-        check_gguf_file(path)
         return str(_atomic_build(_gguf_cache_target(path), lambda d: convert_gguf(path, d)))
     if path.exists():
-        if not path.is_dir():
-            raise AlignError(f"model reference {ref!r} is a file; expected a model directory, a .gguf file, "
-                             f"a hub id or one of {', '.join(BUILTIN_MODELS)}")
         return str(find_model_dir(path))
-    if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
-        raise AlignError(f"model directory not found: {ref}")
     from align.hub import hub_model_ref
 
     return hub_model_ref(ref)  # a hub id: itself, or its cached copy when the Hub cannot be reached

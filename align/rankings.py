@@ -253,16 +253,24 @@ def rankings_path(path: str | Path) -> Path:
     return path
 
 
+def check_rankings_source(path: str | Path) -> Path:
+    """The rankings file a path names, rejected at once if it is local and missing (`align validate` too)."""
+    from align.data import is_local_path
+
+    source = rankings_path(path)
+    if not source.exists() and is_local_path(str(path)):
+        raise AlignError(f"rankings file not found: {path}")
+    return source
+
+
 def read_rankings(path: str | Path, max_records: int | None = None) -> list[RankingRecord]:
     """Every record of a rankings / pairs / HH file (JSONL, JSON list, csv/parquet or a datasets hub id)."""
     from align.data import _records_from_datasets, read_records
 
-    source = rankings_path(path)
+    source = check_rankings_source(path)
     if source.is_file() and source.suffix in (".json", ".jsonl"):
         rows = read_records(source)
-    elif source.exists() or str(path).startswith((".", "/", "~")):
-        if not source.exists():
-            raise AlignError(f"rankings file not found: {path}")
+    elif source.exists():
         rows = _records_from_datasets(str(source), "train", local=True)
     else:
         rows = _records_from_datasets(str(path), "train", local=False)

@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from align.config import TrainConfig
 from align.errors import AlignError
-from align.models import AdapterConfig, ModelConfig
+from align.models import AdapterConfig, ModelConfig, adapter_problem
 from align.stages import StageContext, StageResult
 
 log = logging.getLogger("align.reward")
@@ -38,8 +38,9 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: ModelConfig = Field(description="Base: causal LM (e.g. @sft, tiny-llama) or an encoder dir (BERT-style).")
-    data: str = Field(description="Rankings / pairs / HH file, or @rank.")
-    eval_data: str | None = Field(None, description="Extra held-out rankings or pairs to report accuracy on.")
+    data: str = Field(description="Rankings / pairs / HH file, or @rank.", json_schema_extra={"input": "rankings"})
+    eval_data: str | None = Field(None, description="Extra held-out rankings or pairs to report accuracy on.",
+                                  json_schema_extra={"input": "rankings"})
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of PROMPTS held out for accuracy.")
     max_records: int | None = Field(None, gt=0, description="Use only the first N records of data.")
     adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="lora/dora (score head trained too) "
@@ -50,8 +51,15 @@ class Config(BaseModel):
     format: Literal["auto", "chat", "pair"] = Field(
         "auto", description="chat: chat template (causal LMs); pair: 'prompt [SEP] response' (encoders).")
     normalize_data: str | None = Field(None, description="Responses whose mean reward is set to 0 (prompt/completion "
-                                       "data, e.g. SFT samples); default: every response in the training rankings.")
+                                       "data, e.g. SFT samples); default: every response in the training rankings.",
+                                       json_schema_extra={"input": "data"})
     score_batch_size: int = Field(16, gt=0, description="Rows per forward pass when scoring for eval/normalization.")
+
+    @model_validator(mode="after")
+    def _adapter_fits_model(self) -> Config:
+        if problem := adapter_problem(self.model, self.adapter):
+            raise ValueError(problem)
+        return self
 
 
 def make_trainer_class():
@@ -149,6 +157,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
 
     from align.data import load_examples
     from align.models import (
+        check_adapter_fits,
         guard_4bit_cpu_gradients,
         load_sequence_classifier,
         load_tokenizer,
@@ -169,9 +178,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     if cfg.adapter.type in ("prefix", "prompt"):
         raise AlignError(f"reward: adapter type {cfg.adapter.type} is not supported for reward models; "
                          "use lora, dora or full")
-    if cfg.adapter.type == "full" and cfg.model.quantization != "none":
-        raise AlignError(f"reward: full fine-tuning of a {cfg.model.quantization} model is not supported; "
-                         "use adapter.type: lora (QLoRA) or quantization: none")
+    check_adapter_fits("reward", cfg.model, cfg.adapter)
 
     # ---- data: prompt groups, split by prompt
     records = read_rankings(ctx.resolve(cfg.data), cfg.max_records)

@@ -15,12 +15,12 @@ import json
 import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from align.config import TrainConfig
 from align.data import DataConfig, load_examples, split_examples
 from align.errors import AlignError
-from align.models import AdapterConfig, ModelConfig
+from align.models import AdapterConfig, ModelConfig, adapter_problem
 from align.stages import StageContext, StageResult
 
 
@@ -36,6 +36,12 @@ class Config(BaseModel):
     packing: bool = Field(False, description="Pack several short examples into one max_length sequence.")
     merge: bool = Field(False, description="Also write merged/: the adapter folded into a full-precision base.")
 
+    @model_validator(mode="after")
+    def _adapter_fits_model(self) -> Config:
+        if problem := adapter_problem(self.model, self.adapter):
+            raise ValueError(problem)
+        return self
+
 
 def build_trainer(cfg: Config, ctx: StageContext):
     """Load data, tokenizer and model and wire them into TRL's SFTTrainer (not yet trained)."""
@@ -43,6 +49,7 @@ def build_trainer(cfg: Config, ctx: StageContext):
     from trl import SFTConfig, SFTTrainer
 
     from align.models import (
+        check_adapter_fits,
         end_of_turn_token,
         guard_4bit_cpu_gradients,
         load_causal_lm,
@@ -54,9 +61,7 @@ def build_trainer(cfg: Config, ctx: StageContext):
 
     model_cfg = cfg.model.model_copy(update={"name": ctx.resolve(cfg.model.name)})
     data_cfg = cfg.data.model_copy(update={"path": ctx.resolve(cfg.data.path)})
-    if cfg.adapter.type == "full" and model_cfg.quantization != "none":
-        raise AlignError(f"sft: full fine-tuning of a {model_cfg.quantization} quantized model is not supported; "
-                         "use adapter.type: lora (QLoRA) or quantization: none")
+    check_adapter_fits("sft", model_cfg, cfg.adapter)
     if cfg.packing and cfg.adapter.type in ("prefix", "prompt"):
         raise AlignError("sft: packing is not supported with prefix/prompt tuning (virtual tokens break packed positions)")
 
