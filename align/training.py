@@ -83,3 +83,31 @@ def last_checkpoint(output_dir: Path) -> str | None:
 def loss_history(log_history: list[dict], key: str = "loss") -> list[tuple[int, float]]:
     """(step, value) pairs of a logged metric."""
     return [(int(e["step"]), float(e[key])) for e in log_history if key in e and "step" in e]
+
+
+def checkpoint_step(checkpoint: str | Path | None) -> int:
+    """The optimizer step a checkpoint folder was saved at (0 for None: a fresh start)."""
+    import json
+
+    if checkpoint is None:
+        return 0
+    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"])
+
+
+def mean_train_loss(log_history: list[dict], run_loss: float, resumed_step: int, global_step: int) -> float:
+    """Mean training loss over every step, also when this run resumed from a checkpoint.
+
+    Trainer's `training_loss` averages only the steps of the current `train()` call; the steps before a
+    resume are known from the logged losses restored with the checkpoint's trainer_state.json, each the
+    mean over its logging window (the steps since the previous log). Steps after the last log before the
+    resume point (when logging_steps does not divide save_steps) were never logged and are left out.
+    """
+    if resumed_step <= 0:
+        return run_loss
+    total, counted, last = 0.0, 0, 0
+    for step, loss in sorted(loss_history(log_history, "loss")):
+        if step > resumed_step:
+            break
+        total, counted, last = total + loss * (step - last), counted + step - last, step
+    this_run = global_step - resumed_step
+    return (total + run_loss * this_run) / (counted + this_run) if counted + this_run > 0 else run_loss

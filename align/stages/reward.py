@@ -173,7 +173,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         normalization_stats,
         pair_metrics,
     )
-    from align.training import last_checkpoint, loss_history
+    from align.training import checkpoint_step, last_checkpoint, loss_history, mean_train_loss
 
     if cfg.adapter.type in ("prefix", "prompt"):
         raise AlignError(f"reward: adapter type {cfg.adapter.type} is not supported for reward models; "
@@ -215,6 +215,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
                             text_format=text_format, margin=cfg.margin)
     guard_4bit_cpu_gradients(trainer.model)
     resume = last_checkpoint(checkpoints)
+    resumed_step = checkpoint_step(resume)  # read now: checkpoint rotation may delete the folder while training
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - started
@@ -257,7 +258,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         "heldout_fully_ordered": held_stats.get("fully_ordered"),
         "accuracy_by_k": held_stats.get("accuracy_by_k") or train_stats["accuracy_by_k"],
         "mean_margin": held_stats.get("mean_margin") if heldout else train_stats["mean_margin"],
-        "train_loss": output.training_loss,
+        "train_loss": mean_train_loss(trainer.state.log_history, output.training_loss, resumed_step,
+                                      trainer.state.global_step),
         "first_loss": losses[0][1] if losses else None,
         "last_loss": losses[-1][1] if losses else None,
         "steps": trainer.state.global_step,
