@@ -326,6 +326,9 @@ def _records_from_datasets(name: str, split: str, local: bool) -> list[tuple[str
                 raise AlignError(f"{name}: unsupported data file type; use .json, .jsonl, .csv or .parquet")
             ds = datasets.load_dataset(builder, data_files=name, split=split)
         else:
+            from align.hub import check_hub_dataset
+
+            check_hub_dataset(name)
             ds = datasets.load_dataset(name, split=split)
     except AlignError:
         raise

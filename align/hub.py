@@ -8,6 +8,8 @@ is handed to `from_pretrained`, one short connection probe (cached for the proce
 - offline (``HF_HUB_OFFLINE=1``) or unreachable, model in the local Hugging Face cache: the cached
   snapshot folder is used (no request at all);
 - otherwise: one AlignError saying the machine has no access and how to use a local directory.
+
+Datasets hub ids get the same probe (`check_hub_dataset`).
 """
 
 from __future__ import annotations
@@ -76,6 +78,23 @@ def cached_snapshot(repo_id: str) -> str | None:
         if isinstance(found, str):
             return str(Path(found).parent)
     return None
+
+
+def check_hub_dataset(repo_id: str) -> None:
+    """Fail at once for a datasets hub id the Hub cannot serve (datasets would retry for about a minute).
+
+    With HF_HUB_OFFLINE=1 datasets reads its own cache without any request, so that is left to it.
+    """
+    if offline_mode():
+        return
+    reason = hub_unreachable()
+    if reason is not None:
+        raise AlignError(
+            f"dataset {repo_id!r} is a Hugging Face Hub id, but this machine has no access to the Hugging Face Hub "
+            f"({reason}). Download it where the Hub is reachable (`hf download {repo_id} --repo-type dataset "
+            "--local-dir DIR`), copy it here and give a local .json/.jsonl/.csv/.parquet file; or set "
+            "HF_HUB_OFFLINE=1 to use a copy already in the datasets cache"
+        )
 
 
 def hub_model_ref(repo_id: str) -> str:
