@@ -73,10 +73,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 @command
 def cmd_validate(args: argparse.Namespace) -> int:
-    from align.config import load_recipe
+    from align.config import check_recipe_inputs, load_recipe
     from align.stages import STAGE_ORDER
 
     recipe = load_recipe(args.recipe, args.overrides)
+    check_recipe_inputs(recipe, str(args.recipe))  # what `align run` checks before its first stage
     stages = [s for s in STAGE_ORDER if getattr(recipe, s, None) is not None]
     print(f"{args.recipe}: OK ({recipe.name}: {' -> '.join(stages)})")
     return 0

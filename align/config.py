@@ -77,13 +77,29 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> BaseMod
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise AlignError(f"{path}: not valid YAML: {exc}") from exc
+        raise AlignError(f"{yaml_error_where(exc, path)}: not valid YAML: {yaml_error_text(exc)}") from None
     if not isinstance(raw, dict):
         raise AlignError(f"{path}: a recipe must be a mapping of keys to values, got {type(raw).__name__}")
     for item in overrides or []:
         apply_override(raw, item, source=str(path))
     raw = resolve_references(raw, source=str(path))
     return validate_recipe(raw, source=str(path), text=text)
+
+
+def yaml_error_where(exc: yaml.YAMLError, path: str | Path) -> str:
+    """'file:line:column' of a YAML error (yaml names a parsed string '<unicode string>', not the file)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+
+
+def yaml_error_text(exc: yaml.YAMLError) -> str:
+    """What went wrong, with yaml's own position lines (which name '<unicode string>') left out."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        parts = [exc.context, exc.problem]
+        if exc.context_mark is not None and exc.problem_mark is not None and exc.context_mark.line != exc.problem_mark.line:
+            parts[0] = f"{exc.context} (line {exc.context_mark.line + 1})" if exc.context else None
+        return "; ".join(p for p in parts if p) or str(exc)
+    return str(exc)
 
 
 def validate_recipe(raw: dict, source: str = "<recipe>", text: str | None = None) -> BaseModel:
@@ -110,7 +126,7 @@ def apply_override(raw: dict, item: str, source: str) -> None:
     try:
         value = yaml.safe_load(value_text) if value_text.strip() else ""
     except yaml.YAMLError as exc:
-        raise AlignError(f"override {item!r}: value is not valid YAML: {exc}") from exc
+        raise AlignError(f"override {item!r}: value is not valid YAML: {yaml_error_text(exc)}") from None
     node = raw
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
@@ -219,6 +235,59 @@ def check_stage_inputs(recipe: BaseModel, source: str) -> None:
                 raise AlignError(f"{source}: {stage}: input '@{ref}' must name an earlier stage ({ref} runs after {stage})")
 
 
+def recipe_inputs(section: Any, where: str) -> list[tuple[str, str, str]]:
+    """(key, kind, reference) of every input a stage section names: kind is model, data or rankings.
+
+    ModelConfig and DataConfig fields are found by type; plain string fields say what they hold with
+    ``json_schema_extra={"input": kind}``. Stage references (@stage) are left out: they exist once that
+    stage has run.
+    """
+    from align.data import DataConfig
+    from align.models import ModelConfig
+
+    found: list[tuple[str, str, str]] = []
+    if isinstance(section, ModelConfig):
+        found.append((where, "model", section.name))
+    elif isinstance(section, DataConfig):
+        found.append((where, "data", section.path))
+    elif isinstance(section, BaseModel):
+        for name, field in type(section).model_fields.items():
+            value, key = getattr(section, name), f"{where}.{name}"
+            kind = (field.json_schema_extra or {}).get("input") if isinstance(field.json_schema_extra, dict) else None
+            if kind and isinstance(value, str):
+                found.append((key, kind, value))
+            else:
+                found.extend(recipe_inputs(value, key))
+    elif isinstance(section, (list, tuple)):
+        for i, value in enumerate(section):
+            found.extend(recipe_inputs(value, f"{where}.{i}"))
+    elif isinstance(section, dict):
+        for k, value in section.items():
+            found.extend(recipe_inputs(value, f"{where}.{k}"))
+    return [item for item in found if not item[2].startswith("@")]
+
+
+def check_recipe_inputs(recipe: BaseModel, source: str = "<recipe>", stages: list[str] | None = None) -> None:
+    """Every local input of the given stages (default: all) exists: model folders, data and rankings files.
+
+    The same checks the loaders start with (`check_model_ref`, `check_data_source`, `check_rankings_source`),
+    run without loading a model or going online, so `align validate` rejects what `align run` would, and
+    `align run` rejects it before the first stage starts instead of when the stage that reads it begins.
+    """
+    from align.data import check_data_source
+    from align.models import check_model_ref
+    from align.rankings import check_rankings_source
+
+    checks = {"model": check_model_ref, "data": check_data_source, "rankings": check_rankings_source}
+    present = [s for s in STAGE_ORDER if getattr(recipe, s, None) is not None]
+    for stage in stages or present:
+        for key, kind, ref in recipe_inputs(getattr(recipe, stage), stage):
+            try:
+                checks[kind](ref)
+            except AlignError as exc:
+                raise AlignError(f"{source}: {key}: {exc}") from None
+
+
 # --------------------------------------------------------------------------- error messages
 
 
@@ -291,6 +360,7 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], source
         else:
             got = err.get("input")
             got_text = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
-            msg = f"{err['msg']}{got_text}"
+            text = err["msg"].removeprefix("Value error, ")  # our validators' own sentences need no prefix
+            msg = f"{text}{got_text}"
         lines.append(f"  {where}{key}: {msg}")
     return "\n".join(lines)

@@ -45,10 +45,17 @@ class DataConfig(BaseModel):
         return {"path": value} if isinstance(value, str) else value
 
 
+class EmptyFileError(AlignError):
+    """A data file with nothing in it (callers with a more specific message catch this one)."""
+
+
 def read_records(path: str | Path) -> list[tuple[str, dict]]:
     """Records of a local .json (list) or .jsonl file, each with 'file:line' for error messages."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
+    if not text.strip():  # json.loads would say "Expecting value", which names neither the file nor the cause
+        raise EmptyFileError(f"{path}: empty file; expected a JSON list of records (.json) or one JSON object per "
+                         "line (.jsonl)")
     if path.suffix == ".json" or text.lstrip().startswith("["):
         try:
             data = json.loads(text)
@@ -162,31 +169,53 @@ def _chat(where: str, messages: Any) -> dict:
 _NOT_DATA = ("result.json", "metrics.json", "config.json", "stats.json", "tasks.jsonl")
 
 
+_DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
+
+
+def is_local_path(path: str) -> bool:
+    """Whether a data path names a local file or folder (else it is read as a datasets hub id)."""
+    return (Path(path).expanduser().exists() or path.startswith((".", "/", "~"))
+            or Path(path).suffix in _DATA_SUFFIXES)
+
+
+def check_data_source(path: str) -> None:
+    """Reject a data path that cannot be read, without reading it (`align validate`, and every loader).
+
+    A gold split must exist; a local path (existing, starting with ./, / or ~, or ending in a data file
+    suffix) must exist, and a folder must hold .json/.jsonl files. Hub dataset ids are checked when read.
+    """
+    if path.startswith("gold:"):
+        if path.split(":", 1)[1] not in ("train", "heldout"):
+            raise AlignError(f"{path!r}: the gold prompt splits are gold:train and gold:heldout")
+        return
+    local = Path(path).expanduser()
+    if local.is_dir():
+        if not [f for f in (*local.glob("*.jsonl"), *local.glob("*.json")) if f.name not in _NOT_DATA]:
+            raise AlignError(f"{local}: directory holds no .json or .jsonl data files")
+    elif not local.exists() and is_local_path(path):
+        raise AlignError(f"data file not found: {path}")
+
+
 def _source_records(cfg: DataConfig) -> list[tuple[str, dict]]:
     """Raw records of a data source (files, folder, csv/parquet, hub id), filtered by `where`.
 
     `gold:train` / `gold:heldout` name a split of align's shipped gold prompts (eval/gold_prompts.jsonl).
     """
+    check_data_source(cfg.path)
     if cfg.path.startswith("gold:"):
         from align.eval.gold import GOLD_PROMPTS_PATH
 
         split = cfg.path.split(":", 1)[1]
-        if split not in ("train", "heldout"):
-            raise AlignError(f"{cfg.path!r}: the gold prompt splits are gold:train and gold:heldout")
         cfg = cfg.model_copy(update={"path": str(GOLD_PROMPTS_PATH), "where": {**cfg.where, "split": split}})
     path = Path(cfg.path).expanduser()
     local_json = path.is_dir() or (path.is_file() and path.suffix in (".json", ".jsonl"))
     if path.is_dir():
         files = sorted([*path.glob("*.jsonl"), *path.glob("*.json")])
         files = [f for f in files if f.name not in _NOT_DATA]
-        if not files:
-            raise AlignError(f"{path}: directory holds no .json or .jsonl data files")
         records = [r for f in files for r in read_records(f)]
     elif local_json:
         records = read_records(path)
-    elif path.exists() or cfg.path.startswith((".", "/", "~")):
-        if not path.exists():
-            raise AlignError(f"data file not found: {cfg.path}")
+    elif is_local_path(cfg.path):
         records = _records_from_datasets(str(path), cfg.split, local=True)
     else:
         records = _records_from_datasets(cfg.path, cfg.split, local=False)
@@ -297,6 +326,9 @@ def _records_from_datasets(name: str, split: str, local: bool) -> list[tuple[str
                 raise AlignError(f"{name}: unsupported data file type; use .json, .jsonl, .csv or .parquet")
             ds = datasets.load_dataset(builder, data_files=name, split=split)
         else:
+            from align.hub import check_hub_dataset
+
+            check_hub_dataset(name)
             ds = datasets.load_dataset(name, split=split)
     except AlignError:
         raise

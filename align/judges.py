@@ -5,8 +5,9 @@ tie groups of response indices, best first (see `align.rankings`). Three kinds:
 
 - ``gold``: a Python function ``fn(prompt: str, response: str) -> float`` named ``module:function``
   (or ``path/to/file.py:function``); equal scores form a tie group.
-- ``llm``: a teacher model asked "Which response is better, A or B?" for every pair in BOTH orders
-  (a pair's preference is the average, so a judge that always answers "A" yields a tie), with
+- ``llm``: a teacher model asked "Which response is better, A or B?" (answering "Verdict: A|B|tie")
+  for every pair in BOTH orders (a pair's preference is the average, so a judge that always answers
+  "A" yields a tie), with
   pairs aggregated by wins minus losses (Copeland); or listwise, asked for a full order with the
   responses shown forward and reversed (positions averaged, Borda).
 - ``human``: no ranking here; the stage writes labeling tasks and stops (see `align.stages.rank`).
@@ -141,7 +142,7 @@ PAIRWISE_TEMPLATE = """Compare two responses to the same instruction. Judge help
 [Response B]
 {b}
 
-Which response is better, A or B? Answer with the single letter A or B."""
+Which response is better, A or B? Reply with one final line that is exactly "Verdict: A", "Verdict: B" or "Verdict: tie"."""
 
 LISTWISE_TEMPLATE = """Rank {k} responses to the same instruction from best to worst. Judge helpfulness, correctness and clarity; ignore the order in which they are shown and their length.
 
@@ -152,13 +153,35 @@ LISTWISE_TEMPLATE = """Rank {k} responses to the same instruction from best to w
 
 Answer with the response numbers from best to worst separated by '>', for example: {example}"""
 
-_CHOICE = re.compile(r"\b([AB])\b")
+# The format the prompt asks for: a line "Verdict: A|B|tie" (the last one counts).
+_VERDICT = re.compile(r"\bverdict\W{0,3}\s*(?:is\s+)?(?:response\s+)?\**\s*\b(A|B|tie)\b", re.IGNORECASE)
+# Answers in free text: phrases that state a choice ("the better answer is B", "I prefer A", "B is better").
+_STATED = [
+    re.compile(r"\b(?i:answer|choice|winner|pick|choose|prefer|preference|better (?:one|response))\b"
+               r"\W{0,3}\s*(?i:is\s+|would be\s+)?(?i:response\s+)?\**\s*\b([AB])\b"),
+    re.compile(r"\b(?i:response\s+)?([AB])\b\s+(?i:is\s+(?:clearly\s+|slightly\s+)?(?:the\s+)?"
+               r"(?:better|best|superior|preferred|preferable))\b"),
+]
+_LETTER = re.compile(r"\b([AB])\b")
 
 
 def parse_choice(text: str) -> str | None:
-    """'A', 'B', or None when the answer names neither (first standalone letter wins)."""
-    match = _CHOICE.search(text.replace("Response", ""))
-    return match.group(1) if match else None
+    """'A', 'B' or 'tie' from a judge's answer; None when it states no verdict.
+
+    The prompt asks for a final line "Verdict: A|B|tie", and the last such line counts. Without one,
+    the LAST phrase stating a choice counts ("A better answer is B" is B, not the article A); failing
+    that, a lone letter ("B", "Response B."), and an answer naming both letters without a verdict is
+    unparsed rather than guessed.
+    """
+    verdicts = _VERDICT.findall(text)
+    if verdicts:
+        last = verdicts[-1]
+        return "tie" if last.lower() == "tie" else last.upper()
+    stated = [(m.start(1), m.group(1)) for pattern in _STATED for m in pattern.finditer(text)]
+    if stated:
+        return max(stated)[1]
+    letters = set(_LETTER.findall(text))
+    return letters.pop() if len(letters) == 1 else None
 
 
 def parse_order(text: str, k: int) -> list[int]:
@@ -207,8 +230,8 @@ class LLMJudge:
         wins = [[[0.0] * len(rs) for _ in rs] for rs in responses]
         for (p, a, b), answer in zip(keys, answers):
             choice = parse_choice(answer)
-            if choice is None:
-                self.unparsed += 1
+            if choice in (None, "tie"):
+                self.unparsed += choice is None
                 wins[p][a][b] += 0.5
                 wins[p][b][a] += 0.5
             else:

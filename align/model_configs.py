@@ -239,14 +239,13 @@ def arch_for(ref: str) -> tuple[Arch, dict[str, Any] | None]:
 
     The adapter config is returned when `ref` is a PEFT adapter directory (its base's architecture is used).
     """
-    from align.models import SMOLLM2, TINY_LLAMA, find_model_dir, resolve_model_ref
+    from align.models import SMOLLM2, TINY_LLAMA, check_gguf_file, find_model_dir, resolve_model_ref
 
     if ref == SMOLLM2:
         return hub_arch("HuggingFaceTB/SmolLM2-135M-Instruct"), None
     path = Path(ref).expanduser()
     if ref.endswith(".gguf"):
-        if not path.is_file():
-            raise AlignError(f"GGUF file not found: {ref}")
+        check_gguf_file(path)
         return gguf_arch(path), None
     if ref == TINY_LLAMA:
         path = Path(resolve_model_ref(ref))

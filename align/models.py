@@ -86,6 +86,25 @@ class AdapterConfig(BaseModel):
         "which matters on CPU. None = every layer.")
 
 
+def adapter_problem(model: ModelConfig, adapter: AdapterConfig) -> str | None:
+    """Why these model and adapter settings cannot train together, or None; known before anything loads.
+
+    Used by the stage configs' validators (so `align validate` and `align run` reject it at once) and by
+    the stages themselves.
+    """
+    if adapter.type == "full" and model.quantization != "none":
+        return (f"full fine-tuning of a {model.quantization} quantized model is not supported (quantized weights "
+                "do not train); use adapter.type: lora (QLoRA) or quantization: none")
+    return None
+
+
+def check_adapter_fits(stage: str, model: ModelConfig, adapter: AdapterConfig) -> None:
+    """`adapter_problem` as an AlignError naming the stage."""
+    problem = adapter_problem(model, adapter)
+    if problem:
+        raise AlignError(f"{stage}: {problem}")
+
+
 # --------------------------------------------------------------------------- cache + built-ins
 
 
@@ -162,6 +181,21 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf_file(path: Path) -> None:
+    """A .gguf reference must be a GGUF file (transformers answers anything else with a traceback)."""
+    if not path.is_file():
+        raise AlignError(f"GGUF file not found: {path}")
+    with path.open("rb") as fh:
+        magic = fh.read(len(GGUF_MAGIC))
+    if magic != GGUF_MAGIC:
+        raise AlignError(f"{path}: not a GGUF model file (it does not start with the GGUF magic bytes, found "
+                         f"{magic!r}); expected a .gguf checkpoint, a model directory, a hub id or one of "
+                         f"{', '.join(BUILTIN_MODELS)}")
+
+
 def convert_gguf(gguf_file: Path, out_dir: Path) -> None:
     """Dequantize a GGUF checkpoint into a plain safetensors checkpoint transformers/peft can load.
 
@@ -176,9 +210,12 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> None:
     except ImportError as exc:
         raise AlignError("loading .gguf files needs the 'gguf' package: pip install gguf") from exc
     folder, name = str(gguf_file.parent), gguf_file.name
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    except Exception as exc:  # truncated files, unsupported architectures: transformers raises many types
+        raise AlignError(f"{gguf_file}: cannot read this GGUF file: {type(exc).__name__}: {exc}") from exc
     config.dtype = "float32"
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(loaded.state_dict())
@@ -198,11 +235,35 @@ def _gguf_cache_target(gguf_file: Path) -> Path:
     return cache_dir() / f"{gguf_file.stem}-{key}"
 
 
+def check_model_ref(ref: str) -> None:
+    """Reject a reference that cannot load, without loading, converting or going online.
+
+    The checks `resolve_model_ref` starts with; `align validate` and `align run` call it for every
+    model of a recipe before any stage starts. Hub ids are checked when they load.
+    """
+    if ref == SMOLLM2:
+        smollm2_gguf_path()
+        return
+    if ref in BUILTIN_MODELS:
+        return
+    path = Path(ref).expanduser()
+    if ref.endswith(".gguf"):
+        check_gguf_file(path)
+    elif path.exists():
+        if not path.is_dir():
+            raise AlignError(f"model reference {ref!r} is a file; expected a model directory, a .gguf file, "
+                             f"a hub id or one of {', '.join(BUILTIN_MODELS)}")
+        find_model_dir(path)
+    elif ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+        raise AlignError(f"model directory not found: {ref}")
+
+
 def resolve_model_ref(ref: str) -> str:
     """Turn a model reference into something `from_pretrained` takes (a local dir or a hub id).
 
     Built-ins and .gguf files are materialised in the cache on first use.
     """
+    check_model_ref(ref)
     if ref == TINY_LLAMA:
         return str(_atomic_build(cache_dir() / "tiny-llama-v1", build_tiny_llama))
     if ref == SMOLLM2:
@@ -210,17 +271,12 @@ def resolve_model_ref(ref: str) -> str:
         return str(_atomic_build(cache_dir() / "smollm2-135m-instruct-v1", lambda d: convert_gguf(gguf_file, d)))
     path = Path(ref).expanduser()
     if ref.endswith(".gguf"):
-        if not path.is_file():
-            raise AlignError(f"GGUF file not found: {ref}")
         return str(_atomic_build(_gguf_cache_target(path), lambda d: convert_gguf(path, d)))
     if path.exists():
-        if not path.is_dir():
-            raise AlignError(f"model reference {ref!r} is a file; expected a model directory, a .gguf file, "
-                             f"a hub id or one of {', '.join(BUILTIN_MODELS)}")
         return str(find_model_dir(path))
-    if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
-        raise AlignError(f"model directory not found: {ref}")
-    return ref  # a hub id
+    from align.hub import hub_model_ref
+
+    return hub_model_ref(ref)  # a hub id: itself, or its cached copy when the Hub cannot be reached
 
 
 def find_model_dir(path: Path) -> Path:
@@ -306,6 +362,11 @@ def guard_4bit_cpu_gradients(model: torch.nn.Module) -> int:
 # --------------------------------------------------------------------------- loading
 
 
+def adapter_base(adapter_cfg: Path) -> str:
+    """The base model a PEFT adapter was trained on, resolved like any model reference (hub ids checked)."""
+    return resolve_model_ref(json.loads(adapter_cfg.read_text())["base_model_name_or_path"])
+
+
 def load_tokenizer(ref: str) -> PreTrainedTokenizerBase:
     """Tokenizer with a pad token (left padding is set by callers that generate)."""
     from transformers import AutoTokenizer
@@ -316,7 +377,7 @@ def load_tokenizer(ref: str) -> PreTrainedTokenizerBase:
         tokenizer = AutoTokenizer.from_pretrained(resolved)
     except (OSError, ValueError) as exc:
         if adapter_cfg.exists():  # adapter saved without tokenizer: use the base's
-            tokenizer = AutoTokenizer.from_pretrained(json.loads(adapter_cfg.read_text())["base_model_name_or_path"])
+            tokenizer = AutoTokenizer.from_pretrained(adapter_base(adapter_cfg))
         else:
             raise AlignError(f"cannot load a tokenizer from {ref!r}: {exc}") from exc
     if tokenizer.pad_token is None:
@@ -369,7 +430,7 @@ def _load(cfg: ModelConfig, kind: str, *, for_training: bool = False, num_labels
     precision = pick_precision(cfg.precision)
     resolved = resolve_model_ref(cfg.name)
     adapter_cfg = Path(resolved) / "adapter_config.json"
-    base = json.loads(adapter_cfg.read_text())["base_model_name_or_path"] if adapter_cfg.exists() else resolved
+    base = adapter_base(adapter_cfg) if adapter_cfg.exists() else resolved
     kwargs: dict[str, Any] = {"dtype": precision.dtype}
     quant = quantization_config(cfg.quantization, precision.dtype)
     if quant is not None:

@@ -44,6 +44,10 @@ class RankingRecord:
     ranking: Ranking
     where: str = ""  # "file:line", for error messages
 
+    def __post_init__(self) -> None:
+        if self.ranking:  # empty: a labeling task not ranked yet
+            self.ranking = tie_identical_responses(self.responses, self.ranking)
+
     @property
     def k(self) -> int:
         return len(self.responses)
@@ -72,6 +76,31 @@ def expand_pairs(ranking: Ranking) -> list[tuple[int, int]]:
         for worse_group in ranking[g + 1 :]:
             pairs.extend((b, w) for b in better_group for w in worse_group)
     return pairs
+
+
+def tie_identical_responses(responses: list[str], ranking: Ranking) -> Ranking:
+    """Put identical responses in one tie group, so one text is never both better and worse than another.
+
+    A judge can place two copies of the same text at different ranks (x > y > x'); taken literally that
+    gives the contradictory pairs x > y and y > x. The same text is equally good wherever it appears, so
+    every tie group from the first copy's to the last copy's is merged into one (x = y = x': by
+    transitivity whatever was ranked between the copies ties with them too); groups outside stay.
+    """
+    spans: dict[str, tuple[int, int]] = {}
+    for g, group in enumerate(ranking):
+        for i in group:
+            first, _ = spans.get(responses[i], (g, g))
+            spans[responses[i]] = (first, g)
+    merged: Ranking = []
+    end = -1  # last group index the tie group being built must reach
+    for g, group in enumerate(ranking):
+        reach = max(last for first, last in spans.values() if first <= g <= last)
+        if g <= end:
+            merged[-1].extend(group)
+        else:
+            merged.append(list(group))
+        end = max(end, reach)
+    return merged
 
 
 def normalize_ranking(raw: Any, k: int, where: str) -> Ranking:
@@ -224,16 +253,24 @@ def rankings_path(path: str | Path) -> Path:
     return path
 
 
+def check_rankings_source(path: str | Path) -> Path:
+    """The rankings file a path names, rejected at once if it is local and missing (`align validate` too)."""
+    from align.data import is_local_path
+
+    source = rankings_path(path)
+    if not source.exists() and is_local_path(str(path)):
+        raise AlignError(f"rankings file not found: {path}")
+    return source
+
+
 def read_rankings(path: str | Path, max_records: int | None = None) -> list[RankingRecord]:
     """Every record of a rankings / pairs / HH file (JSONL, JSON list, csv/parquet or a datasets hub id)."""
     from align.data import _records_from_datasets, read_records
 
-    source = rankings_path(path)
+    source = check_rankings_source(path)
     if source.is_file() and source.suffix in (".json", ".jsonl"):
         rows = read_records(source)
-    elif source.exists() or str(path).startswith((".", "/", "~")):
-        if not source.exists():
-            raise AlignError(f"rankings file not found: {path}")
+    elif source.exists():
         rows = _records_from_datasets(str(source), "train", local=True)
     else:
         rows = _records_from_datasets(str(path), "train", local=False)

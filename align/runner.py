@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from align.config import load_recipe, stage_refs
+from align.config import check_recipe_inputs, load_recipe, stage_refs
 from align.errors import AlignError
 from align.stages import STAGE_ORDER, StageContext, StageResult, stage_module
 
@@ -108,6 +108,7 @@ def run_recipe(
     for flag, value in (("--from", from_stage), ("--only", only)):
         if value is not None and value not in stages:
             raise AlignError(f"{flag} {value}: this recipe's stages are {', '.join(stages)}")
+    check_recipe_inputs(recipe, str(recipe_path), [only] if only else None)  # before hours of earlier stages
     rank, _ = process_rank()
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:

@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from align.errors import AlignError
-from align.httpd import in_background
+from align.httpd import BodyLengthError, body_length, in_background
 
 log = logging.getLogger("align.serve")
 
@@ -229,7 +229,11 @@ class Handler(BaseHTTPRequestHandler):
             self.server.leave(status)
 
     def _read_body(self) -> dict:
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = body_length(self.headers)
+        except BodyLengthError as exc:
+            self.close_connection = True  # the body was not read: the connection is out of step
+            raise RequestError(exc.status, exc.message) from None
         raw = self.rfile.read(length) if length else b""
         try:
             body = json.loads(raw or b"{}")

@@ -142,16 +142,46 @@ class NonFiniteGuard(TrainerCallback):
         self._check_weights(args, state, control, model)
 
 
-def train(trainer: Any, stage: str, hint: str | None = None) -> tuple[Any, str | None]:
+def train(trainer: Any, stage: str, hint: str | None = None) -> tuple[Any, str | None, int]:
     """`trainer.train()` for a stage: guarded by NonFiniteGuard, resumed from the newest complete checkpoint
-    under its output_dir. Returns (TrainOutput, the checkpoint it resumed from or None)."""
+    under its output_dir. Returns (TrainOutput, the checkpoint it resumed from or None, that checkpoint's
+    step: read before training, since checkpoint rotation may delete the folder while training)."""
     trainer.add_callback(NonFiniteGuard(stage, hint))
     resume = last_checkpoint(Path(trainer.args.output_dir))
+    resumed_step = checkpoint_step(resume)
     try:
-        return trainer.train(resume_from_checkpoint=resume), resume
+        return trainer.train(resume_from_checkpoint=resume), resume, resumed_step
     except TrainingDiverged:
         for callback in trainer.callback_handler.callbacks:  # end the progress bar's line: the error gets its own
             bar = getattr(callback, "training_bar", None)
             if bar is not None:
                 bar.close()
         raise
+
+
+def checkpoint_step(checkpoint: str | Path | None) -> int:
+    """The optimizer step a checkpoint folder was saved at (0 for None: a fresh start)."""
+    import json
+
+    if checkpoint is None:
+        return 0
+    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"])
+
+
+def mean_train_loss(log_history: list[dict], run_loss: float, resumed_step: int, global_step: int) -> float:
+    """Mean training loss over every step, also when this run resumed from a checkpoint.
+
+    Trainer's `training_loss` averages only the steps of the current `train()` call; the steps before a
+    resume are known from the logged losses restored with the checkpoint's trainer_state.json, each the
+    mean over its logging window (the steps since the previous log). Steps after the last log before the
+    resume point (when logging_steps does not divide save_steps) were never logged and are left out.
+    """
+    if resumed_step <= 0:
+        return run_loss
+    total, counted, last = 0.0, 0, 0
+    for step, loss in sorted(loss_history(log_history, "loss")):
+        if step > resumed_step:
+            break
+        total, counted, last = total + loss * (step - last), counted + step - last, step
+    this_run = global_step - resumed_step
+    return (total + run_loss * this_run) / (counted + this_run) if counted + this_run > 0 else run_loss

@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 from align.errors import AlignError
-from align.httpd import in_background
+from align.httpd import BodyLengthError, body_length, in_background
 from align.label.store import FLAGS, LabelStore, SubmissionError, check_submission, label_record
 from align.label.tasks import Task, load_tasks
 
@@ -179,9 +179,11 @@ def make_handler(app: LabelApp, token: str | None, check_host: bool) -> type[Bas
             if not self.headers.get("Content-Type", "").startswith("application/json"):
                 self._json(415, {"error": "send the submission as Content-Type: application/json"})
                 return
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                self._json(413, {"error": f"submission larger than {MAX_BODY} bytes"})
+            try:
+                length = body_length(self.headers, MAX_BODY)
+            except BodyLengthError as exc:
+                self.close_connection = True  # the body was not read: the connection is out of step
+                self._json(exc.status, {"error": exc.message})
                 return
             try:
                 body = json.loads(self.rfile.read(length) or b"null")

@@ -59,12 +59,16 @@ def parse_task(index: int, rec: dict, where: str) -> Task:
 
 def load_tasks(path: str | Path) -> list[Task]:
     """Every task of a JSONL (or JSON list) file, in file order."""
-    from align.data import read_records
+    from align.data import EmptyFileError, read_records
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise AlignError(f"tasks file not found: {path} (the rank stage writes tasks.jsonl with judge: human)")
-    tasks = [parse_task(i, rec, where) for i, (where, rec) in enumerate(read_records(path))]
+    try:
+        rows = read_records(path)
+    except EmptyFileError:
+        rows = []
+    tasks = [parse_task(i, rec, where) for i, (where, rec) in enumerate(rows)]
     if not tasks:
         raise AlignError(f"{path}: no tasks; expected one {{\"prompt\": ..., \"responses\": [...]}} per line")
     return tasks

@@ -33,6 +33,7 @@ from align.errors import AlignError
 from align.models import (
     AdapterConfig,
     ModelConfig,
+    check_adapter_fits,
     guard_4bit_cpu_gradients,
     load_causal_lm,
     load_tokenizer,
@@ -130,9 +131,7 @@ def load_roles(policy: ModelConfig, adapter: AdapterConfig, value_model: str = "
         base = load_causal_lm(policy)
         base_dir = str(resolved)
         if adapter.type == "full":
-            if policy.quantization != "none":
-                raise AlignError(f"ppo: full fine-tuning of a {policy.quantization} model is not supported; "
-                                 "use adapter.type: lora (QLoRA) or quantization: none")
+            check_adapter_fits("ppo", policy, adapter)
             if value_model == "adapter":
                 raise AlignError("ppo: value_model: adapter needs a LoRA policy; use value_model: head")
             ref_model = copy.deepcopy(base).eval().requires_grad_(False)

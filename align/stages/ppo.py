@@ -22,11 +22,11 @@ import logging
 import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from align.data import DataConfig
 from align.errors import AlignError
-from align.models import AdapterConfig, ModelConfig
+from align.models import AdapterConfig, ModelConfig, adapter_problem
 from align.ppo.config import PPOSettings, RewardConfig
 from align.stages import StageContext, StageResult
 
@@ -46,6 +46,12 @@ class Config(BaseModel):
         description="Adapter to train when the policy is not already one (type: full trains every weight).",
     )
     ppo: PPOSettings = Field(default_factory=PPOSettings, description="The PPO loop's settings.")
+
+    @model_validator(mode="after")
+    def _adapter_fits_model(self) -> Config:
+        if problem := adapter_problem(self.policy, self.adapter):
+            raise ValueError(problem)
+        return self
 
 
 def run(cfg: Config, ctx: StageContext) -> StageResult:

@@ -97,9 +97,9 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
                     row["scores"] = judge.last_scores[n]
                     gold_best.append(max(judge.last_scores[n]))
                     gold_all.extend(judge.last_scores[n])
-                if ranking:
-                    tie_records += any(len(g) > 1 for g in ranking)
-                    groups += len(ranking)
+                if record.ranking:  # identical responses already merged into one tie group
+                    tie_records += any(len(g) > 1 for g in record.ranking)
+                    groups += len(record.ranking)
                 writer.write(row)
                 written += 1
             log.info("rank: %d/%d prompts done", len(writer.done), len(prompts))

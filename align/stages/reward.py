@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from align.config import TrainConfig
 from align.errors import AlignError
-from align.models import AdapterConfig, ModelConfig
+from align.models import AdapterConfig, ModelConfig, adapter_problem
 from align.stages import StageContext, StageResult
 
 log = logging.getLogger("align.reward")
@@ -38,8 +38,9 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: ModelConfig = Field(description="Base: causal LM (e.g. @sft, tiny-llama) or an encoder dir (BERT-style).")
-    data: str = Field(description="Rankings / pairs / HH file, or @rank.")
-    eval_data: str | None = Field(None, description="Extra held-out rankings or pairs to report accuracy on.")
+    data: str = Field(description="Rankings / pairs / HH file, or @rank.", json_schema_extra={"input": "rankings"})
+    eval_data: str | None = Field(None, description="Extra held-out rankings or pairs to report accuracy on.",
+                                  json_schema_extra={"input": "rankings"})
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of PROMPTS held out for accuracy.")
     max_records: int | None = Field(None, gt=0, description="Use only the first N records of data.")
     adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="lora/dora (score head trained too) "
@@ -50,8 +51,15 @@ class Config(BaseModel):
     format: Literal["auto", "chat", "pair"] = Field(
         "auto", description="chat: chat template (causal LMs); pair: 'prompt [SEP] response' (encoders).")
     normalize_data: str | None = Field(None, description="Responses whose mean reward is set to 0 (prompt/completion "
-                                       "data, e.g. SFT samples); default: every response in the training rankings.")
+                                       "data, e.g. SFT samples); default: every response in the training rankings.",
+                                       json_schema_extra={"input": "data"})
     score_batch_size: int = Field(16, gt=0, description="Rows per forward pass when scoring for eval/normalization.")
+
+    @model_validator(mode="after")
+    def _adapter_fits_model(self) -> Config:
+        if problem := adapter_problem(self.model, self.adapter):
+            raise ValueError(problem)
+        return self
 
 
 def make_trainer_class():
@@ -149,6 +157,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
 
     from align.data import load_examples
     from align.models import (
+        check_adapter_fits,
         guard_4bit_cpu_gradients,
         load_sequence_classifier,
         load_tokenizer,
@@ -164,14 +173,12 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         normalization_stats,
         pair_metrics,
     )
-    from align.training import loss_history, train
+    from align.training import loss_history, mean_train_loss, train
 
     if cfg.adapter.type in ("prefix", "prompt"):
         raise AlignError(f"reward: adapter type {cfg.adapter.type} is not supported for reward models; "
                          "use lora, dora or full")
-    if cfg.adapter.type == "full" and cfg.model.quantization != "none":
-        raise AlignError(f"reward: full fine-tuning of a {cfg.model.quantization} model is not supported; "
-                         "use adapter.type: lora (QLoRA) or quantization: none")
+    check_adapter_fits("reward", cfg.model, cfg.adapter)
 
     # ---- data: prompt groups, split by prompt
     records = read_rankings(ctx.resolve(cfg.data), cfg.max_records)
@@ -208,7 +215,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
                             text_format=text_format, margin=cfg.margin)
     guard_4bit_cpu_gradients(trainer.model)
     started = time.perf_counter()
-    output, resume = train(trainer, "reward")  # stops at the first NaN/inf; resumes from the last checkpoint
+    output, resume, resumed_step = train(trainer, "reward")  # stops at the first NaN/inf; resumes from the last checkpoint
     seconds = time.perf_counter() - started
     rows = trainer.rm_stats["rows"]
 
@@ -249,7 +256,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         "heldout_fully_ordered": held_stats.get("fully_ordered"),
         "accuracy_by_k": held_stats.get("accuracy_by_k") or train_stats["accuracy_by_k"],
         "mean_margin": held_stats.get("mean_margin") if heldout else train_stats["mean_margin"],
-        "train_loss": output.training_loss,
+        "train_loss": mean_train_loss(trainer.state.log_history, output.training_loss, resumed_step,
+                                      trainer.state.global_step),
         "first_loss": losses[0][1] if losses else None,
         "last_loss": losses[-1][1] if losses else None,
         "steps": trainer.state.global_step,

@@ -12,16 +12,19 @@ Outputs: ``model/`` (a PEFT adapter or a full checkpoint, plus tokenizer), optio
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from align.config import TrainConfig
 from align.data import DataConfig, load_examples, split_examples
 from align.errors import AlignError
-from align.models import AdapterConfig, ModelConfig
+from align.models import AdapterConfig, ModelConfig, adapter_problem
 from align.stages import StageContext, StageResult
+
+log = logging.getLogger("align.sft")
 
 
 class Config(BaseModel):
@@ -36,6 +39,12 @@ class Config(BaseModel):
     packing: bool = Field(False, description="Pack several short examples into one max_length sequence.")
     merge: bool = Field(False, description="Also write merged/: the adapter folded into a full-precision base.")
 
+    @model_validator(mode="after")
+    def _adapter_fits_model(self) -> Config:
+        if problem := adapter_problem(self.model, self.adapter):
+            raise ValueError(problem)
+        return self
+
 
 def build_trainer(cfg: Config, ctx: StageContext):
     """Load data, tokenizer and model and wire them into TRL's SFTTrainer (not yet trained)."""
@@ -43,6 +52,7 @@ def build_trainer(cfg: Config, ctx: StageContext):
     from trl import SFTConfig, SFTTrainer
 
     from align.models import (
+        check_adapter_fits,
         end_of_turn_token,
         guard_4bit_cpu_gradients,
         load_causal_lm,
@@ -54,9 +64,7 @@ def build_trainer(cfg: Config, ctx: StageContext):
 
     model_cfg = cfg.model.model_copy(update={"name": ctx.resolve(cfg.model.name)})
     data_cfg = cfg.data.model_copy(update={"path": ctx.resolve(cfg.data.path)})
-    if cfg.adapter.type == "full" and model_cfg.quantization != "none":
-        raise AlignError(f"sft: full fine-tuning of a {model_cfg.quantization} quantized model is not supported; "
-                         "use adapter.type: lora (QLoRA) or quantization: none")
+    check_adapter_fits("sft", model_cfg, cfg.adapter)
     if cfg.packing and cfg.adapter.type in ("prefix", "prompt"):
         raise AlignError("sft: packing is not supported with prefix/prompt tuning (virtual tokens break packed positions)")
 
@@ -90,18 +98,52 @@ def build_trainer(cfg: Config, ctx: StageContext):
         peft_config=peft_config(cfg.adapter, model=model),
     )
     guard_4bit_cpu_gradients(trainer.model)
-    info = {"model_cfg": model_cfg, "precision": precision, "train_examples": len(train_examples),
+    dropped = 0
+    if not cfg.packing:  # packing never drops: it cuts the token stream into max_length chunks
+        dropped = check_truncation_drops(len(trainer.train_dataset), train_examples, tokenizer, cfg.train.max_length,
+                                         "training")
+        if eval_examples:
+            check_truncation_drops(len(trainer.eval_dataset), eval_examples, tokenizer, cfg.train.max_length, "held-out")
+    info = {"model_cfg": model_cfg, "precision": precision, "train_examples": len(train_examples) - dropped,
+            "dropped_too_long": dropped,
             "eval_examples": len(eval_examples), "tokenizer": tokenizer}
     return trainer, info
 
 
+def prompt_lengths(tokenizer: Any, examples: list[dict]) -> list[int]:
+    """Tokens of each example's prompt with the chat template (what must fit before any response token)."""
+    texts = [tokenizer.apply_chat_template(ex["prompt"], tokenize=False, add_generation_prompt=True) for ex in examples]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def check_truncation_drops(kept: int, examples: list[dict], tokenizer: Any, max_length: int, which: str) -> int:
+    """Say how many examples TRL dropped because max_length left none of their response; fail if it was all.
+
+    SFTTrainer cuts each example to max_length and silently drops those whose response is cut away
+    entirely (the prompt alone fills max_length); when that is every example, the Trainer fails later
+    with "num_samples=0". Returns the number dropped.
+    """
+    dropped = len(examples) - kept
+    if dropped <= 0:
+        return 0
+    lengths = prompt_lengths(tokenizer, examples)
+    message = (f"sft: {dropped} of {len(examples)} {which} examples dropped because sft.train.max_length={max_length} "
+               f"leaves no response token to learn from (their prompt alone fills it; prompts here are "
+               f"{min(lengths)} to {max(lengths)} tokens with the chat template); raise sft.train.max_length "
+               f"(to at least {max(lengths) + 1} to keep every example)")
+    if kept == 0:
+        raise AlignError(message)
+    log.warning(message)
+    return dropped
+
+
 def run(cfg: Config, ctx: StageContext) -> StageResult:
-    from align.training import loss_history, train
+    from align.training import loss_history, mean_train_loss, train
 
     trainer, info = build_trainer(cfg, ctx)
     model_cfg, precision, tokenizer = info["model_cfg"], info["precision"], info["tokenizer"]
     started = time.perf_counter()
-    output, resume = train(trainer, "sft")  # stops at the first NaN/inf; resumes from the last checkpoint
+    output, resume, resumed_step = train(trainer, "sft")  # stops at the first NaN/inf; resumes from the last checkpoint
     seconds = time.perf_counter() - started
 
     out_dir = ctx.stage_dir / "model"
@@ -112,11 +154,12 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     losses = loss_history(history, "loss")
     tokens = max((e.get("num_tokens", 0) for e in history), default=0)
     metrics: dict[str, Any] = {
-        "train_loss": output.training_loss,
+        "train_loss": mean_train_loss(history, output.training_loss, resumed_step, trainer.state.global_step),
         "first_loss": losses[0][1] if losses else None,
         "last_loss": losses[-1][1] if losses else None,
         "steps": trainer.state.global_step,
         "examples": info["train_examples"],
+        "dropped_too_long": info["dropped_too_long"],
         "eval_examples": info["eval_examples"],
         "train_seconds": round(seconds, 2),
         "tokens": int(tokens),

@@ -220,3 +220,27 @@ def test_cli_refuses_remote_bind_and_reports_bad_output(tasks_file, tmp_path, ca
     bad.write_text('{"task_id": "0-x", "labeler": "a"}\n{oops\n{"task_id": "1-x", "labeler": "a"}\n')
     assert main(["label", str(tasks_file), "--out", str(bad), "--port", "0"]) == 2
     assert "bad.jsonl:2: not valid JSON" in capsys.readouterr().err
+
+
+def raw_post(srv, length_header: str | None, body: bytes = b"") -> bytes:
+    """POST /api/submit over a plain socket with any Content-Length; the status line, or b'' if none came."""
+    import socket
+
+    host, port = srv.server_address[:2]
+    head = f"POST /api/submit HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+    if length_header is not None:
+        head += f"Content-Length: {length_header}\r\n"
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(head.encode() + b"\r\n" + body)  # the connection stays open: a server waiting for more blocks
+        try:
+            return sock.recv(4096).split(b"\r\n", 1)[0]
+        except TimeoutError:
+            return b""
+
+
+@pytest.mark.parametrize("length, status", [("abc", b"400"), ("-1", b"400"), ("1e3", b"400"), (None, b"411"),
+                                            (str(2 << 20), b"413")])
+def test_bad_content_length_is_answered_at_once(tasks_file, tmp_path, length, status):
+    with running_server(tasks_file, tmp_path / "labels.jsonl") as srv:
+        assert raw_post(srv, length, b'{"task_id": "x"}').split(b" ")[1] == status
+        assert http("GET", base(srv) + "/api/progress")[0] == 200  # still serving

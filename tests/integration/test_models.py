@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -129,3 +131,57 @@ def test_top_layers_adapts_only_the_last_layers_and_gradients_stop_there(tiny_mo
         peft_config(AdapterConfig(top_layers=3), model=model)
     with pytest.raises(AlignError, match="layer count"):
         peft_config(AdapterConfig(top_layers=1))
+
+
+def test_text_file_named_gguf_is_a_clear_error(tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_text("not a model\n")
+    with pytest.raises(AlignError) as err:
+        load_causal_lm(str(fake))
+    assert str(err.value).startswith(f"{fake}: not a GGUF model file") and "\n" not in str(err.value)
+
+
+@pytest.fixture
+def no_hub(monkeypatch, tmp_path):
+    """A Hub endpoint nothing answers on (a closed local port) and an empty Hugging Face cache."""
+    from huggingface_hub import constants
+
+    from align import hub
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    hub._probe.cache_clear()
+    yield constants
+    hub._probe.cache_clear()
+
+
+def test_hub_id_without_network_fails_fast_once(no_hub, capfd, caplog):
+    import time
+
+    started = time.perf_counter()
+    with pytest.raises(AlignError) as err:
+        load_causal_lm("align-tests/no-such-model")
+    assert time.perf_counter() - started < 5
+    msg = str(err.value)
+    assert "no access to the Hugging Face Hub" in msg and "--local-dir" in msg and "align-tests/no-such-model" in msg
+    printed = capfd.readouterr()
+    assert "Retrying" not in printed.out + printed.err + caplog.text
+
+
+def test_hub_id_offline_uses_the_cached_copy_or_says_offline(no_hub, monkeypatch):
+    from align.hub import hub_model_ref
+
+    monkeypatch.setattr(no_hub, "HF_HUB_OFFLINE", True)
+    with pytest.raises(AlignError, match="HF_HUB_OFFLINE is set and it is not in the local cache"):
+        resolve_model_ref("align-tests/no-such-model")
+    repo = Path(no_hub.HF_HUB_CACHE) / "models--align-tests--cached"
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    assert hub_model_ref("align-tests/cached") == str(repo / "snapshots" / "abc123")
+    monkeypatch.setattr(no_hub, "HF_HUB_OFFLINE", False)  # reachable or not, a dead Hub falls back to the cache
+    assert hub_model_ref("align-tests/cached") == str(repo / "snapshots" / "abc123")

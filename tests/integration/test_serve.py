@@ -158,3 +158,16 @@ def test_cli_parser_has_serve():
 
     args = build_parser().parse_args(["serve", "tiny-llama", "--port", "0"])
     assert (args.command, args.model, args.host, args.port) == ("serve", "tiny-llama", "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize("length, status", [("abc", b"400"), ("-5", b"400"), (None, b"411")])
+def test_bad_content_length_is_answered_at_once(server, length, status):
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(server.url)
+    head = f"POST /v1/completions HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
+    head += f"Content-Length: {length}\r\n" if length is not None else ""
+    with socket.create_connection((url.hostname, url.port), timeout=5) as sock:
+        sock.sendall(head.encode() + b'\r\n{"prompt": "a"}')
+        assert sock.recv(4096).split(b"\r\n", 1)[0].split(b" ")[1] == status

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from align.errors import AlignError
 from align.stages import StageContext
 from align.stages.sft import Config, build_trainer, run
 
@@ -141,3 +143,40 @@ def test_partial_checkpoint_is_skipped(tmp_path):
     (partial / "adapter_model.safetensors").write_text("")  # killed before trainer_state.json
     assert last_checkpoint(tmp_path) == str(good)
     assert not partial.exists()
+
+
+def test_max_length_shorter_than_every_prompt_is_one_clear_error(tmp_path, tiny_model_dir):
+    with pytest.raises(AlignError) as err:
+        build_trainer(make_cfg({"type": "lora", "r": 4}, max_length=9), ctx(tmp_path))
+    msg = str(err.value)
+    assert re.match(r"sft: (\d+) of \1 training examples dropped", msg) and "sft.train.max_length=9" in msg
+    assert re.search(r"prompts here are \d+ to \d+ tokens", msg) and "num_samples" not in msg and "\n" not in msg
+
+
+def test_some_examples_dropped_by_max_length_are_counted(tmp_path, tiny_model_dir, caplog):
+    from align.data import load_examples
+    from align.models import load_tokenizer
+    from align.stages.sft import prompt_lengths
+
+    lengths = sorted(prompt_lengths(load_tokenizer("tiny-llama"), load_examples(DATA)))
+    cut = lengths[len(lengths) // 2]  # about half the prompts fill this on their own
+    trainer, info = build_trainer(make_cfg({"type": "lora", "r": 4}, max_length=cut), ctx(tmp_path / "cut"))
+    expected = sum(n >= cut for n in lengths)
+    assert 0 < expected < len(lengths)
+    assert info["dropped_too_long"] == expected and len(trainer.train_dataset) == len(lengths) - expected
+    assert f"{expected} of {len(lengths)} training examples dropped" in caplog.text
+
+
+def test_train_loss_covers_every_step_across_a_resume(tmp_path, tiny_model_dir):
+    import shutil
+
+    cfg = make_cfg({"type": "lora", "r": 8, "alpha": 16, "dropout": 0.0}, save_steps=6)
+    first = run(cfg, ctx(tmp_path)).metrics
+    losses = [loss for _, loss in json.loads((tmp_path / "loss_history.json").read_text())]
+    assert len(losses) == 12 and first["train_loss"] == pytest.approx(sum(losses) / 12, rel=1e-4)
+    shutil.rmtree(tmp_path / "checkpoints" / "checkpoint-12")  # as if killed after the step-6 checkpoint
+    resumed = run(cfg, ctx(tmp_path)).metrics
+    assert resumed["resumed_from"].endswith("checkpoint-6") and resumed["steps"] == 12
+    after_resume_only = sum(losses[6:]) / 6  # what Trainer.train() alone reports after the resume
+    assert abs(first["train_loss"] - after_resume_only) > 0.01
+    assert resumed["train_loss"] == pytest.approx(first["train_loss"], rel=1e-3)

@@ -169,3 +169,50 @@ def test_cli_overrides_after_options(tmp_path, capsys):
     assert main(["plan", str(path), "--gpu-memory", "8GiB", "sft.train.batch_size=2"]) == 0
     with pytest.raises(SystemExit):
         main(["validate", str(path), "--bogus"])
+
+
+def test_invalid_yaml_names_the_file_line_and_column(tmp_path):
+    path = write(tmp_path, "name: t\nsft:\n  model: [tiny-llama\n  data: x.json\n")
+    with pytest.raises(AlignError) as err:
+        load_recipe(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}:4:7: not valid YAML") and "<unicode string>" not in msg
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("sft.model.quantization=4bit", "sft: full fine-tuning of a 4bit quantized model is not supported"),
+    ("sft.data=./no/such/data.jsonl", "sft.data: data file not found: ./no/such/data.jsonl"),
+    ("sft.data=missing_folder/data.jsonl", "sft.data: data file not found: missing_folder/data.jsonl"),
+    ("sft.model=./no-such-model-dir", "sft.model: model directory not found: ./no-such-model-dir"),
+])
+def test_cli_validate_rejects_what_run_rejects(tmp_path, capsys, override, needle):
+    from align.cli import main
+
+    path = write(tmp_path, GOOD.replace("  train:", "  adapter: {type: full}\n  train:"))
+    extra = [] if "quantization" in override else ["sft.adapter.type=lora"]
+    assert main(["validate", str(path), override, *extra]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and "Value error" not in err
+    assert main(["validate", str(path), *extra]) == 0
+
+
+def test_run_rejects_a_missing_input_of_a_later_stage_before_the_first_stage(tmp_path):
+    from align.runner import run_recipe
+
+    path = write(tmp_path, GOOD + "reward:\n  model: '@sft'\n  data: ./no/rankings.jsonl\n")
+    with pytest.raises(AlignError, match="reward.data: rankings file not found: ./no/rankings.jsonl"):
+        run_recipe(path, tmp_path / "run")
+    assert not (tmp_path / "run" / "sft").exists()  # nothing ran
+
+
+def test_reward_and_ppo_configs_reject_full_fine_tuning_of_a_quantized_model():
+    from pydantic import ValidationError
+
+    from align.stages import ppo, reward
+
+    with pytest.raises(ValidationError, match="full fine-tuning of a 8bit quantized model"):
+        reward.Config.model_validate({"model": {"name": "tiny-llama", "quantization": "8bit"}, "data": "x.jsonl",
+                                      "adapter": {"type": "full"}})
+    with pytest.raises(ValidationError, match="full fine-tuning of a 4bit quantized model"):
+        ppo.Config.model_validate({"policy": {"name": "tiny-llama", "quantization": "4bit"}, "reward": "m:f",
+                                   "prompts": "x.jsonl", "adapter": {"type": "full"}})

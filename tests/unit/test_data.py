@@ -101,3 +101,32 @@ def test_gold_prompt_splits_by_name():
     assert not {p[-1]["content"] for p in train} & {p[-1]["content"] for p in heldout}
     with pytest.raises(AlignError, match="gold:train and gold:heldout"):
         load_prompts("gold:test")
+
+
+@pytest.mark.parametrize("name", ["empty.json", "empty.jsonl"])
+def test_empty_file_says_so_with_its_path(tmp_path, name):
+    path = tmp_path / name
+    path.write_text("\n  \n")
+    with pytest.raises(AlignError) as err:
+        load_examples(str(path))
+    assert str(err.value).startswith(f"{path}: empty file") and "Expecting value" not in str(err.value)
+
+
+def test_hub_dataset_id_without_network_fails_fast(monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    from align import hub
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # a closed local port: no Hub
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    hub._probe.cache_clear()
+    started = time.perf_counter()
+    with pytest.raises(AlignError, match="'align-tests/no-such-data' is a Hugging Face Hub id, but this machine has "
+                                         "no access to the Hugging Face Hub"):
+        load_examples("align-tests/no-such-data")
+    assert time.perf_counter() - started < 5
+    hub._probe.cache_clear()

@@ -182,3 +182,32 @@ def test_pairwise_judge_fn_for_win_rates_cancels_position_bias():
             return ["hmm"] * len(conversations)
 
     assert pairwise_judge_fn(Mumbles())("q", "a", "b") == "tie"
+
+
+@pytest.mark.parametrize("answer, verdict", [
+    ("A better answer is B", "B"),  # the article "A" is not a verdict
+    ("Both are fine. A is longer, but B answers the question.\nVerdict: B", "B"),
+    ("Verdict: tie", "tie"),
+    ("**Verdict:** A", "A"),
+    ("Verdict: B\nOn reflection, no.\nVerdict: A", "A"),  # the final verdict counts
+    ("B is better than A", "B"),
+    ("Comparing A and B, I cannot tell.", None),  # both letters, no verdict: not guessed
+])
+def test_parse_choice_reads_the_final_verdict(answer, verdict):
+    assert parse_choice(answer) == verdict
+
+
+def test_pairwise_prompt_asks_for_a_verdict_line_and_ties_count_half_without_being_unparsed():
+    from align.judges import pairwise_question
+
+    question = pairwise_question("q", "x", "y")[-1]["content"]
+    assert 'Verdict: A", "Verdict: B" or "Verdict: tie"' in question
+
+    class Undecided:
+        def chat(self, conversations, *, max_tokens, temperature):
+            return ["Both are equally good.\nVerdict: tie"] * len(conversations)
+
+    judge = LLMJudge(Undecided())
+    assert judge.rank(["q"], [["a", "b"]]) == [[[0, 1]]]
+    assert judge.unparsed == 0
+    assert pairwise_judge_fn(Undecided())("q", "a", "b") == "tie"

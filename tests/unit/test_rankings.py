@@ -193,3 +193,28 @@ def test_skipped_label_records_are_ignored(tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     records = read_rankings(path)
     assert len(records) == 1
+
+
+# --------------------------------------------------------------------------- identical responses
+
+
+def test_identical_responses_at_different_ranks_tie_instead_of_contradicting(tmp_path):
+    path = write_jsonl(tmp_path / "r.jsonl", [
+        {"prompt": "q", "responses": ["same", "other", "same", "worst"], "ranking": [0, 1, 2, 3]},
+    ])
+    (record,) = read_rankings(path)
+    # "same" > "other" > "same": the copies and what lies between them form one tie group
+    assert record.ranking == [[0, 1, 2], [3]]
+    (group,) = group_by_prompt([record])
+    pairs = {(group.responses[b], group.responses[w]) for b, w in group.pairs}
+    assert pairs == {("same", "worst"), ("other", "worst")}
+    assert not any((w, b) in pairs for b, w in pairs)  # no A > B together with B > A
+
+
+def test_identical_responses_keep_the_groups_outside_their_span():
+    from align.rankings import RankingRecord, tie_identical_responses
+
+    assert tie_identical_responses(["a", "b", "c", "a", "d"], [[0], [1], [3], [2], [4]]) == [[0, 1, 3], [2], [4]]
+    assert tie_identical_responses(["a", "b", "a", "b"], [[0], [1], [3], [2]]) == [[0, 1, 3, 2]]
+    assert tie_identical_responses(["a", "b", "c"], [[2], [0, 1]]) == [[2], [0, 1]]  # distinct: unchanged
+    assert RankingRecord([{"role": "user", "content": "q"}], ["x", "y", "x"], [[2], [1], [0]]).ranking == [[2, 1, 0]]
