@@ -185,8 +185,9 @@ def check_data_source(path: str) -> None:
     suffix) must exist, and a folder must hold .json/.jsonl files. Hub dataset ids are checked when read.
     """
     if path.startswith("gold:"):
-        if path.split(":", 1)[1] not in ("train", "heldout"):
-            raise AlignError(f"{path!r}: the gold prompt splits are gold:train and gold:heldout")
+        from align.eval.gold import parse_gold_spec
+
+        parse_gold_spec(path)
         return
     local = Path(path).expanduser()
     if local.is_dir():
@@ -199,14 +200,14 @@ def check_data_source(path: str) -> None:
 def _source_records(cfg: DataConfig) -> list[tuple[str, dict]]:
     """Raw records of a data source (files, folder, csv/parquet, hub id), filtered by `where`.
 
-    `gold:train` / `gold:heldout` name a split of align's shipped gold prompts (eval/gold_prompts.jsonl).
+    `gold:train` / `gold:heldout` (or `gold:SET:SPLIT`) name a split of align's shipped gold prompts.
     """
     check_data_source(cfg.path)
     if cfg.path.startswith("gold:"):
-        from align.eval.gold import GOLD_PROMPTS_PATH
+        from align.eval.gold import gold_spec_path
 
-        split = cfg.path.split(":", 1)[1]
-        cfg = cfg.model_copy(update={"path": str(GOLD_PROMPTS_PATH), "where": {**cfg.where, "split": split}})
+        path, split = gold_spec_path(cfg.path)
+        cfg = cfg.model_copy(update={"path": str(path), "where": {**cfg.where, "split": split}})
     path = Path(cfg.path).expanduser()
     local_json = path.is_dir() or (path.is_file() and path.suffix in (".json", ".jsonl"))
     if path.is_dir():

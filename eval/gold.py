@@ -6,7 +6,13 @@ shares its topic text with a train prompt (a policy cannot score on heldout by m
 both splits cover every kind. Constraint types are shared by both splits by design: the held-out question
 is "does following instructions transfer to new requests", not "to new instruction types".
 
-Regenerate the shipped file with `python -m align.eval.gold --write`; `--check` verifies it.
+Two sets ship, both split the same way (same held-out base tasks):
+- the full set (`gold:train`, `gold:heldout`): 1-3 constraints of 33 types per prompt;
+- `focus` (`gold:focus:train`, `gold:focus:heldout`): 1-2 constraints from five families a small model can
+  learn in minutes (placeholders, markdown highlights, no commas, a keyword, a word limit), for short demos
+  where a learnable preference matters more than coverage (the quickstart).
+
+Regenerate the shipped files with `python -m align.eval.gold --write`; `--check` verifies them.
 """
 
 from __future__ import annotations
@@ -275,6 +281,52 @@ SAMPLERS: dict[str, Sampler] = {
     "content:no_digits": lambda rng, t: C.NoDigits(),
 }
 
+# The focus set's families: behaviours a 135M model shows in some samples but not all (so rankings carry
+# signal and RL has something to reinforce), checkable anywhere in a response.
+FOCUS_SAMPLERS: dict[str, Sampler] = {
+    "format:placeholders": lambda rng, t: C.Placeholders(n=rng.choice((1, 2))),
+    "format:highlights": lambda rng, t: C.Highlights(n=rng.choice((1, 2))),
+    "punctuation:no_commas": lambda rng, t: C.NoCommas(),
+    "keywords:include": lambda rng, t: C.IncludeKeyword(keyword=rng.choice(t.keywords), n=rng.choice((1, 2))),
+    "length:max_words": lambda rng, t: C.MaxWords(n=rng.choice((30, 40, 50))),
+}
+
+
+@dataclass(frozen=True)
+class GoldSet:
+    """A shipped prompt file and how it is generated."""
+
+    path: Path
+    samplers: Mapping[str, Sampler]
+    n_constraint_weights: Mapping[int, float]
+    per_task: int
+
+
+GOLD_SETS: dict[str, GoldSet] = {
+    "full": GoldSet(GOLD_PROMPTS_PATH, SAMPLERS, _N_CONSTRAINT_WEIGHTS, PROMPTS_PER_TASK),
+    "focus": GoldSet(GOLD_PROMPTS_PATH.with_name("gold_prompts_focus.jsonl"), FOCUS_SAMPLERS, {1: 0.5, 2: 0.5}, 5),
+}
+
+
+def parse_gold_spec(spec: str) -> tuple[str, str]:
+    """'gold:heldout' -> ('full', 'heldout'); 'gold:focus:train' -> ('focus', 'train'). Errors name the choices."""
+    parts = spec.split(":")
+    if parts[0] != "gold" or len(parts) not in (2, 3):
+        raise AlignError(f"{spec!r}: expected gold:SPLIT or gold:SET:SPLIT")
+    name, split = ("full", parts[1]) if len(parts) == 2 else (parts[1], parts[2])
+    if name not in GOLD_SETS:
+        raise AlignError(f"{spec!r}: unknown gold prompt set {name!r}; the shipped sets are {', '.join(GOLD_SETS)}")
+    if split not in SPLITS:
+        raise AlignError(f"{spec!r}: the gold splits are {' and '.join(SPLITS)}")
+    return name, split
+
+
+def gold_spec_path(spec: str) -> tuple[Path, str]:
+    """The shipped file and split a gold:... spec names."""
+    name, split = parse_gold_spec(spec)
+    return GOLD_SETS[name].path, split
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Records.
 # ---------------------------------------------------------------------------------------------------------
@@ -351,17 +403,19 @@ def split_tasks(tasks: Sequence[BaseTask] = BASE_TASKS, seed: int = SEED) -> dic
     return assignment
 
 
-def _sample_constraints(rng: random.Random, task: BaseTask, usage: Counter[str]) -> tuple[C.Constraint, ...]:
+def _sample_constraints(rng: random.Random, task: BaseTask, usage: Counter[str],
+                        samplers: Mapping[str, Sampler] = SAMPLERS,
+                        n_weights: Mapping[int, float] = _N_CONSTRAINT_WEIGHTS) -> tuple[C.Constraint, ...]:
     """1-3 mutually compatible constraints; rarely used types are favoured so every type is covered."""
-    k = rng.choices(list(_N_CONSTRAINT_WEIGHTS), weights=list(_N_CONSTRAINT_WEIGHTS.values()))[0]
+    k = rng.choices(list(n_weights), weights=list(n_weights.values()))[0]
     chosen: list[C.Constraint] = []
     for _ in range(200):
         if len(chosen) == k:
             break
         taken = {c.type_id for c in chosen}
-        candidates = [t for t in sorted(SAMPLERS) if t not in taken]
+        candidates = [t for t in sorted(samplers) if t not in taken]
         type_id = rng.choices(candidates, weights=[1.0 / (1 + usage[t]) for t in candidates])[0]
-        constraint = SAMPLERS[type_id](rng, task)
+        constraint = samplers[type_id](rng, task)
         if constraint is not None and C.compatible([*chosen, constraint]):
             chosen.append(constraint)
     return tuple(chosen)
@@ -372,7 +426,8 @@ def render_prompt(task: BaseTask, constraints: Sequence[C.Constraint]) -> str:
 
 
 def generate_gold_prompts(
-    tasks: Sequence[BaseTask] = BASE_TASKS, seed: int = SEED, per_task: int = PROMPTS_PER_TASK
+    tasks: Sequence[BaseTask] = BASE_TASKS, seed: int = SEED, per_task: int = PROMPTS_PER_TASK,
+    samplers: Mapping[str, Sampler] = SAMPLERS, n_constraint_weights: Mapping[int, float] = _N_CONSTRAINT_WEIGHTS,
 ) -> list[GoldPrompt]:
     """Deterministic: same tasks, seed and per_task give the same list (string-seeded `random.Random`)."""
     if len({t.id for t in tasks}) != len(tasks):
@@ -384,7 +439,7 @@ def generate_gold_prompts(
         rng = random.Random(f"{seed}:{task.id}")
         seen: set[str] = set()
         while len(seen) < per_task:
-            constraints = _sample_constraints(rng, task, usage)
+            constraints = _sample_constraints(rng, task, usage, samplers, n_constraint_weights)
             key = json.dumps(sorted(json.dumps(c.to_dict(), sort_keys=True) for c in constraints))
             if key in seen:
                 continue
@@ -428,8 +483,15 @@ def _load_cached(path: str) -> tuple[GoldPrompt, ...]:
     return tuple(read_gold_prompts(path))
 
 
+def generate_gold_set(name: str) -> list[GoldPrompt]:
+    """The prompts of a shipped set, regenerated (what its file must hold)."""
+    spec = GOLD_SETS[name]
+    return generate_gold_prompts(per_task=spec.per_task, samplers=spec.samplers,
+                                 n_constraint_weights=spec.n_constraint_weights)
+
+
 def load_gold_prompts(split: str = "train", path: str | Path | None = None) -> list[GoldPrompt]:
-    """Prompts of one split ("train", "heldout" or "all") from the shipped file (or `path`)."""
+    """Prompts of one split ("train", "heldout" or "all") from the shipped full set (or `path`)."""
     if split not in (*SPLITS, "all"):
         raise AlignError(f"unknown gold split {split!r}; expected one of {(*SPLITS, 'all')}")
     prompts = _load_cached(str(Path(path) if path is not None else GOLD_PROMPTS_PATH))
@@ -438,7 +500,8 @@ def load_gold_prompts(split: str = "train", path: str | Path | None = None) -> l
 
 @lru_cache(maxsize=1)
 def _prompt_index() -> dict[str, GoldPrompt]:
-    return {p.prompt: p for p in load_gold_prompts("all")}
+    """Prompt text -> record over every shipped set (a text in two sets has the same constraints in both)."""
+    return {p.prompt: p for spec in GOLD_SETS.values() for p in _load_cached(str(spec.path))}
 
 
 def lookup_gold_prompt(prompt: str) -> GoldPrompt:
@@ -450,7 +513,8 @@ def lookup_gold_prompt(prompt: str) -> GoldPrompt:
     if found is None:
         preview = prompt[:80] + ("..." if len(prompt) > 80 else "")
         raise AlignError(
-            f"prompt is not in the gold prompt set ({GOLD_PROMPTS_PATH.name}): {preview!r}. The gold reward "
+            f"prompt is not in the gold prompt sets ({', '.join(g.path.name for g in GOLD_SETS.values())}): "
+            f"{preview!r}. The gold reward "
             "only scores prompts from that set, matched by exact text: pass the prompt unchanged (no chat "
             "template, no added instructions)."
         )
@@ -518,20 +582,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--write", action="store_true", help="regenerate the prompt file")
     action.add_argument("--check", action="store_true", help="exit 1 if the file differs from regeneration")
-    parser.add_argument("--path", type=Path, default=GOLD_PROMPTS_PATH, help="prompt file (default: shipped)")
+    parser.add_argument("--path", type=Path, default=None,
+                        help="prompt file of --set (default: the shipped file of each set)")
+    parser.add_argument("--set", choices=list(GOLD_SETS), default=None, help="one set (default: all)")
     args = parser.parse_args(argv)
-    prompts = generate_gold_prompts()
-    text = dumps_jsonl(prompts)
-    if args.write:
-        args.path.write_text(text, encoding="utf-8")
-    elif args.check:
-        current = args.path.read_text(encoding="utf-8") if args.path.is_file() else None
-        if current != text:
-            print(f"{args.path} is stale; run: python -m align.eval.gold --write", file=sys.stderr)
-            return 1
-    counts = Counter(p.split for p in prompts)
-    types = Counter(c.type_id for p in prompts for c in p.constraints)
-    print(f"{len(prompts)} prompts ({dict(counts)}), {len(types)} constraint types, {len(BASE_TASKS)} base tasks")
+    names = [args.set] if args.set else (["full"] if args.path else list(GOLD_SETS))
+    for name in names:
+        prompts = generate_gold_set(name)
+        path = args.path or GOLD_SETS[name].path
+        text = dumps_jsonl(prompts)
+        if args.write:
+            path.write_text(text, encoding="utf-8")
+        elif args.check:
+            current = path.read_text(encoding="utf-8") if path.is_file() else None
+            if current != text:
+                print(f"{path} is stale; run: python -m align.eval.gold --write", file=sys.stderr)
+                return 1
+        counts = Counter(p.split for p in prompts)
+        types = Counter(c.type_id for p in prompts for c in p.constraints)
+        print(f"{name}: {len(prompts)} prompts ({dict(counts)}), {len(types)} constraint types, "
+              f"{len(BASE_TASKS)} base tasks")
     return 0
 
 

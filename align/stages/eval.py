@@ -86,7 +86,8 @@ class Config(BaseModel):
 
     policies: dict[str, str] = Field(description="Name → model reference or @stage, e.g. {sft: '@sft', ppo: '@ppo'}.")
     baseline: str | None = Field(None, description="Policy the others are compared to (default: the first).")
-    prompts: str = Field("gold:heldout", description="gold:heldout, gold:train, or a JSONL of gold prompt records.")
+    prompts: str = Field("gold:heldout", description="gold:heldout, gold:train, gold:focus:heldout (a shipped set's "
+                         "split), or a JSONL of gold prompt records.")
     num_prompts: int | None = Field(64, gt=0, description="Evaluate the first N prompts (None = all).")
     max_new_tokens: int = Field(128, gt=0)
     batch_size: int = Field(8, gt=0)
@@ -109,13 +110,14 @@ class Config(BaseModel):
 
 
 def load_prompts(spec: str, num: int | None) -> list:
-    from align.eval.gold import load_gold_prompts, read_gold_prompts
+    from align.eval.gold import gold_spec_path, load_gold_prompts, read_gold_prompts
 
     if spec.startswith("gold:"):
-        split = spec.split(":", 1)[1]
-        if split not in ("train", "heldout"):
-            raise AlignError(f"eval.prompts: {spec!r}: the gold split must be train or heldout")
-        prompts = load_gold_prompts(split)
+        try:
+            path, split = gold_spec_path(spec)
+        except AlignError as err:
+            raise AlignError(f"eval.prompts: {err}") from None
+        prompts = load_gold_prompts(split, path)
     else:
         prompts = read_gold_prompts(spec)
     return prompts[:num] if num else prompts

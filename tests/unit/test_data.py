@@ -99,8 +99,12 @@ def test_gold_prompt_splits_by_name():
     train, heldout = load_prompts("gold:train"), load_prompts("gold:heldout")
     assert len(train) == 315 and len(heldout) == 105
     assert not {p[-1]["content"] for p in train} & {p[-1]["content"] for p in heldout}
-    with pytest.raises(AlignError, match="gold:train and gold:heldout"):
+    with pytest.raises(AlignError, match="the gold splits are train and heldout"):
         load_prompts("gold:test")
+    focus_train, focus_heldout = load_prompts("gold:focus:train"), load_prompts("gold:focus:heldout")
+    assert len(focus_train) == 225 and len(focus_heldout) == 75
+    with pytest.raises(AlignError, match="shipped sets are full, focus"):
+        load_prompts("gold:nope:train")
 
 
 @pytest.mark.parametrize("name", ["empty.json", "empty.jsonl"])

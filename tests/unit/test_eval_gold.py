@@ -28,6 +28,20 @@ def test_shipped_file_matches_regeneration(generated):
     assert gold.main(["--check"]) == 0
 
 
+def test_focus_set_matches_regeneration_and_keeps_the_split():
+    """The focus set: only its five families, 1-2 per prompt, the full set's held-out base tasks."""
+    focus = gold.generate_gold_set("focus")
+    assert gold.GOLD_SETS["focus"].path.read_text(encoding="utf-8") == gold.dumps_jsonl(focus)
+    assert {c.type_id for p in focus for c in p.constraints} == set(gold.FOCUS_SAMPLERS)
+    assert all(1 <= len(p.constraints) <= 2 for p in focus)
+    full_split = {p.task_id: p.split for p in gold.load_gold_prompts("all")}
+    assert all(full_split[p.task_id] == p.split for p in focus)
+    assert sum(p.split == "heldout" for p in focus) >= 64
+    # the gold reward finds focus prompts by their text, as it does the full set's
+    heldout = [p for p in focus if p.split == "heldout"][0]
+    assert gold.lookup_gold_prompt(heldout.prompt).constraints == heldout.constraints
+
+
 def test_check_entry_point_flags_a_stale_file(tmp_path, capsys):
     stale = tmp_path / "gold.jsonl"
     stale.write_text(gold.GOLD_PROMPTS_PATH.read_text(encoding="utf-8")[:-200], encoding="utf-8")
