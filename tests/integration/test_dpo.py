@@ -250,3 +250,20 @@ eval:
     assert metrics["model_loads"] == 1  # sft and dpo adapters ride on one copy of tiny-llama
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## dpo" in report and "plots/dpo_0.png" in report and "| loss_type | ipo |" in report
+
+
+def test_qlora_continues_the_sft_adapter_on_a_4bit_base(tmp_path, tiny_model_dir):
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes as bnb
+
+    base = settings(tmp_path, train={"max_steps": 3, "lr": 2e-2})
+    base["model"] = {"name": base["model"], "quantization": "4bit"}
+    trainer, info = build_trainer(Config.model_validate(base), ctx_for(tmp_path / "dpo"))
+    layers = [m for m in trainer.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and all(m.support_avx512bf16_for_cpu is False for m in layers)  # the CPU gradient guard
+    before = {n: p.detach().float().clone() for n, p in trainer.model.named_parameters() if "lora" in n}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    moved = [n for n in before if ".default." in n and not torch.equal(before[n], after[n].detach().float())]
+    assert moved, "no LoRA weight of the policy changed"
+    assert all(torch.equal(before[n], after[n].detach().float()) for n in before if ".ref." in n)
