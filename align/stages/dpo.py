@@ -46,6 +46,12 @@ HISTORY_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen
                 "logps/chosen", "logps/rejected", "kl", "nll_loss", "log_odds_ratio", "learning_rate")
 
 
+class DPOTrainConfig(TrainConfig):
+    """TrainConfig with a preference-optimisation learning rate (SFT's 2e-4 is far too high for DPO)."""
+
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate (DPO with LoRA: ~1e-5..1e-4; full: ~5e-7..5e-6).")
+
+
 class KTOSettings(BaseModel):
     """How rankings become KTO's unpaired desirable / undesirable examples."""
 
@@ -89,8 +95,8 @@ class Config(BaseModel):
     kto: KTOSettings = Field(default_factory=KTOSettings, description="method kto: labels from rankings, weights.")
     simpo_gamma: float = Field(0.5, ge=0, description="method simpo: target reward margin γ.")
     cpo_alpha: float = Field(1.0, ge=0, description="method cpo: weight of the NLL (behaviour cloning) term.")
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=5e-5), description="batch_size counts PAIRS "
-                               "(KTO: examples, at least 2).")
+    train: DPOTrainConfig = Field(default_factory=DPOTrainConfig, description="batch_size counts PAIRS "
+                                  "(KTO: examples, at least 2).")
 
     @field_validator("loss_type", mode="before")
     @classmethod
