@@ -327,13 +327,14 @@ def select_pairs(ranking: Ranking, mode: str = "all") -> list[tuple[int, int]]:
     raise AlignError(f"pair mode {mode!r}: expected one of {', '.join(PAIR_MODES)}")
 
 
-def preference_pairs(records: list[RankingRecord], mode: str = "all") -> tuple[list[dict], int]:
+def preference_pairs(records: list[RankingRecord], mode: str = "all") -> tuple[list[dict], list[str]]:
     """Rankings → TRL preference rows ``{prompt: [messages], chosen: [assistant], rejected: [assistant]}``.
 
     Pairs whose two responses are the same text are dropped (no preference to learn). Returns the rows
-    and how many records gave no pair at all (all tied, or only identical texts).
+    and where ("file:line") each record that gave no pair at all is (all tied, or only identical texts).
     """
-    rows, empty = [], 0
+    rows: list[dict] = []
+    empty: list[str] = []
     for rec in records:
         made = 0
         for b, w in select_pairs(rec.ranking, mode):
@@ -342,7 +343,8 @@ def preference_pairs(records: list[RankingRecord], mode: str = "all") -> tuple[l
             rows.append({"prompt": rec.prompt, "chosen": [{"role": "assistant", "content": rec.responses[b]}],
                          "rejected": [{"role": "assistant", "content": rec.responses[w]}]})
             made += 1
-        empty += made == 0
+        if not made:
+            empty.append(rec.where)
     return rows, empty
 
 
@@ -362,10 +364,11 @@ def kto_labels(ranking: Ranking, top: int = 1, bottom: int = 1) -> tuple[list[in
     return desirable, undesirable
 
 
-def kto_examples(records: list[RankingRecord], top: int = 1, bottom: int = 1) -> tuple[list[dict], int]:
-    """Rankings → TRL KTO rows ``{prompt, completion: [assistant], label: bool}``; also the count of
-    records that gave none (one tie group). A response text labelled both ways in one record is dropped."""
-    rows, empty = [], 0
+def kto_examples(records: list[RankingRecord], top: int = 1, bottom: int = 1) -> tuple[list[dict], list[str]]:
+    """Rankings → TRL KTO rows ``{prompt, completion: [assistant], label: bool}``; also where each record
+    that gave none is (one tie group). A response text labelled both ways in one record is dropped."""
+    rows: list[dict] = []
+    empty: list[str] = []
     for rec in records:
         good, bad = kto_labels(rec.ranking, top, bottom)
         good_texts = {rec.responses[i] for i in good}
@@ -379,7 +382,8 @@ def kto_examples(records: list[RankingRecord], top: int = 1, bottom: int = 1) ->
                 rows.append({"prompt": rec.prompt, "completion": [{"role": "assistant", "content": rec.responses[i]}],
                              "label": label})
                 made += 1
-        empty += made == 0
+        if not made:
+            empty.append(rec.where)
     return rows, empty
 
 

@@ -143,16 +143,20 @@ def load_rows(cfg: Config, ctx: StageContext) -> tuple[list[dict], list[dict], d
         return preference_pairs(recs, cfg.pairs)
 
     train_rows, empty = convert(train_records)
-    held_rows, held_empty = convert(held_records) if held_records else ([], 0)
+    held_rows, held_empty = convert(held_records) if held_records else ([], [])
+    skipped = empty + held_empty
+    if skipped:
+        log.warning("dpo: %d record(s) give no %s (every response tied, or identical texts), e.g. %s", len(skipped),
+                    "example" if cfg.method == "kto" else "pair", ", ".join(skipped[:5]))
     if not train_rows:
         raise AlignError(f"dpo: {cfg.data} gives no training {'examples' if cfg.method == 'kto' else 'pairs'}: "
                          f"every ranking of the {len(train_records)} training records is one tie group "
-                         "(or its responses are identical texts)")
+                         f"(or its responses are identical texts), e.g. {', '.join(empty[:3])}")
     if cfg.method == "kto" and len({r["label"] for r in train_rows}) < 2:
         raise AlignError(f"dpo: KTO needs desirable and undesirable examples; {cfg.data} gives only one kind")
     info = {"records": len(records), "train_prompts": len({json.dumps(r.prompt) for r in train_records}),
             "heldout_prompts": len({json.dumps(r.prompt) for r in held_records}),
-            "skipped_no_pair": empty + held_empty}
+            "skipped_no_pair": len(skipped)}
     return train_rows, held_rows, info
 
 

@@ -80,19 +80,19 @@ def test_unknown_pair_mode_is_a_clear_error():
         select_pairs([[0], [1]], "best")
 
 
-def _rec(responses, ranking, prompt="q"):
-    return RankingRecord([{"role": "user", "content": prompt}], responses, ranking, "f:1")
+def _rec(responses, ranking, prompt="q", where="f:1"):
+    return RankingRecord([{"role": "user", "content": prompt}], responses, ranking, where)
 
 
 def test_preference_pairs_rows_are_trl_conversational_and_skip_identical_texts():
-    records = [_rec(["a", "b", "a"], [[0], [1], [2]], "p1"), _rec(["x", "y"], [[0, 1]], "p2"),
-               _rec(["s", "s"], [[0], [1]], "p3")]
+    records = [_rec(["a", "b", "a"], [[0], [1], [2]], "p1", "f:1"), _rec(["x", "y"], [[0, 1]], "p2", "f:2"),
+               _rec(["s", "s"], [[0], [1]], "p3", "f:3")]
     rows, empty = preference_pairs(records, "all")
     # p1: (0,1) a>b, (0,2) a vs a dropped, (1,2) b>a; p2 all tied; p3 identical texts
     assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows] == [("a", "b"), ("b", "a")]
     assert rows[0]["prompt"] == [{"role": "user", "content": "p1"}]
     assert rows[0]["chosen"][0]["role"] == "assistant"
-    assert empty == 2
+    assert empty == ["f:2", "f:3"]  # where the records that gave no pair are
 
 
 @pytest.mark.parametrize("ranking, top, bottom, expected", [
@@ -110,9 +110,9 @@ def test_kto_labels(ranking, top, bottom, expected):
 
 
 def test_kto_examples_label_rows_and_count_empty_records():
-    rows, empty = kto_examples([_rec(["g", "m", "b"], [[0], [1], [2]]), _rec(["t", "u"], [[0, 1]])])
+    rows, empty = kto_examples([_rec(["g", "m", "b"], [[0], [1], [2]]), _rec(["t", "u"], [[0, 1]], where="f:2")])
     assert [(r["completion"][0]["content"], r["label"]) for r in rows] == [("g", True), ("b", False)]
-    assert empty == 1
+    assert empty == ["f:2"]
 
 
 def test_pairs_from_files_in_every_format(tmp_path):
@@ -127,7 +127,7 @@ def test_pairs_from_files_in_every_format(tmp_path):
     got = [(r["prompt"][-1]["content"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows]
     assert got == [("rank me", "r1", "r0"), ("rank me", "r1", "r2"), ("pair", "good", "bad"),
                    ("hi", "hello!", "go away")]
-    assert empty == 0
+    assert empty == []
 
 
 def test_split_records_by_prompt_keeps_a_prompt_on_one_side():
