@@ -85,6 +85,10 @@ def curves(log_history: list[dict]) -> dict[str, list[float]]:
 
 
 def worker_align(args, work: Path) -> dict:
+    import datasets  # noqa: F401  imported before the clock starts, as in the plain-TRL worker
+    import peft  # noqa: F401
+    import trl  # noqa: F401
+
     from align.stages import StageContext
     from align.stages.dpo import Config, build_trainer
 
@@ -229,6 +233,8 @@ def main() -> None:
         f"{summary['machine']}, 1 torch thread per process (OMP_NUM_THREADS=1), each configuration in its own "
         f"process, one at a time; 1-min load average {load_start:.2f} at start, {load_end:.2f} at end. "
         "Produced by `benchmarks/bench_dpo.py`.", "",
+        "Setup = reading the pairs, loading tokenizer and model, building the trainer (library imports excluded).",
+        "",
         "| configuration | setup s | train s | median step s | final loss | final reward acc. | peak RSS MiB |",
         "|---|---|---|---|---|---|---|",
     ]
