@@ -163,23 +163,23 @@ dpo:
   model: {sft}
   data: {data}
   eval_fraction: 0.0
-  train: {{max_steps: 80, save_steps: 5, batch_size: 2, max_length: 64, logging_steps: 10, report_to: [none]}}
+  train: {{max_steps: 60, save_steps: 5, batch_size: 2, max_length: 64, logging_steps: 10, report_to: [none]}}
 """)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "align.cli", "run", str(recipe), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = out / "dpo" / "checkpoints"
-    deadline = time.time() + 180
-    while time.time() < deadline and not (checkpoints / "checkpoint-10" / "trainer_state.json").exists():
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(checkpoints.glob("checkpoint-*/trainer_state.json")):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (checkpoints / "checkpoint-10").exists() and not (out / "dpo" / "COMPLETE").exists()
+    assert list(checkpoints.glob("checkpoint-*")) and not (out / "dpo" / "COMPLETE").exists()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((out / "dpo" / "metrics.json").read_text())
-    assert metrics["resumed_from"] and int(metrics["resumed_from"].rsplit("-", 1)[1]) >= 10
-    assert metrics["steps"] == 80
+    assert metrics["resumed_from"] and int(metrics["resumed_from"].rsplit("-", 1)[1]) >= 5
+    assert metrics["steps"] == 60
 
 
 # --------------------------------------------------------------------------- KTO and reference-free methods
