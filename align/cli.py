@@ -12,7 +12,7 @@ from align.errors import AlignError
 
 HEADLINE_METRICS = (
     "last_loss", "eval_loss", "tokens_per_second", "kept", "rankings", "heldout_accuracy", "accuracy",
-    "objective/scores", "objective/kl", "gold_score", "strict_accuracy", "win_rate",
+    "heldout_reward_accuracy", "heldout_reward_margin", "objective/scores", "objective/kl", "gold_score", "strict_accuracy", "win_rate",
 )
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}

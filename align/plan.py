@@ -607,6 +607,9 @@ class Planner:
         if stage == "ppo" and upstream and output != "merged":
             return arch, upstream  # align.ppo trains the policy's own adapter further (its `adapter` is unused)
         adapter = section.get("adapter") or {}
+        if (stage == "dpo" and upstream and (section.get("start") or "continue") == "continue"
+                and adapter.get("type") != "full"):
+            return arch, upstream  # dpo start: continue trains the policy's own adapter further
         if output == "merged" or not adapter or adapter.get("type") == "full":
             return arch, None
         return arch, adapter
@@ -616,7 +619,7 @@ class Planner:
     def stage(self, name: str, section: dict[str, Any]) -> StageEstimate:
         """Dispatch on the stage's name when align knows it, else on what the section holds."""
         handler = {"sft": self.sft, "reward": self.reward, "ppo": self.ppo, "rank": self.rank,
-                   "eval": self.eval, "self_instruct": self.self_instruct}.get(name)
+                   "eval": self.eval, "self_instruct": self.self_instruct, "dpo": self.dpo}.get(name)
         if handler is not None:
             return handler(name, section)
         roles = [r for r in find_roles(section) if not r.remote]
@@ -675,6 +678,45 @@ class Planner:
         est = self.training(name, section, role, head="classifier", seqs_per_example=k, trainer="own",
                             upcast_non_quantized=role.quantization != "none")
         est.notes.append(f"{k} responses per prompt ({why}); train.batch_size counts prompts")
+        return est
+
+    def dpo(self, name: str, section: dict[str, Any]) -> StageEstimate:
+        """TRL's DPO/KTO/ORPO/CPO trainers: chosen and rejected of a pair in one forward (2 sequences per
+        pair; KTO 1 per example), the tiled LM head. The reference shares the base: a frozen copy of the
+        continued adapter, or the base with adapters disabled; only full fine-tuning without precomputed
+        reference log-probs holds a second copy of the weights."""
+        role = next(r for r in find_roles(section) if r.key == "model")
+        arch, upstream = self.resolve(role.name)
+        method = section.get("method") or "dpo"
+        adapter = section.get("adapter") or {}
+        full = adapter.get("type") == "full"
+        continued = upstream is not None and (section.get("start") or "continue") == "continue" and not full
+        sub = dict(section, adapter=upstream) if continued else section
+        pairs = 1 if method == "kto" else 2
+        est = self.training(name, sub, role, head="lm-fused" if _trl_tiled_head() else "lm-full", trainer="trl",
+                            seqs_per_example=pairs)
+        if continued:  # the SFT adapter itself trains: nothing is merged in
+            est.terms = [t for t in est.terms if not t.name.startswith("upstream adapter")]
+        setup, _, _ = self.train_setup(sub, role, seqs_per_example=pairs)
+        reference_free = method in ("orpo", "cpo", "simpo")
+        if reference_free:
+            est.notes.append(f"{method}: no reference model")
+        elif section.get("precompute_ref_log_probs"):
+            est.notes.append("reference log-probs precomputed before training: no reference during training")
+        else:
+            if continued:
+                n = numel(adapter_tensors(arch, upstream))
+                est.terms.append(Term("ref_policy: frozen copy of the SFT adapter", n * setup.adapter_param_bytes(),
+                                      note=f"{n:,} params on the shared base weights"))
+            elif full:
+                est.terms.append(weights_term(arch, setup.dtypes, role.quantization, "ref_policy "))
+            else:
+                est.notes.append("ref_policy = the base with adapters disabled: no extra weights")
+            layer = layer_activation_bytes(setup, setup.seq_len)
+            est.terms.append(Term("ref_policy forward (no grad)", setup.tokens * layer, "forward/backward",
+                                  "one block's activations at a time, while the policy's are kept for backward"))
+        est.notes.append(f"train.batch_size counts {'examples' if method == 'kto' else 'pairs'} "
+                         f"({pairs} sequence{'s' if pairs > 1 else ''} each)")
         return est
 
     def reward_group_size(self, section: dict[str, Any]) -> tuple[int, str]:

@@ -338,6 +338,108 @@ def split_by_prompt(groups: list[PromptGroup], eval_fraction: float, seed: int) 
     return [g for i, g in enumerate(groups) if i not in held], [g for i, g in enumerate(groups) if i in held]
 
 
+# --------------------------------------------------------------------------- preference pairs / KTO labels
+
+
+PAIR_MODES = ("all", "best_vs_worst", "best_vs_each")
+
+
+def select_pairs(ranking: Ranking, mode: str = "all") -> list[tuple[int, int]]:
+    """(better, worse) index pairs of one ranking for pairwise preference optimisation (DPO and kin).
+
+    all:           every pair across tie groups (K·(K−1)/2 without ties) — `expand_pairs`;
+    best_vs_worst: each response of the best group vs each of the worst group;
+    best_vs_each:  each response of the best group vs each response of every lower group.
+    Tied responses never form a pair; a ranking that is one tie group gives none.
+    """
+    if mode == "all":
+        return expand_pairs(ranking)
+    if len(ranking) < 2:
+        return []
+    best = ranking[0]
+    if mode == "best_vs_worst":
+        return [(b, w) for b in best for w in ranking[-1]]
+    if mode == "best_vs_each":
+        return [(b, w) for b in best for group in ranking[1:] for w in group]
+    raise AlignError(f"pair mode {mode!r}: expected one of {', '.join(PAIR_MODES)}")
+
+
+def preference_pairs(records: list[RankingRecord], mode: str = "all") -> tuple[list[dict], list[str]]:
+    """Rankings → TRL preference rows ``{prompt: [messages], chosen: [assistant], rejected: [assistant]}``.
+
+    Pairs whose two responses are the same text are dropped (no preference to learn). Returns the rows
+    and where ("file:line") each record that gave no pair at all is (all tied, or only identical texts).
+    """
+    rows: list[dict] = []
+    empty: list[str] = []
+    for rec in records:
+        made = 0
+        for b, w in select_pairs(rec.ranking, mode):
+            if rec.responses[b] == rec.responses[w]:
+                continue
+            rows.append({"prompt": rec.prompt, "chosen": [{"role": "assistant", "content": rec.responses[b]}],
+                         "rejected": [{"role": "assistant", "content": rec.responses[w]}]})
+            made += 1
+        if not made:
+            empty.append(rec.where)
+    return rows, empty
+
+
+def kto_labels(ranking: Ranking, top: int = 1, bottom: int = 1) -> tuple[list[int], list[int]]:
+    """(desirable, undesirable) response indices of one ranking for KTO's unpaired labels.
+
+    The `top` best tie groups are desirable, the `bottom` worst groups undesirable; a group is never
+    both (the desirable side wins when they would overlap), middle groups are unused, and a ranking
+    that is one tie group gives nothing.
+    """
+    if len(ranking) < 2:
+        return [], []
+    n_top = min(top, len(ranking) - 1)
+    n_bottom = min(bottom, len(ranking) - n_top)
+    desirable = [i for group in ranking[:n_top] for i in group]
+    undesirable = [i for group in ranking[len(ranking) - n_bottom:] for i in group]
+    return desirable, undesirable
+
+
+def kto_examples(records: list[RankingRecord], top: int = 1, bottom: int = 1) -> tuple[list[dict], list[str]]:
+    """Rankings → TRL KTO rows ``{prompt, completion: [assistant], label: bool}``; also where each record
+    that gave none is (one tie group). A response text labelled both ways in one record is dropped."""
+    rows: list[dict] = []
+    empty: list[str] = []
+    for rec in records:
+        good, bad = kto_labels(rec.ranking, top, bottom)
+        good_texts = {rec.responses[i] for i in good}
+        bad_texts = {rec.responses[i] for i in bad}
+        both = good_texts & bad_texts
+        made = 0
+        for indices, label in ((good, True), (bad, False)):
+            for i in indices:
+                if rec.responses[i] in both:
+                    continue
+                rows.append({"prompt": rec.prompt, "completion": [{"role": "assistant", "content": rec.responses[i]}],
+                             "label": label})
+                made += 1
+        if not made:
+            empty.append(rec.where)
+    return rows, empty
+
+
+def split_records_by_prompt(records: list[RankingRecord], eval_fraction: float,
+                            seed: int) -> tuple[list[RankingRecord], list[RankingRecord]]:
+    """Train / held-out records with every record of a prompt on one side (as `split_by_prompt`)."""
+    import random
+
+    keys = list(dict.fromkeys(prompt_key(r.prompt) for r in records))
+    if eval_fraction <= 0 or len(keys) < 2:
+        return records, []
+    order = list(range(len(keys)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(len(keys) - 1, max(1, round(len(keys) * eval_fraction)))
+    held = {keys[i] for i in order[:n_eval]}
+    return ([r for r in records if prompt_key(r.prompt) not in held],
+            [r for r in records if prompt_key(r.prompt) in held])
+
+
 # --------------------------------------------------------------------------- writing (resumable)
 
 

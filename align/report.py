@@ -21,6 +21,12 @@ PPO_CURVES = (
     ("tokens/response_len_mean", None, "Mean response length (tokens)"),
 )
 
+DPO_CURVES = (
+    ("rewards/accuracies", "rewards/margins", "Implicit reward: accuracy (chosen > rejected) and margin"),
+    ("logps/chosen", "logps/rejected", "Policy log-probs of chosen vs rejected responses"),
+    ("kl", None, "KTO: KL(policy ‖ reference) estimate"),
+)
+
 
 def _read_json(path: Path) -> Any:
     try:
@@ -183,6 +189,15 @@ def _stage_section(stage: str, stage_dir: Path, plots_dir: Path) -> tuple[list[s
             if twin:
                 series[twin] = [(s.get("step", j), s[twin]) for j, s in enumerate(stats) if twin in s]
             p = _plot_lines(plots_dir / f"ppo_{i}.png", title, series, twin=twin)
+            plots += [p] if p else []
+    if stage == "dpo":
+        rows = _read_json(stage_dir / "history.json") or []
+        for i, (key, other, title) in enumerate(DPO_CURVES):
+            series = {key: [(r["step"], r[key]) for r in rows if key in r]}
+            if other:
+                series[other] = [(r["step"], r[other]) for r in rows if other in r]
+            twin = other if key == "rewards/accuracies" else None  # accuracy in [0, 1], margin unbounded
+            p = _plot_lines(plots_dir / f"dpo_{i}.png", title, series, twin=twin)
             plots += [p] if p else []
     if stage == "reward" and isinstance(metrics.get("accuracy_by_k"), dict):
         p = _plot_bars(plots_dir / "reward_accuracy_by_k.png", "Reward model held-out accuracy by K",

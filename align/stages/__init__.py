@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-STAGE_ORDER: tuple[str, ...] = ("self_instruct", "sft", "rank", "reward", "ppo", "eval")
+STAGE_ORDER: tuple[str, ...] = ("self_instruct", "sft", "rank", "reward", "dpo", "ppo", "eval")
 
 
 @dataclass

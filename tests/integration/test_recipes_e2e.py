@@ -1,6 +1,6 @@
 """The GPU-scale recipes, shrunk to tiny-llama and run end to end on CPU.
 
-`recipes/instructgpt.yaml` runs all five of its stages through `run_recipe` with dotted overrides only
+`recipes/instructgpt.yaml` runs all six of its stages through `run_recipe` with dotted overrides only
 (hub model and data swapped for local ones through `vars`, sizes cut), so a recipe edit that breaks the
 loop fails here rather than hours into a GPU run. `recipes/alpaca.yaml` runs its Self-Instruct stage
 against a real local OpenAI-compatible server (`align serve` with the scripted Alpaca backend) and then
@@ -22,7 +22,7 @@ from align.runner import run_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"
-STAGES = ["sft", "rank", "reward", "ppo", "eval"]
+STAGES = ["sft", "rank", "reward", "dpo", "ppo", "eval"]
 
 # instructgpt.yaml on tiny-llama: one override per hub reference (through vars) plus the sizes.
 # The recipe's own 4-bit base, paged optimizer (bitsandbytes falls back to unpaged on CPU) and activation
@@ -31,11 +31,12 @@ TINY_INSTRUCTGPT = [
     "vars.base=tiny-llama",
     f"vars.sft_data={REPO / 'examples/data/alpaca_tiny.json'}",
     f"vars.gold={REPO / 'eval/gold_prompts.jsonl'}",
-    *[f"{stage}.train.{key}" for stage in ("sft", "reward") for key in (
+    *[f"{stage}.train.{key}" for stage in ("sft", "reward", "dpo") for key in (
         "report_to=[none]", "max_length=192", "grad_accum=1", "logging_steps=1", "lr=3.0e-3")],
     "sft.data.eval_fraction=0.2", "sft.train.max_steps=4", "sft.train.batch_size=4", "sft.train.save_steps=2",
     "rank.prompts.max_samples=8", "rank.k=3", "rank.max_new_tokens=16", "rank.batch_size=8",
     "reward.train.max_steps=4", "reward.train.batch_size=2", "reward.eval_fraction=0.25",
+    "dpo.train.max_steps=4", "dpo.train.batch_size=2", "dpo.eval_fraction=0.25",
     "ppo.prompts.max_samples=8",
     *[f"ppo.ppo.{key}" for key in (
         "steps=2", "batch_size=4", "mini_batch_size=2", "grad_accum=1", "max_new_tokens=12",
@@ -62,7 +63,7 @@ def test_instructgpt_recipe_is_one_coherent_loop(monkeypatch):
     r = load_recipe(RECIPES / "instructgpt.yaml")
     base = r.sft.model.name
     assert base.count("/") == 1 and not Path(base).exists()  # a hub id
-    for model in (r.sft.model, r.rank.policy, r.reward.model, r.ppo.policy):
+    for model in (r.sft.model, r.rank.policy, r.reward.model, r.ppo.policy, r.dpo.model):
         assert model.quantization == "4bit"
     assert r.reward.model.name == base and r.ppo.policy.name == "@sft"  # reward adapter on the policy's base
     assert r.ppo.reward.source == "@reward" and r.ppo.reward.share_base
@@ -70,7 +71,8 @@ def test_instructgpt_recipe_is_one_coherent_loop(monkeypatch):
     assert r.rank.prompts.where == {"split": "train"} == r.ppo.prompts.where
     assert r.ppo.ppo.adaptive_kl and 4 <= r.rank.k <= 9
     assert r.eval.prompts == "gold:heldout" and r.eval.reference == "@sft" and r.eval.reward_model == "@reward"
-    assert set(r.eval.policies.values()) == {"@sft", "@ppo"}
+    assert set(r.eval.policies.values()) == {"@sft", "@ppo", "@dpo"}
+    assert r.dpo.model.name == "@sft" and r.dpo.data == "@rank"  # the offline arm on exactly the same rankings
 
 
 def test_instructgpt_shrunken_end_to_end(tmp_path, align_cache):
@@ -107,23 +109,28 @@ def test_instructgpt_shrunken_end_to_end(tmp_path, align_cache):
     assert "gold_score" in ppo and "final_kl_coef" in ppo  # gold_fn logged; adaptive KL ran
     assert (run / "ppo" / "model" / "adapter_config.json").exists() and read_jsonl(run / "ppo" / "samples.jsonl")
 
+    dpo = metrics_of(run, "dpo")
+    assert dpo["steps"] == 4 and dpo["quantization"] == "4bit" and dpo["policy"] == "continued adapter"
+    assert dpo["reference"].startswith("the starting adapter")  # the frozen SFT adapter on the shared base
+    assert (run / "dpo" / "model" / "adapter_config.json").exists()
+
     ev = metrics_of(run, "eval")
-    assert ev["n_prompts"] == 4 and set(ev["policies"]) == {"sft", "ppo"}
-    for name in ("sft", "ppo"):
+    assert ev["n_prompts"] == 4 and set(ev["policies"]) == {"sft", "ppo", "dpo"}
+    for name in ("sft", "ppo", "dpo"):
         entry = ev["policies"][name]
         for key in ("gold_score", "strict_accuracy", "reward_score", "kl"):
             assert isinstance(entry[key], float), (name, key)
     assert abs(ev["policies"]["sft"]["kl"]) < 1e-4  # the SFT policy against itself
     assert "win_rate_vs_sft" in ev["policies"]["ppo"] and "win_rate" in ev
     rows = read_jsonl(run / "eval" / "responses.jsonl")
-    assert len(rows) == 4 and all("sft" in row and "ppo" in row for row in rows)
+    assert len(rows) == 4 and all("sft" in row and "ppo" in row and "dpo" in row for row in rows)
 
     report = (run / "report.md").read_text()
     assert all(f"## {s}" in report for s in STAGES)
     assert (run / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
     plots = {p.name for p in (run / "plots").glob("*.png")}
     assert {"sft_loss.png", "reward_loss.png", "eval_gold.png", "reward_accuracy_by_k.png"} <= plots
-    assert any(name.startswith("ppo_") for name in plots)
+    assert any(name.startswith("ppo_") for name in plots) and "dpo_0.png" in plots
     assert all(f"plots/{name}" in report for name in plots)
 
 
@@ -149,7 +156,7 @@ def test_instructgpt_reward_from_anthropic_hh_transcripts(tmp_path, align_cache)
     records = run_recipe(RECIPES / "instructgpt.yaml", run, [*TINY_INSTRUCTGPT, "rank=null", f"vars.preferences={hh}"],
                          only="reward")
     assert [(r.name, r.status) for r in records] == [
-        ("sft", "not run"), ("reward", "ran"), ("ppo", "not run"), ("eval", "not run")]  # no rank stage at all
+        ("sft", "not run"), ("reward", "ran"), ("dpo", "not run"), ("ppo", "not run"), ("eval", "not run")]  # no rank stage at all
     reward = metrics_of(run, "reward")
     assert reward["prompts"] + reward["heldout_prompts"] == 7 and reward["train_pairs"] >= 5
     assert reward["accuracy_by_k"] and set(reward["accuracy_by_k"]) == {"2"}  # HH pairs are rankings with K=2
