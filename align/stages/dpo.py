@@ -302,15 +302,13 @@ def save_policy(trainer, tokenizer, out_dir: Path) -> None:
 
 
 def run(cfg: Config, ctx: StageContext) -> StageResult:
-    from align.training import last_checkpoint, loss_history
+    from align.training import loss_history, mean_train_loss, train
 
     trainer, info = build_trainer(cfg, ctx)
     tokenizer, model_cfg = info["tokenizer"], info["model_cfg"]
     log.info("dpo: method %s; reference = %s", cfg.method, info["reference"])
-    checkpoints = ctx.stage_dir / "checkpoints"
-    resume = last_checkpoint(checkpoints)
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=resume)
+    output, resume, resumed_step = train(trainer, "dpo")  # stops at the first NaN/inf; resumes from the last checkpoint
     seconds = time.perf_counter() - started
 
     out_dir = ctx.stage_dir / "model"
@@ -323,7 +321,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         "method": cfg.method,
         "loss_type": ",".join(cfg.loss_type) if cfg.method == "dpo" else cfg.method,
         "reference": info["reference"],
-        "train_loss": output.training_loss,
+        "train_loss": mean_train_loss(trainer.state.log_history, output.training_loss, resumed_step,
+                                      trainer.state.global_step),
         "first_loss": losses[0][1] if losses else None,
         "last_loss": losses[-1][1] if losses else None,
         "reward_accuracy_first": first_acc,

@@ -1,6 +1,6 @@
 """A diverged run (NaN/inf loss or gradients, here from lr=1e30) stops with one clear error and is never complete.
 
-The three tiny recipes run through the CLI as a user would: exit code 2, one `error:` line naming the
+The tiny recipes run through the CLI as a user would: exit code 2, one `error:` line naming the
 stage and step, no COMPLETE marker, no output model, and every checkpoint left behind (the resume point)
 holds finite weights from before the divergence.
 """
@@ -56,7 +56,8 @@ def checkpoint_step(path: str | Path) -> int:
     return int(re.search(r"(\d+)$", str(path)).group(1))
 
 
-@pytest.mark.parametrize("recipe,stage", [("sft-tiny.yaml", "sft"), ("reward-tiny.yaml", "reward")])
+@pytest.mark.parametrize("recipe,stage", [("sft-tiny.yaml", "sft"), ("reward-tiny.yaml", "reward"),
+                                          ("dpo-tiny.yaml", "dpo")])
 def test_trainer_stage_stops_at_the_first_non_finite_step(recipe, stage, tmp_path, capsys, monkeypatch, one_thread):
     monkeypatch.chdir(REPO)
     out = tmp_path / "run"
