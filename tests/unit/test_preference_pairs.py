@@ -85,14 +85,16 @@ def _rec(responses, ranking, prompt="q", where="f:1"):
 
 
 def test_preference_pairs_rows_are_trl_conversational_and_skip_identical_texts():
-    records = [_rec(["a", "b", "a"], [[0], [1], [2]], "p1", "f:1"), _rec(["x", "y"], [[0, 1]], "p2", "f:2"),
-               _rec(["s", "s"], [[0], [1]], "p3", "f:3")]
+    records = [_rec(["a", "b", "c"], [[0], [1], [2]], "p1", "f:1"), _rec(["x", "y"], [[0, 1]], "p2", "f:2"),
+               _rec(["s", "s"], [[0], [1]], "p3", "f:3"), _rec(["a", "b", "a"], [[0], [1], [2]], "p4", "f:4")]
     rows, empty = preference_pairs(records, "all")
-    # p1: (0,1) a>b, (0,2) a vs a dropped, (1,2) b>a; p2 all tied; p3 identical texts
-    assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows] == [("a", "b"), ("b", "a")]
+    # p1: a>b, a>c, b>c; p2 all tied; p3 identical texts tie; p4: the copies of "a" above and below "b" make
+    # one tie group of all three (a ranking cannot say a > b > a), so no pair
+    assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows] == [
+        ("a", "b"), ("a", "c"), ("b", "c")]
     assert rows[0]["prompt"] == [{"role": "user", "content": "p1"}]
     assert rows[0]["chosen"][0]["role"] == "assistant"
-    assert empty == ["f:2", "f:3"]  # where the records that gave no pair are
+    assert empty == ["f:2", "f:3", "f:4"]  # where the records that gave no pair are
 
 
 @pytest.mark.parametrize("ranking, top, bottom, expected", [
