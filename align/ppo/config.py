@@ -8,13 +8,35 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from align.data import DataConfig
 
 
+class RewardTerm(BaseModel):
+    """One verifiable reward added to the score: weight * fn(prompt, response)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    function: str = Field(description="`module:function` or `path/file.py:function`, fn(prompt, response) -> float "
+                                      "(prompt = the last user message), e.g. align.eval.labeler:gold_score_fn.")
+    weight: float = Field(1.0, allow_inf_nan=False, description="Its weight in the sum.")
+
+    @field_validator("function")
+    @classmethod
+    def _is_function(cls, value: str) -> str:
+        if ":" not in value or not value.rsplit(":", 1)[1].isidentifier():
+            raise ValueError(f"expected 'module:function' or 'path/file.py:function', got {value!r}")
+        return value
+
+
 class RewardConfig(BaseModel):
-    """Where scores come from: a reward model directory or a Python function."""
+    """Where scores come from: a reward model directory or a Python function, plus weighted functions.
+
+    score = weight * source(prompt, response) + sum(term.weight * term.function(prompt, response)):
+    e.g. a reward model plus a verifiable checker (RLVR), ``{source: "@reward", functions:
+    [{function: "align.eval.labeler:gold_score_fn", weight: 1.0}]}``.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -22,6 +44,11 @@ class RewardConfig(BaseModel):
         description="@reward, a reward model directory, or `module:function` / `path/file.py:function` "
                     "called as fn(prompt, response) -> float (prompt = the last user message)."
     )
+    weight: float = Field(1.0, allow_inf_nan=False, description="Weight of the source's score in the sum (0 drops it: the functions "
+                                           "alone score, but the source still loads).")
+    functions: list[RewardTerm] = Field(
+        default_factory=list, description="Extra rewards added to the source's score, each {function, weight}: "
+                                          "e.g. a verifiable checker next to the reward model.")
     share_base: bool = Field(
         True, description="Load a LoRA reward adapter trained on the policy's base onto the policy's own copy "
                           "of the base weights (one copy in memory). False: load it as a separate model."

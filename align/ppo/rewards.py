@@ -1,4 +1,5 @@
-"""Scoring rollouts: a reward model (sharing the policy's base, or separate) or a Python function.
+"""Scoring rollouts: a reward model (sharing the policy's base, or separate), a Python function, or a
+weighted sum of one of those with Python functions (a reward model plus verifiable checkers).
 
 Every scorer has ``score(queries, responses) -> list[float]`` with queries as conversations
 (lists of messages ending with the user turn) and responses as decoded text without EOS.
@@ -192,7 +193,39 @@ class SeparateRewardScorer:
         return [float(s) for s in self.model.score(queries, responses, batch_size=self.batch_size)]
 
 
+class WeightedSumScorer:
+    """weight_0 * scorer_0 + weight_1 * scorer_1 + ...: e.g. a reward model plus a verifiable checker.
+
+    Each part's batch mean is kept in `last_means` (name -> mean of its unweighted scores).
+    """
+
+    kind = "weighted_sum"
+
+    def __init__(self, parts: list[tuple[str, float, Scorer]]) -> None:
+        self.parts = parts
+        self.last_means: dict[str, float] = {}
+
+    def score(self, queries: list[Conversation], responses: list[str]) -> list[float]:
+        total = [0.0] * len(responses)
+        for name, weight, scorer in self.parts:
+            scores = scorer.score(queries, responses)
+            self.last_means[name] = sum(scores) / max(len(scores), 1)
+            total = [t + weight * s for t, s in zip(total, scores, strict=True)]
+        return total
+
+
 def load_scorer(cfg: RewardConfig, source: str, roles: ModelRoles) -> Scorer:
+    """The scorer `cfg` describes: the source alone, or its weighted sum with `cfg.functions`."""
+    scorer = load_source_scorer(cfg, source, roles)
+    if not cfg.functions and cfg.weight == 1.0:
+        return scorer
+    parts: list[tuple[str, float, Scorer]] = [(source, cfg.weight, scorer)]
+    parts += [(term.function, term.weight, FunctionScorer(term.function)) for term in cfg.functions]
+    roles.notes.append("reward = " + " + ".join(f"{w:g} * {name}" for name, w, _ in parts))
+    return WeightedSumScorer(parts)
+
+
+def load_source_scorer(cfg: RewardConfig, source: str, roles: ModelRoles) -> Scorer:
     """Pick how to score: a function, the reward adapter on the shared base, or a separate model."""
     if is_function_spec(source):
         roles.notes.append(f"reward = Python function {source}")
