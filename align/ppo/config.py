@@ -101,6 +101,10 @@ class PPOSettings(BaseModel):
         "head", description="head: a scalar head on the policy trunk's last hidden state; adapter: its own "
                             "LoRA adapter on the shared base plus a head (needs an adapter policy)."
     )
+    value_init: Literal["zero", "reward"] = Field(
+        "zero", description="zero: the value head starts at 0; reward: the value model starts as the reward model "
+                            "(InstructGPT): needs value_model: adapter and a reward adapter on the policy's base."
+    )
 
     max_prompt_length: int = Field(256, gt=0, description="Prompts longer than this (in tokens) are skipped.")
     max_new_tokens: int = Field(64, gt=0, description="Response length limit when sampling rollouts.")
@@ -134,6 +138,9 @@ class PPOSettings(BaseModel):
                 f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size * grad_accum "
                 f"({self.mini_batch_size} * {self.grad_accum} = {per_update})"
             )
+        if self.value_init == "reward" and self.value_model != "adapter":
+            raise ValueError("value_init: reward needs value_model: adapter (the reward model's score head reads its "
+                             "own adapter's hidden states, not the policy trunk's)")
         if self.ptx_coef > 0 and self.ptx_data is None:
             raise ValueError("ptx_coef > 0 needs ptx_data (demonstrations, e.g. the sft data)")
         unknown = set(self.report_to) - {"tensorboard", "none"}

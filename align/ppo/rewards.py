@@ -109,6 +109,7 @@ class SharedBaseRewardScorer:
         cfg = LoraConfig.from_pretrained(str(adapter_dir))
         head_names = tuple(cfg.modules_to_save or ("score", "classifier"))
         cfg.modules_to_save, cfg.task_type, cfg.inference_mode = None, "CAUSAL_LM", True
+        self.adapter_config = cfg  # for value_init: reward (a value adapter shaped like this one)
         weights_file = adapter_dir / "adapter_model.safetensors"
         if not weights_file.exists():
             raise AlignError(f"ppo: {adapter_dir} has no adapter_model.safetensors")
@@ -212,6 +213,20 @@ class WeightedSumScorer:
             self.last_means[name] = sum(scores) / max(len(scores), 1)
             total = [t + weight * s for t, s in zip(total, scores, strict=True)]
         return total
+
+
+def start_value_from_reward(roles: ModelRoles, scorer: Scorer) -> None:
+    """value_init: reward: the value model starts as the reward adapter on the shared base (see
+    align.ppo.policy.init_value_from_reward); in a weighted sum, scaled by the reward model's weight."""
+    from align.ppo.policy import init_value_from_reward
+
+    parts = scorer.parts if isinstance(scorer, WeightedSumScorer) else [("reward", 1.0, scorer)]
+    found = [(weight, part) for _, weight, part in parts if isinstance(part, SharedBaseRewardScorer)]
+    if not found:
+        raise AlignError(f"ppo: value_init: reward needs a reward model that shares the policy's base (a LoRA reward "
+                         f"adapter trained on the same base, share_base: true); the reward here is {scorer.kind}")
+    weight, rm = found[0]
+    init_value_from_reward(roles, rm.adapter_config, rm.head, rm.mean, weight)
 
 
 def load_scorer(cfg: RewardConfig, source: str, roles: ModelRoles) -> Scorer:
