@@ -228,6 +228,31 @@ def train_with_loss(model_dir, groups, heldout, train_cfg, work: Path, loss: str
             "heldout_accuracy": heldout_accuracy(trainer.model, tokenizer, heldout, train_cfg.max_length)}
 
 
+def time_loss_alone(k: int = 8, prompts: int = 4, repeats: int = 300) -> dict:
+    """Microseconds per forward + backward of each loss alone on one batch (4 prompts, K = 8, no ties)."""
+    from align.reward_model import plackett_luce_loss, ranking_loss
+
+    better, worse, pair_prompt = [], [], []
+    for b in range(prompts):
+        for i in range(k):
+            for j in range(i + 1, k):
+                better.append(b * k + i)
+                worse.append(b * k + j)
+                pair_prompt.append(b)
+    args = torch.tensor(better), torch.tensor(worse), torch.tensor(pair_prompt)
+    out = {}
+    for name, fn in (("pairwise", ranking_loss), ("plackett_luce", plackett_luce_loss)):
+        times = []
+        for _ in range(5):
+            rewards = torch.randn(prompts * k, requires_grad=True)
+            started = time.perf_counter()
+            for _ in range(repeats):
+                fn(rewards, *args).backward()
+            times.append((time.perf_counter() - started) / repeats * 1e6)
+        out[name] = round(min(times), 1)
+    return out
+
+
 def bench_losses(model_dir: str, work: Path, common: dict, n_train: int, seeds: int) -> dict:
     """Pairwise vs Plackett–Luce on the same rankings, init, batches and steps, for `seeds` data seeds."""
     from align.config import TrainConfig
@@ -237,7 +262,7 @@ def bench_losses(model_dir: str, work: Path, common: dict, n_train: int, seeds: 
         "k8_tied_4_levels": lambda n, seed: make_tied_rankings(n, 8, 4, seed),
     }
     cfg = TrainConfig(epochs=2, batch_size=4, **common)
-    out: dict = {}
+    out: dict = {"loss_alone_us": time_loss_alone()}
     for case, make in cases.items():
         out[case] = {"pairwise": [], "plackett_luce": []}
         for seed in range(seeds):
@@ -271,6 +296,11 @@ def render_losses(r: dict) -> str:
                          f"{statistics.mean(acc):.3f} ({', '.join(f'{a:.3f}' for a in acc)}) | "
                          f"{statistics.mean(x['train_seconds'] for x in runs):.1f} | "
                          f"{statistics.mean(x['median_step_seconds'] for x in runs):.3f} |")
+    alone = r["losses"]["loss_alone_us"]
+    lines += ["", f"The loss itself (forward + backward on one batch of 4 prompts, K = 8, 28 pairs each): pairwise "
+              f"{alone['pairwise']} µs, Plackett–Luce {alone['plackett_luce']} µs per step, against seconds per step "
+              "for the model: both losses cost the same forward and backward passes, so differences in the time "
+              "columns are load from other jobs on the shared machine, not the loss."]
     return "\n".join(lines) + "\n"
 
 
