@@ -44,8 +44,8 @@ class RewardConfig(BaseModel):
         description="@reward, a reward model directory, or `module:function` / `path/file.py:function` "
                     "called as fn(prompt, response) -> float (prompt = the last user message)."
     )
-    weight: float = Field(1.0, allow_inf_nan=False, description="Weight of the source's score in the sum (0 drops it: the functions "
-                                           "alone score, but the source still loads).")
+    weight: float = Field(1.0, allow_inf_nan=False, description="Weight of the source's score in the sum (0: "
+                          "only the functions score; the source still loads).")
     functions: list[RewardTerm] = Field(
         default_factory=list, description="Extra rewards added to the source's score, each {function, weight}: "
                                           "e.g. a verifiable checker next to the reward model.")

@@ -181,9 +181,9 @@ def init_value_from_reward(roles: ModelRoles, adapter_config: Any, head: nn.Line
                            weight: float = 1.0) -> None:
     """Start the value model as the reward model (InstructGPT; TRL's PPO loaded its value model from the
     reward model): the value adapter becomes a trainable copy of the reward adapter, the value head
-    weight * (score head − mean). Then the value at every position is exactly what the reward model
-    scores for the text up to that token (a sequence classifier reads the last token), so the first
-    value targets start close instead of from 0.
+    weight * (score head − mean). Then the value predicted after token t is exactly the reward model's
+    (normalised, weighted) score of the sequence up to t, as a sequence classifier reads its last token:
+    the critic starts from the reward model's judgement instead of from 0.
 
     Needs value_model: adapter: the score head reads the reward adapter's hidden states, which the
     policy trunk (value_model: head) does not produce.

@@ -197,21 +197,19 @@ class SeparateRewardScorer:
 class WeightedSumScorer:
     """weight_0 * scorer_0 + weight_1 * scorer_1 + ...: e.g. a reward model plus a verifiable checker.
 
-    Each part's batch mean is kept in `last_means` (name -> mean of its unweighted scores).
+    (To watch one part alone during training, also name it as ppo.gold_fn: it is logged as objective/gold.)
     """
 
     kind = "weighted_sum"
 
     def __init__(self, parts: list[tuple[str, float, Scorer]]) -> None:
-        self.parts = parts
-        self.last_means: dict[str, float] = {}
+        self.parts = parts  # (name, weight, scorer)
 
     def score(self, queries: list[Conversation], responses: list[str]) -> list[float]:
         total = [0.0] * len(responses)
-        for name, weight, scorer in self.parts:
-            scores = scorer.score(queries, responses)
-            self.last_means[name] = sum(scores) / max(len(scores), 1)
-            total = [t + weight * s for t, s in zip(total, scores, strict=True)]
+        for _, weight, scorer in self.parts:
+            if weight:
+                total = [t + weight * s for t, s in zip(total, scorer.score(queries, responses), strict=True)]
         return total
 
 

@@ -54,7 +54,6 @@ def test_weighted_sum_of_source_and_functions(specs):
     assert isinstance(scorer, WeightedSumScorer)
     # "hello there": 2 words, 3 e's → 2·2 − 0.5·3 = 2.5;  "bye": 1 word, 1 e → 2·1 − 0.5·1 = 1.5
     assert scorer.score(QUERIES, RESPONSES) == [2.5, 1.5]
-    assert scorer.last_means == {n_words: 1.5, n_e: 2.0}
     assert roles.notes[-1] == f"reward = 2 * {n_words} + -0.5 * {n_e}"
 
 
