@@ -11,8 +11,9 @@ from collections.abc import Callable
 from align.errors import AlignError
 
 HEADLINE_METRICS = (
-    "last_loss", "eval_loss", "tokens_per_second", "kept", "rankings", "heldout_accuracy", "accuracy",
-    "heldout_reward_accuracy", "heldout_reward_margin", "objective/scores", "objective/kl", "gold_score", "strict_accuracy", "win_rate",
+    "last_loss", "eval_loss", "tokens_per_second", "kept", "rankings", "informative", "all_tied",
+    "heldout_accuracy", "accuracy", "heldout_reward_accuracy", "heldout_reward_margin", "objective/scores",
+    "objective/kl", "gold_score", "strict_accuracy", "win_rate",
 )
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}

@@ -6,7 +6,8 @@ assistant response) and score it at the last non-padding token; encoders (BERT-s
 
 Training batches hold one element per prompt: all of that prompt's responses go through the model in
 one forward pass (each response once), then the loss averages −log σ(r_better − r_worse) over that
-prompt's pairs, and the prompts equally (InstructGPT, Ouyang et al. 2022, eq. 1).
+prompt's pairs, and the prompts equally (InstructGPT, Ouyang et al. 2022, eq. 1), or, with
+``loss: plackett_luce``, the listwise Plackett–Luce likelihood of the ranking (`plackett_luce_loss`).
 
 Saved layout (``model/``): a PEFT adapter of a SEQ_CLS model (score head in the adapter) or a full
 checkpoint, the tokenizer, ``align_reward.json`` {base, adapter, max_length, format} and
@@ -160,6 +161,48 @@ def ranking_loss(rewards: torch.Tensor, better: torch.Tensor, worse: torch.Tenso
     counts = counts.index_add(0, pair_prompt, torch.ones_like(pair_loss))
     present = counts > 0
     return (per_prompt[present] / counts[present]).mean()
+
+
+def plackett_luce_loss(rewards: torch.Tensor, better: torch.Tensor, worse: torch.Tensor,
+                       pair_prompt: torch.Tensor) -> torch.Tensor:
+    """Listwise Plackett–Luce loss, from the same (better, worse) index pairs as `ranking_loss`.
+
+    PL reads a ranking as choosing the best remaining response, again and again: with no ties,
+    −log P(ranking) = Σ_i [logsumexp(r_j : j not ranked above i) − r_i]. Ties: response i's term
+    uses i and the responses strictly below it, never its tie-mates, i.e. the PL term i would get
+    if it were picked last in its tie group. Why this and not breaking ties at random or Breslow's
+    approximation (which pulls tied rewards together): it asks exactly what the pairwise loss asks
+    of a tie (nothing), it needs no random choice, and it reduces to plain PL without ties and to
+    −log σ(r_b − r_w) for K = 2. The set below i is read from the pairs: {w : (i, w) is a pair}, so
+    rankings merged from several records (e.g. HH pairs sharing a prompt) work as well.
+    Each response with something below it gives one term; terms are averaged per prompt (K − 1
+    terms for a full order) and prompts weigh equally, as in `ranking_loss`.
+
+    rewards: [N] one scalar per response row; better, worse: [P] row indices (unique pairs);
+    pair_prompt: [P] in 0..B-1. Returns a scalar.
+    """
+    import torch
+
+    heads, slot_of_pair = torch.unique(better, return_inverse=True)  # [H] rows with something below them
+    n_heads, n_pairs = len(heads), len(better)
+    counts = torch.bincount(slot_of_pair, minlength=n_heads)  # [H] responses below each head
+    order = torch.argsort(slot_of_pair, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    column = torch.empty_like(slot_of_pair)
+    column[order] = torch.arange(n_pairs, device=better.device) - starts[slot_of_pair[order]]
+    # [H, 1 + max below]: the head's reward, then those of the responses below it, −inf padding
+    table = torch.full((n_heads, 1 + int(counts.max())), float("-inf"), dtype=rewards.dtype, device=rewards.device)
+    table = table.index_put((torch.arange(n_heads, device=better.device), torch.zeros_like(heads)), rewards[heads])
+    table = table.index_put((slot_of_pair, column + 1), rewards[worse])
+    terms = torch.logsumexp(table, dim=1) - rewards[heads]  # [H] −log P(head chosen over everything below it)
+    head_prompt = torch.zeros(n_heads, dtype=pair_prompt.dtype, device=pair_prompt.device)
+    head_prompt = head_prompt.scatter(0, slot_of_pair, pair_prompt)
+    n_prompts = int(pair_prompt.max()) + 1
+    per_prompt = torch.zeros(n_prompts, dtype=terms.dtype, device=terms.device).index_add(0, head_prompt, terms)
+    n_terms = torch.zeros(n_prompts, dtype=terms.dtype, device=terms.device).index_add(
+        0, head_prompt, torch.ones_like(terms))
+    present = n_terms > 0
+    return (per_prompt[present] / n_terms[present]).mean()
 
 
 def pair_metrics(rewards: list[list[float]], groups: list[PromptGroup]) -> dict[str, Any]:

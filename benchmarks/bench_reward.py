@@ -12,6 +12,11 @@ optimiser settings, full fine-tuning, fp32 on CPU, fixed torch threads.
 The toy preference: responses are random words; the better response has more "positive" words
 (good/great/excellent/nice/happy), never tied. Run: `python benchmarks/bench_reward.py` (~3-5 min on 2 cores);
 writes benchmarks/results/reward.{md,json}.
+
+`python benchmarks/bench_reward.py --losses` compares the two reward losses instead (`bench_losses`):
+InstructGPT's pairwise loss vs listwise Plackett–Luce on the same rankings (K = 4 without ties, K = 8
+with ties), same init, batches and steps, over several data seeds: held-out pairwise accuracy and time;
+writes benchmarks/results/reward_losses.{md,json}.
 """
 
 from __future__ import annotations
@@ -191,6 +196,143 @@ def train_trl(model_dir, pair_groups, heldout, train_cfg, work: Path) -> dict:
             "heldout_accuracy": heldout_accuracy(trainer.model, tokenizer, heldout, train_cfg.max_length)}
 
 
+# --------------------------------------------------------------------------- pairwise vs Plackett–Luce
+
+
+def make_tied_rankings(n_prompts: int, k: int, levels: int, seed: int) -> list[dict]:
+    """K responses with 0..levels-1 positive words drawn with replacement: rankings with tie groups."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n_prompts):
+        counts = [rng.randrange(levels) for _ in range(k)]
+        responses = [response(rng, c) for c in counts]
+        ranking = [[j for j in range(k) if counts[j] == c] for c in sorted(set(counts), reverse=True)]
+        rows.append({"prompt": f"Describe scene number {i} in a few words.", "responses": responses,
+                     "ranking": ranking})
+    return rows
+
+
+def train_with_loss(model_dir, groups, heldout, train_cfg, work: Path, loss: str) -> dict:
+    """The reward stage's Trainer with `loss` ("pairwise" | "plackett_luce"); held-out accuracy and time."""
+    from align.models import pick_precision
+    from align.stages.reward import build_trainer
+
+    model, tokenizer = fresh_classifier(model_dir)
+    trainer = build_trainer(model, tokenizer, groups, train_cfg, work / "ckpt", pick_precision("fp32"), 0, loss=loss)
+    timer = step_timer()
+    trainer.add_callback(timer)
+    started = time.perf_counter()
+    output = trainer.train()
+    seconds = time.perf_counter() - started
+    return {**timer.summary(seconds, trainer.state.global_step), "train_loss": round(output.training_loss, 4),
+            "heldout_accuracy": heldout_accuracy(trainer.model, tokenizer, heldout, train_cfg.max_length)}
+
+
+def time_loss_alone(k: int = 8, prompts: int = 4, repeats: int = 300) -> dict:
+    """Microseconds per forward + backward of each loss alone on one batch (4 prompts, K = 8, no ties)."""
+    from align.reward_model import plackett_luce_loss, ranking_loss
+
+    better, worse, pair_prompt = [], [], []
+    for b in range(prompts):
+        for i in range(k):
+            for j in range(i + 1, k):
+                better.append(b * k + i)
+                worse.append(b * k + j)
+                pair_prompt.append(b)
+    args = torch.tensor(better), torch.tensor(worse), torch.tensor(pair_prompt)
+    out = {}
+    for name, fn in (("pairwise", ranking_loss), ("plackett_luce", plackett_luce_loss)):
+        times = []
+        for _ in range(5):
+            rewards = torch.randn(prompts * k, requires_grad=True)
+            started = time.perf_counter()
+            for _ in range(repeats):
+                fn(rewards, *args).backward()
+            times.append((time.perf_counter() - started) / repeats * 1e6)
+        out[name] = round(min(times), 1)
+    return out
+
+
+def bench_losses(model_dir: str, work: Path, common: dict, n_train: int, seeds: int) -> dict:
+    """Pairwise vs Plackett–Luce on the same rankings, init, batches and steps, for `seeds` data seeds."""
+    from align.config import TrainConfig
+
+    cases = {
+        "k4_no_ties": lambda n, seed: make_rankings(n, 4, seed),
+        "k8_tied_4_levels": lambda n, seed: make_tied_rankings(n, 8, 4, seed),
+    }
+    cfg = TrainConfig(epochs=2, batch_size=4, **common)
+    out: dict = {"loss_alone_us": time_loss_alone()}
+    for case, make in cases.items():
+        out[case] = {"pairwise": [], "plackett_luce": []}
+        for seed in range(seeds):
+            train, held = to_groups(make(n_train, 100 + seed)), to_groups(make(96, 200 + seed))
+            for loss in ("pairwise", "plackett_luce"):  # alternated, so load drifts hit both alike
+                out[case][loss].append(train_with_loss(model_dir, train, held, cfg, work / f"{case}-{seed}-{loss}", loss))
+        out[case]["pairs_per_prompt"] = round(statistics.mean(len(g.pairs) for g in train), 2)
+    return out
+
+
+def render_losses(r: dict) -> str:
+    m = r["meta"]
+    lines = [
+        "# Reward loss: pairwise (InstructGPT) vs listwise Plackett–Luce", "",
+        f"Model: {m['model']}; torch {m['torch']}, transformers {m['transformers']}; CPU ({m['machine']}, "
+        f"{m['cpu_count']} cores shared with other jobs; 1-min load {m['load_average_1min'][0]} at start, "
+        f"{m['load_average_1min'][1]} at end), torch threads = {m['threads']} per process. Each row: the reward "
+        f"stage's Trainer, same init, data, batches (4 prompts) and steps (2 epochs, lr 5e-4 constant, max_length "
+        f"96); {m['train_prompts']} train / 96 held-out prompts per data seed, {m['seeds']} data seeds. Held-out "
+        "accuracy: fraction of held-out (better, worse) pairs ordered correctly (tied pairs are not scored). "
+        "Produced by `benchmarks/bench_reward.py --losses`.", "",
+        "| rankings | loss | held-out accuracy, mean (per seed) | train s, mean | median step s |",
+        "|---|---|---|---|---|",
+    ]
+    labels = {"k4_no_ties": "K = 4, no ties", "k8_tied_4_levels": "K = 8, 4 levels (ties)"}
+    for case, label in labels.items():
+        for loss in ("pairwise", "plackett_luce"):
+            runs = r["losses"][case][loss]
+            acc = [x["heldout_accuracy"] for x in runs]
+            lines.append(f"| {label} ({r['losses'][case]['pairs_per_prompt']} pairs/prompt) | {loss} | "
+                         f"{statistics.mean(acc):.3f} ({', '.join(f'{a:.3f}' for a in acc)}) | "
+                         f"{statistics.mean(x['train_seconds'] for x in runs):.1f} | "
+                         f"{statistics.mean(x['median_step_seconds'] for x in runs):.3f} |")
+    alone = r["losses"]["loss_alone_us"]
+    lines += ["", f"The loss itself (forward + backward on one batch of 4 prompts, K = 8, 28 pairs each): pairwise "
+              f"{alone['pairwise']} µs, Plackett–Luce {alone['plackett_luce']} µs per step, against seconds per step "
+              "for the model: both losses cost the same forward and backward passes, so differences in the time "
+              "columns are load from other jobs on the shared machine, not the loss."]
+    return "\n".join(lines) + "\n"
+
+
+def main_losses(args) -> None:
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    os.environ.setdefault("ALIGN_CACHE", str(Path(tempfile.gettempdir()) / "align-bench-cache"))
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
+    work = Path(tempfile.mkdtemp(prefix="bench-reward-losses-"))
+    try:
+        model_dir = build_model_dir(work)
+        n_params = sum(p.numel() for p in fresh_classifier(model_dir)[0].parameters())
+        common = {"lr": 5e-4, "warmup_ratio": 0.0, "lr_scheduler": "constant", "max_length": 96,
+                  "logging_steps": 1000, "save_steps": 100000, "report_to": ["none"]}
+        losses = bench_losses(model_dir, work, common, args.loss_prompts, args.seeds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    meta = {"torch": torch.__version__, "transformers": transformers.__version__, "threads": args.threads,
+            "cpu_count": os.cpu_count(), "machine": platform.machine(),
+            "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "model": f"LlamaForSequenceClassification 4 layers x 256, {n_params / 1e6:.2f}M params, fp32, full FT",
+            "train_prompts": args.loss_prompts, "seeds": args.seeds}
+    results = {"meta": meta, "losses": losses}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "reward_losses.json").write_text(json.dumps(results, indent=2))
+    (args.out / "reward_losses.md").write_text(render_losses(results))
+    print(render_losses(results))
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -200,7 +342,12 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=128, help="K=2 training prompts")
     parser.add_argument("--rankings", type=int, default=96, help="K=4 training prompts")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--losses", action="store_true", help="compare the pairwise and Plackett-Luce losses instead")
+    parser.add_argument("--loss-prompts", type=int, default=48, help="--losses: training prompts per data seed")
+    parser.add_argument("--seeds", type=int, default=3, help="--losses: data seeds")
     args = parser.parse_args()
+    if args.losses:
+        return main_losses(args)
 
     import transformers
     import trl

@@ -8,13 +8,35 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from align.data import DataConfig
 
 
+class RewardTerm(BaseModel):
+    """One verifiable reward added to the score: weight * fn(prompt, response)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    function: str = Field(description="`module:function` or `path/file.py:function`, fn(prompt, response) -> float "
+                                      "(prompt = the last user message), e.g. align.eval.labeler:gold_score_fn.")
+    weight: float = Field(1.0, allow_inf_nan=False, description="Its weight in the sum.")
+
+    @field_validator("function")
+    @classmethod
+    def _is_function(cls, value: str) -> str:
+        if ":" not in value or not value.rsplit(":", 1)[1].isidentifier():
+            raise ValueError(f"expected 'module:function' or 'path/file.py:function', got {value!r}")
+        return value
+
+
 class RewardConfig(BaseModel):
-    """Where scores come from: a reward model directory or a Python function."""
+    """Where scores come from: a reward model directory or a Python function, plus weighted functions.
+
+    score = weight * source(prompt, response) + sum(term.weight * term.function(prompt, response)):
+    e.g. a reward model plus a verifiable checker (RLVR), ``{source: "@reward", functions:
+    [{function: "align.eval.labeler:gold_score_fn", weight: 1.0}]}``.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -22,6 +44,11 @@ class RewardConfig(BaseModel):
         description="@reward, a reward model directory, or `module:function` / `path/file.py:function` "
                     "called as fn(prompt, response) -> float (prompt = the last user message)."
     )
+    weight: float = Field(1.0, allow_inf_nan=False, description="Weight of the source's score in the sum (0: "
+                          "only the functions score; the source still loads).")
+    functions: list[RewardTerm] = Field(
+        default_factory=list, description="Extra rewards added to the source's score, each {function, weight}: "
+                                          "e.g. a verifiable checker next to the reward model.")
     share_base: bool = Field(
         True, description="Load a LoRA reward adapter trained on the policy's base onto the policy's own copy "
                           "of the base weights (one copy in memory). False: load it as a separate model."
@@ -74,6 +101,10 @@ class PPOSettings(BaseModel):
         "head", description="head: a scalar head on the policy trunk's last hidden state; adapter: its own "
                             "LoRA adapter on the shared base plus a head (needs an adapter policy)."
     )
+    value_init: Literal["zero", "reward"] = Field(
+        "zero", description="zero: the value head starts at 0; reward: the value model starts as the reward model "
+                            "(InstructGPT): needs value_model: adapter and a reward adapter on the policy's base."
+    )
 
     max_prompt_length: int = Field(256, gt=0, description="Prompts longer than this (in tokens) are skipped.")
     max_new_tokens: int = Field(64, gt=0, description="Response length limit when sampling rollouts.")
@@ -107,6 +138,9 @@ class PPOSettings(BaseModel):
                 f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size * grad_accum "
                 f"({self.mini_batch_size} * {self.grad_accum} = {per_update})"
             )
+        if self.value_init == "reward" and self.value_model != "adapter":
+            raise ValueError("value_init: reward needs value_model: adapter (the reward model's score head reads its "
+                             "own adapter's hidden states, not the policy trunk's)")
         if self.ptx_coef > 0 and self.ptx_data is None:
             raise ValueError("ptx_coef > 0 needs ptx_data (demonstrations, e.g. the sft data)")
         unknown = set(self.report_to) - {"tensorboard", "none"}

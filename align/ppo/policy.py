@@ -176,6 +176,46 @@ def load_roles(policy: ModelConfig, adapter: AdapterConfig, value_model: str = "
     )
 
 
+def init_value_from_reward(roles: ModelRoles, adapter_config: Any, head: nn.Linear, mean: float,
+                           weight: float = 1.0) -> None:
+    """Start the value model as the reward model (InstructGPT; TRL's PPO loaded its value model from the
+    reward model): the value adapter becomes a trainable copy of the reward adapter, the value head
+    weight * (score head − mean). Then the value predicted after token t is exactly the reward model's
+    (normalised, weighted) score of the sequence up to t, as a sequence classifier reads its last token:
+    the critic starts from the reward model's judgement instead of from 0.
+
+    Needs value_model: adapter: the score head reads the reward adapter's hidden states, which the
+    policy trunk (value_model: head) does not produce.
+    """
+    if not roles.value_adapter:
+        raise AlignError("ppo: value_init: reward needs value_model: adapter (the reward model's score head reads "
+                         "its own adapter's hidden states; on the policy trunk it would not give the reward model's "
+                         "scores)")
+    config = copy.deepcopy(adapter_config)
+    config.inference_mode = False
+    model = roles.model
+    with keep_trainable_set(model):
+        model.delete_adapter(VALUE_ADAPTER)  # built from the policy's LoRA settings; the reward's may differ
+        model.add_adapter(VALUE_ADAPTER, config)
+    params = dict(model.named_parameters())
+    copied = 0
+    with torch.no_grad():
+        for name, param in params.items():
+            if f".{REWARD_ADAPTER}." in name:
+                params[name.replace(f".{REWARD_ADAPTER}.", f".{VALUE_ADAPTER}.")].copy_(param)
+                copied += 1
+        roles.value_head.summary.weight.copy_(weight * head.weight.to(roles.value_head.summary.weight))
+        bias = head.bias.item() if head.bias is not None else 0.0
+        roles.value_head.summary.bias.fill_(weight * (bias - mean))
+    if not copied:
+        raise AlignError("ppo: value_init: reward found no reward adapter weights on the shared base")
+    _set_trainable(model, (POLICY_ADAPTER, VALUE_ADAPTER))
+    model.set_adapter(POLICY_ADAPTER)
+    _set_trainable(model, (POLICY_ADAPTER, VALUE_ADAPTER))  # set_adapter flips requires_grad; put ours back
+    roles.notes.append(f"value_model = starts as the reward model ({copied} adapter tensors and the score head "
+                       f"copied, weight {weight:g}, mean {mean:g} subtracted)")
+
+
 @contextlib.contextmanager
 def keep_trainable_set(model: nn.Module) -> Iterator[None]:
     """Restore every parameter's requires_grad on exit.

@@ -1,4 +1,5 @@
-"""Scoring rollouts: a reward model (sharing the policy's base, or separate) or a Python function.
+"""Scoring rollouts: a reward model (sharing the policy's base, or separate), a Python function, or a
+weighted sum of one of those with Python functions (a reward model plus verifiable checkers).
 
 Every scorer has ``score(queries, responses) -> list[float]`` with queries as conversations
 (lists of messages ending with the user turn) and responses as decoded text without EOS.
@@ -108,6 +109,7 @@ class SharedBaseRewardScorer:
         cfg = LoraConfig.from_pretrained(str(adapter_dir))
         head_names = tuple(cfg.modules_to_save or ("score", "classifier"))
         cfg.modules_to_save, cfg.task_type, cfg.inference_mode = None, "CAUSAL_LM", True
+        self.adapter_config = cfg  # for value_init: reward (a value adapter shaped like this one)
         weights_file = adapter_dir / "adapter_model.safetensors"
         if not weights_file.exists():
             raise AlignError(f"ppo: {adapter_dir} has no adapter_model.safetensors")
@@ -192,7 +194,51 @@ class SeparateRewardScorer:
         return [float(s) for s in self.model.score(queries, responses, batch_size=self.batch_size)]
 
 
+class WeightedSumScorer:
+    """weight_0 * scorer_0 + weight_1 * scorer_1 + ...: e.g. a reward model plus a verifiable checker.
+
+    (To watch one part alone during training, also name it as ppo.gold_fn: it is logged as objective/gold.)
+    """
+
+    kind = "weighted_sum"
+
+    def __init__(self, parts: list[tuple[str, float, Scorer]]) -> None:
+        self.parts = parts  # (name, weight, scorer)
+
+    def score(self, queries: list[Conversation], responses: list[str]) -> list[float]:
+        total = [0.0] * len(responses)
+        for _, weight, scorer in self.parts:
+            if weight:
+                total = [t + weight * s for t, s in zip(total, scorer.score(queries, responses), strict=True)]
+        return total
+
+
+def start_value_from_reward(roles: ModelRoles, scorer: Scorer) -> None:
+    """value_init: reward: the value model starts as the reward adapter on the shared base (see
+    align.ppo.policy.init_value_from_reward); in a weighted sum, scaled by the reward model's weight."""
+    from align.ppo.policy import init_value_from_reward
+
+    parts = scorer.parts if isinstance(scorer, WeightedSumScorer) else [("reward", 1.0, scorer)]
+    found = [(weight, part) for _, weight, part in parts if isinstance(part, SharedBaseRewardScorer)]
+    if not found:
+        raise AlignError(f"ppo: value_init: reward needs a reward model that shares the policy's base (a LoRA reward "
+                         f"adapter trained on the same base, share_base: true); the reward here is {scorer.kind}")
+    weight, rm = found[0]
+    init_value_from_reward(roles, rm.adapter_config, rm.head, rm.mean, weight)
+
+
 def load_scorer(cfg: RewardConfig, source: str, roles: ModelRoles) -> Scorer:
+    """The scorer `cfg` describes: the source alone, or its weighted sum with `cfg.functions`."""
+    scorer = load_source_scorer(cfg, source, roles)
+    if not cfg.functions and cfg.weight == 1.0:
+        return scorer
+    parts: list[tuple[str, float, Scorer]] = [(source, cfg.weight, scorer)]
+    parts += [(term.function, term.weight, FunctionScorer(term.function)) for term in cfg.functions]
+    roles.notes.append("reward = " + " + ".join(f"{w:g} * {name}" for name, w, _ in parts))
+    return WeightedSumScorer(parts)
+
+
+def load_source_scorer(cfg: RewardConfig, source: str, roles: ModelRoles) -> Scorer:
     """Pick how to score: a function, the reward adapter on the shared base, or a separate model."""
     if is_function_spec(source):
         roles.notes.append(f"reward = Python function {source}")

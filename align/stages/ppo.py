@@ -72,7 +72,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     )
     from align.ppo.policy import load_roles, save_policy
     from align.ppo.queries import QuerySampler, load_queries
-    from align.ppo.rewards import FunctionScorer, load_scorer
+    from align.ppo.rewards import FunctionScorer, load_scorer, start_value_from_reward
     from align.ppo.rollout import encode_queries, rollout
     from align.ppo.stats import StatsLog, read_stats, record_step_stats
     from align.ppo.update import PtxBatches, estimate_advantages, rows_per_process, step_with_rollouts
@@ -90,6 +90,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     # ---- models: policy, ref_policy, value_model, reward_model
     roles = load_roles(policy_cfg, cfg.adapter, s.value_model)
     scorer = load_scorer(cfg.reward, ctx.resolve(cfg.reward.source), roles)
+    if s.value_init == "reward":
+        start_value_from_reward(roles, scorer)
     gold = FunctionScorer(s.gold_fn, "gold_fn") if s.gold_fn else None
     for note in roles.notes:
         log.info("ppo: %s", note)

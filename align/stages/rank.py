@@ -3,6 +3,11 @@
 For each prompt the policy (usually the SFT model) samples K responses at a temperature; a judge
 (gold function, LLM teacher, or people) orders them best → worst, with ties allowed.
 
+A prompt whose K responses all tie (one tie group) gives the reward model no pair. With
+``informative: N`` the stage keeps drawing prompts, in file order, until N rankings are informative
+(at least two tie groups), or the prompts run out (``prompts.max_samples`` caps the draws); the
+all-tied rankings are written too (so resume knows what was drawn) and counted in the metrics.
+
 Outputs: ``rankings.jsonl`` (``{prompt, responses, ranking}`` per line, written and fsynced as
 each prompt is done, so a killed run resumes where it stopped without duplicates) and, for the
 human judge, ``tasks.jsonl`` (``{prompt, responses}`` to label; the stage then stops).
@@ -38,6 +43,15 @@ class Config(BaseModel):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (> 0, or the K responses are identical).")
     max_new_tokens: int = Field(128, gt=0, description="Longest response, in tokens.")
     batch_size: int = Field(8, gt=0, description="Prompts per generation call (each yields K sequences).")
+    informative: int | None = Field(
+        None, gt=0, description="Keep drawing prompts (in file order) until this many rankings are informative "
+        "(not all K responses tied); draws stop at the end of `prompts` (cap them with prompts.max_samples). "
+        "None: rank every prompt.")
+
+
+def is_informative(ranking: list) -> bool:
+    """A ranking with at least two tie groups implies at least one (better, worse) pair."""
+    return len(ranking) > 1
 
 
 def load_prompts(cfg: DataConfig) -> list[list[dict]]:
@@ -58,6 +72,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     data_cfg = cfg.prompts.model_copy(update={"path": ctx.resolve(cfg.prompts.path)})
     policy_cfg = cfg.policy.model_copy(update={"name": ctx.resolve(cfg.policy.name)})
     human = cfg.judge.type == "human"
+    if human and cfg.informative:
+        raise AlignError("rank: informative needs a gold or llm judge (the human judge only writes labeling tasks)")
     judge = None if human else make_judge(cfg.judge, ctx.resolve)  # fail on a bad judge before loading the policy
     prompts = load_prompts(data_cfg)
 
@@ -67,6 +83,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     resumed = sum(k in writer.done for k in key)
     if resumed:
         log.info("rank: resuming, %d of %d prompts already in %s", resumed, len(prompts), out_path)
+    drawn, informative = written_so_far(out_path, set(key)) if not human else (resumed, 0)
+    target = cfg.informative
 
     model = tokenizer = None
     started, written, tie_records, groups = time.perf_counter(), 0, 0, 0
@@ -75,6 +93,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     with writer:
         # Batches have fixed boundaries and seeds, so a resumed run samples what the first run would have.
         for b, start in enumerate(range(0, len(prompts), cfg.batch_size)):
+            if target is not None and informative >= target:
+                break
             todo = [i for i in range(start, min(start + cfg.batch_size, len(prompts))) if key[i] not in writer.done]
             if not todo:
                 continue
@@ -89,6 +109,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
             texts = [prompt_text(prompts[i]) for i in todo]
             rankings = [None] * len(todo) if human else judge.rank(texts, samples)
             for n, (i, responses, ranking) in enumerate(zip(todo, samples, rankings)):
+                if target is not None and informative >= target:
+                    break  # the rest of this batch is never drawn: a resumed run stops at the same record
                 record = RankingRecord(prompts[i], list(responses), ranking or [])
                 row = record.to_json()
                 if human:
@@ -102,7 +124,10 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
                     groups += len(record.ranking)
                 writer.write(row)
                 written += 1
-            log.info("rank: %d/%d prompts done", len(writer.done), len(prompts))
+                drawn += 1
+                informative += bool(ranking) and is_informative(ranking)
+            goal = f", {informative}/{target} informative" if target is not None else ""
+            log.info("rank: %d/%d prompts done%s", len(writer.done), len(prompts), goal)
     del model
 
     if human:
@@ -112,12 +137,26 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
             "and point reward.data at that file (or replace rank.judge with a gold or llm judge)."
         )
     seconds = time.perf_counter() - started
+    all_tied = drawn - informative
+    log.info("rank: %d of %d ranked prompts are informative, %d all tied (no pair for the reward model)",
+             informative, drawn, all_tied)
+    if target is not None and informative < target:
+        log.warning(
+            "rank: only %d informative rankings of the %d asked for (rank.informative): all %d prompts were drawn "
+            "and %d were all tied. Give it more prompts (rank.prompts / rank.prompts.max_samples), sample more "
+            "responses (rank.k) or at a higher temperature, or lower rank.informative.",
+            informative, target, drawn, all_tied)
     metrics = {
         "rankings": len(writer.done),
         "prompts": len(prompts),
         "k": cfg.k,
         "written_now": written,
         "resumed_prompts": resumed,
+        "drawn": drawn,
+        "informative": informative,
+        "all_tied": all_tied,
+        "informative_target": target,
+        "informative_target_met": None if target is None else informative >= target,
         "records_with_ties": tie_records,
         "mean_tie_groups": round(groups / written, 3) if written else None,
         "judge": cfg.judge.type,
@@ -130,3 +169,22 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         metrics["judge_calls"] = judge.calls
         metrics["judge_unparsed"] = judge.unparsed
     return StageResult(outputs={"rankings": str(out_path)}, metrics=metrics)
+
+
+def written_so_far(path, keys: set[str]) -> tuple[int, int]:
+    """(rankings already in the file for these prompts, how many of them are informative), for resume."""
+    import json
+
+    from align.rankings import JsonlAppender
+
+    drawn = informative = 0
+    if not path.exists():
+        return 0, 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if JsonlAppender.key(row.get("prompt")) in keys:
+            drawn += 1
+            informative += is_informative(row.get("ranking") or [])
+    return drawn, informative

@@ -48,6 +48,10 @@ class Config(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig, description="batch_size counts PROMPTS (each with all "
                                "its responses).")
     margin: float = Field(0.0, ge=0, description="Loss −log σ(r_better − r_worse − margin); 0 = InstructGPT.")
+    loss: Literal["pairwise", "plackett_luce"] = Field(
+        "pairwise", description="pairwise: InstructGPT's mean −log σ(r_b − r_w) over a prompt's pairs; "
+        "plackett_luce: the listwise likelihood of each ranking (a tied response competes only with those "
+        "ranked below it; see align.reward_model.plackett_luce_loss).")
     format: Literal["auto", "chat", "pair"] = Field(
         "auto", description="chat: chat template (causal LMs); pair: 'prompt [SEP] response' (encoders).")
     normalize_data: str | None = Field(None, description="Responses whose mean reward is set to 0 (prompt/completion "
@@ -66,13 +70,14 @@ def make_trainer_class():
     """Trainer with our loss; built lazily so recipe validation does not import transformers."""
     from transformers import Trainer
 
-    from align.reward_model import ranking_loss
+    from align.reward_model import plackett_luce_loss, ranking_loss
 
     class RankingRewardTrainer(Trainer):
         """Only compute_loss (and logging its stats) changes; the training loop is transformers'."""
 
         loss_is_scaled_for_ga = False  # our loss is a mean: the Trainer divides it by grad_accum
         margin = 0.0
+        loss_kind = "pairwise"
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
@@ -82,7 +87,10 @@ def make_trainer_class():
             better, worse, pair_prompt = inputs.pop("better"), inputs.pop("worse"), inputs.pop("pair_prompt")
             outputs = model(**inputs)  # ONE forward over every response of the batch's prompts
             rewards = outputs.logits[:, 0].float()  # [N] one per response row
-            loss = ranking_loss(rewards, better, worse, pair_prompt, self.margin)
+            if self.loss_kind == "plackett_luce":
+                loss = plackett_luce_loss(rewards, better, worse, pair_prompt)
+            else:
+                loss = ranking_loss(rewards, better, worse, pair_prompt, self.margin)
             diff = (rewards[better] - rewards[worse]).detach()
             self.rm_stats["accuracy"].append((diff > 0).float().mean().item())
             self.rm_stats["margin"].append(diff.mean().item())
@@ -115,7 +123,7 @@ class GroupDataset:
 
 
 def build_trainer(model, tokenizer, groups: list, train: TrainConfig, output_dir: Path, precision, seed: int, *,
-                  text_format: str = "chat", margin: float = 0.0):
+                  text_format: str = "chat", margin: float = 0.0, loss: str = "pairwise"):
     """A Trainer over prompt groups: one batch element per prompt, all its responses in one forward."""
     from transformers import TrainingArguments
 
@@ -128,7 +136,7 @@ def build_trainer(model, tokenizer, groups: list, train: TrainConfig, output_dir
         model=model, args=args, train_dataset=GroupDataset(items),
         data_collator=lambda features: collate_groups(features, tokenizer.pad_token_id),
     )
-    trainer.margin = margin
+    trainer.margin, trainer.loss_kind = margin, loss
     return trainer
 
 
@@ -175,6 +183,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     )
     from align.training import loss_history, mean_train_loss, train
 
+    if cfg.loss == "plackett_luce" and cfg.margin:
+        raise AlignError("reward: margin applies to loss: pairwise only; drop it or use loss: pairwise")
     if cfg.adapter.type in ("prefix", "prompt"):
         raise AlignError(f"reward: adapter type {cfg.adapter.type} is not supported for reward models; "
                          "use lora, dora or full")
@@ -212,7 +222,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
 
     checkpoints = ctx.stage_dir / "checkpoints"
     trainer = build_trainer(model, tokenizer, usable, cfg.train, checkpoints, precision, ctx.seed,
-                            text_format=text_format, margin=cfg.margin)
+                            text_format=text_format, margin=cfg.margin, loss=cfg.loss)
     guard_4bit_cpu_gradients(trainer.model)
     started = time.perf_counter()
     output, resume, resumed_step = train(trainer, "reward")  # stops at the first NaN/inf; resumes from the last checkpoint
@@ -256,6 +266,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         "heldout_fully_ordered": held_stats.get("fully_ordered"),
         "accuracy_by_k": held_stats.get("accuracy_by_k") or train_stats["accuracy_by_k"],
         "mean_margin": held_stats.get("mean_margin") if heldout else train_stats["mean_margin"],
+        "loss": cfg.loss,
         "train_loss": mean_train_loss(trainer.state.log_history, output.training_loss, resumed_step,
                                       trainer.state.global_step),
         "first_loss": losses[0][1] if losses else None,

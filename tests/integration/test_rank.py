@@ -22,6 +22,17 @@ def score(prompt, response):
     if prompt == "prompt 4" and Path(__file__).with_name("fail.flag").exists():
         raise RuntimeError("killed")
     return sum(c.isalpha() for c in response) / max(1, len(response))
+
+
+def tied_on_even(prompt, response):
+    """Deterministic judge: every response to an even-numbered prompt scores 0 (all tied); odd prompts get a
+    checksum of the text (distinct responses, distinct scores). Raises on 'prompt 5' while the flag exists."""
+    import zlib
+
+    number = int(prompt.split()[-1])
+    if number == 5 and Path(__file__).with_name("fail.flag").exists():
+        raise RuntimeError("killed")
+    return 0.0 if number % 2 == 0 else float(zlib.crc32(response.encode()))
 '''
 
 
@@ -87,6 +98,73 @@ def test_killed_rank_stage_resumes_without_duplicates(setup):
     assert Path(fresh.outputs["rankings"]).read_text().splitlines() == lines
 
 
+def informative_settings(root: Path, prompts: Path, **extra) -> dict:
+    return settings(root, prompts, judge={"type": "gold", "function": f"{root / 'gold.py'}:tied_on_even"}, **extra)
+
+
+def ten_prompts(root: Path) -> Path:
+    path = root / "ten.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": f"prompt {i}"}) for i in range(10)) + "\n")
+    return path
+
+
+def test_rank_draws_prompts_until_enough_are_informative(setup):
+    root, _ = setup
+    prompts = ten_prompts(root)
+    result = run_stage(root / "rank", informative_settings(root, prompts, informative=3))
+    rows = [json.loads(line) for line in Path(result.outputs["rankings"]).read_text().splitlines()]
+    # prompts 0..5 drawn: 1, 3, 5 informative, 0, 2, 4 all tied (written too); it stops at the third informative
+    assert [r["prompt"] for r in rows] == [f"prompt {i}" for i in range(6)]
+    assert [len(r["ranking"]) > 1 for r in rows] == [False, True] * 3
+    assert [r["ranking"] for r in rows[::2]] == [[[0, 1, 2]]] * 3
+    m = result.metrics
+    assert (m["drawn"], m["informative"], m["all_tied"], m["informative_target_met"]) == (6, 3, 3, True)
+
+    every = run_stage(root / "every", informative_settings(root, prompts))  # no target: every prompt
+    assert (every.metrics["drawn"], every.metrics["informative"], every.metrics["all_tied"]) == (10, 5, 5)
+    assert every.metrics["informative_target_met"] is None
+
+
+def test_rank_informative_cap_stops_with_a_clear_message(setup, caplog):
+    root, _ = setup
+    prompts = ten_prompts(root)
+    values = informative_settings(root, prompts, informative=4)
+    values["prompts"] = {"path": str(prompts), "max_samples": 6}  # the cap on draws
+    with caplog.at_level("WARNING", logger="align.rank"):
+        result = run_stage(root / "rank", values)
+    m = result.metrics
+    assert (m["drawn"], m["informative"], m["all_tied"], m["informative_target_met"]) == (6, 3, 3, False)
+    assert "only 3 informative rankings of the 4 asked for" in caplog.text
+    assert "3 were all tied" in caplog.text and "rank.prompts.max_samples" in caplog.text
+
+
+def test_killed_informative_rank_resumes_exactly(setup):
+    root, _ = setup
+    prompts = ten_prompts(root)
+    values = informative_settings(root, prompts, informative=4)
+    (root / "fail.flag").write_text("")
+    stage_dir = root / "rank"
+    with pytest.raises(AlignError, match="RuntimeError: killed"):
+        run_stage(stage_dir, values)
+    out = stage_dir / "rankings.jsonl"
+    assert len(out.read_text().splitlines()) == 4  # batches [0, 1], [2, 3]; [4, 5] failed
+    (root / "fail.flag").unlink()
+
+    result = run_stage(stage_dir, values)
+    lines = out.read_text().splitlines()
+    fresh = run_stage(root / "fresh", values)
+    assert Path(fresh.outputs["rankings"]).read_text().splitlines() == lines  # nothing lost or duplicated
+    assert [json.loads(line)["prompt"] for line in lines] == [f"prompt {i}" for i in range(8)]
+    assert (result.metrics["resumed_prompts"], result.metrics["written_now"]) == (4, 4)
+    assert (result.metrics["drawn"], result.metrics["informative"]) == (8, 4)
+
+    again = run_stage(stage_dir, values)  # already complete: nothing drawn
+    assert out.read_text().splitlines() == lines and again.metrics["written_now"] == 0
+    more = run_stage(stage_dir, {**values, "informative": 5})  # a larger target continues where it stopped
+    assert [json.loads(line)["prompt"] for line in out.read_text().splitlines()] == [f"prompt {i}" for i in range(10)]
+    assert (more.metrics["written_now"], more.metrics["informative"]) == (2, 5)
+
+
 def test_human_judge_writes_tasks_and_stops(setup):
     root, prompts = setup
     values = settings(root, prompts, judge={"type": "human"}, k=2)
@@ -135,3 +213,5 @@ def test_bad_settings_fail_before_loading_the_policy(setup):
         Config.model_validate(settings(root, prompts, k=10))
     with pytest.raises(ValueError, match="greater than 0"):
         Config.model_validate(settings(root, prompts, temperature=0))
+    with pytest.raises(AlignError, match="informative needs a gold or llm judge"):
+        run_stage(root / "b", settings(root, prompts, judge={"type": "human"}, informative=2))

@@ -93,6 +93,21 @@ def test_separable_task_reaches_95_percent_heldout_accuracy(full_run):
     assert m["train_loss"] < 0.5 * m["first_loss"]
 
 
+def test_plackett_luce_loss_learns_the_same_task(full_run, tmp_path):
+    pairwise, _, data = full_run
+    result = run_stage(tmp_path / "pl", {
+        "model": "tiny-llama", "data": str(data), "eval_fraction": 0.25, "adapter": {"type": "full"},
+        "loss": "plackett_luce",
+        "train": {"lr": 3e-3, "epochs": 2, "batch_size": 4, "max_length": 64, "save_steps": 1000, **QUIET},
+    })
+    m = result.metrics
+    assert m["loss"] == "plackett_luce" and pairwise.metrics["loss"] == "pairwise"
+    assert m["heldout_accuracy"] >= 0.95, m
+    assert m["train_loss"] < 0.5 * m["first_loss"]
+    # same start and batches, another objective: with K = 3..4 (best vs a tied rest) the two losses differ
+    assert m["first_loss"] != pytest.approx(pairwise.metrics["first_loss"], rel=1e-3)
+
+
 def test_each_response_is_forwarded_once_per_epoch(full_run):
     from align.rankings import group_by_prompt, read_rankings, split_by_prompt
 
@@ -288,6 +303,8 @@ def test_stage_rejects_unusable_data_and_settings(tmp_path):
         run_stage(tmp_path / "a", {"model": "tiny-llama", "data": str(tied)})
     with pytest.raises(AlignError, match="adapter type prefix is not supported"):
         run_stage(tmp_path / "b", {"model": "tiny-llama", "data": str(tied), "adapter": {"type": "prefix"}})
+    with pytest.raises(AlignError, match="margin applies to loss: pairwise only"):
+        run_stage(tmp_path / "m", {"model": "tiny-llama", "data": str(tied), "loss": "plackett_luce", "margin": 1.0})
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "p", "responses": ["a", "b"], "ranking": [0, 0]}) + "\n")
     with pytest.raises(AlignError, match=r"bad.jsonl:1: index 0 appears twice"):

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from align.rankings import PromptGroup
-from align.reward_model import collate_groups, normalization_stats, pair_metrics, ranking_loss
+from align.reward_model import (
+    collate_groups,
+    normalization_stats,
+    pair_metrics,
+    plackett_luce_loss,
+    ranking_loss,
+)
 
 
 def test_loss_matches_hand_computed_value_and_weighs_prompts_equally():
@@ -72,3 +78,52 @@ def test_pair_metrics_accuracy_by_k_and_margin():
 
 def test_normalization_stats():
     assert normalization_stats([1.0, 3.0]) == {"mean": 2.0, "std": 1.0, "n": 2}
+
+
+def test_plackett_luce_matches_hand_computed_value():
+    # Prompt 0: rewards r = [2, 0, 1], ranking 0 > 2 > 1 (pairs (0,1), (0,2), (2,1)); PL picks 0 from {0, 1, 2},
+    # then 2 from {1, 2}:
+    #   term 0 = log(e^2 + e^0 + e^1) − 2 = log(11.107338) − 2 = 0.407606
+    #   term 2 = log(e^1 + e^0) − 1 = 0.313262;  prompt mean over its K − 1 = 2 terms = 0.360434
+    # Prompt 1 (K = 2, response 1 better): log(e^0.5 + e^−0.5) + 0.5 = 1.313262 = −log σ(−1), the pairwise loss
+    # Loss = (0.360434 + 1.313262) / 2 = 0.836848   (the pairwise loss on the same data is 0.782206)
+    rewards = torch.tensor([2.0, 0.0, 1.0, 0.5, -0.5])
+    args = torch.tensor([0, 0, 2, 4]), torch.tensor([1, 2, 1, 3]), torch.tensor([0, 0, 0, 1])
+    assert plackett_luce_loss(rewards, *args).item() == pytest.approx(0.836848, abs=1e-6)
+    assert ranking_loss(rewards, *args).item() == pytest.approx(0.782206, abs=1e-6)
+
+
+def test_plackett_luce_pair_order_does_not_matter():
+    rewards = torch.tensor([2.0, 0.0, 1.0, 0.5, -0.5])
+    shuffled = torch.tensor([4, 2, 0, 0]), torch.tensor([3, 1, 2, 1]), torch.tensor([1, 0, 0, 0])
+    assert plackett_luce_loss(rewards, *shuffled).item() == pytest.approx(0.836848, abs=1e-6)
+
+
+def test_plackett_luce_ties_compete_only_with_responses_below():
+    # Ranking [[0, 1], [2]] with r = [1, 0, −1]: pairs (0, 2), (1, 2). Each tied response's term is the PL term it
+    # gets when picked last in its group: 0 vs {2}: log(e^1 + e^−1) − 1 = −log σ(2) = 0.126928;
+    # 1 vs {2}: −log σ(1) = 0.313262; mean 0.220095. Tie-mates never meet: r0 − r1 gets no gradient.
+    rewards = torch.tensor([1.0, 0.0, -1.0], requires_grad=True)
+    loss = plackett_luce_loss(rewards, torch.tensor([0, 1]), torch.tensor([2, 2]), torch.tensor([0, 0]))
+    assert loss.item() == pytest.approx(0.220095, abs=1e-6)
+    # [[0], [1, 2]]: one term, 0 chosen from all three: log(e^1 + e^0 + e^−1) − 1 = 0.407606
+    one = plackett_luce_loss(rewards, torch.tensor([0, 0]), torch.tensor([1, 2]), torch.tensor([0, 0]))
+    assert one.item() == pytest.approx(0.407606, abs=1e-6)
+    loss.backward()
+    g = rewards.grad.tolist()  # d/dr0 = −σ(−2)/2, d/dr1 = −σ(−1)/2, d/dr2 = −(d/dr0 + d/dr1)
+    assert g == pytest.approx([-0.059601, -0.134471, 0.194073], abs=1e-6)
+
+
+def test_plackett_luce_gradient_at_zero_by_hand():
+    # r = 0, ranking 0 > 1 > 2: term 0 = log 3 − r0 → grad [−2/3, 1/3, 1/3]; term 1 = log(e^r1 + e^r2) − r1
+    # → [0, −1/2, 1/2]; mean of the two terms → [−1/3, −1/12, 5/12]
+    rewards = torch.zeros(3, requires_grad=True)
+    plackett_luce_loss(rewards, torch.tensor([0, 0, 1]), torch.tensor([1, 2, 2]), torch.tensor([0, 0, 0])).backward()
+    assert rewards.grad.tolist() == pytest.approx([-1 / 3, -1 / 12, 5 / 12])
+
+
+def test_plackett_luce_equals_pairwise_for_pairs_and_is_finite_for_large_gaps():
+    rewards = torch.tensor([3.0, -1.0, 0.25, 0.5, 400.0, -400.0])
+    args = torch.tensor([1, 2, 5]), torch.tensor([0, 3, 4]), torch.tensor([0, 1, 2])  # K = 2 everywhere
+    assert plackett_luce_loss(rewards, *args).item() == pytest.approx(ranking_loss(rewards, *args).item(), rel=1e-6)
+    assert torch.isfinite(plackett_luce_loss(rewards, *args))
