@@ -42,6 +42,10 @@ class Config(BaseModel):
     eval_data: str | None = Field(None, description="Extra held-out rankings or pairs to report accuracy on.")
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of PROMPTS held out for accuracy.")
     max_records: int | None = Field(None, gt=0, description="Use only the first N records of data.")
+    max_bad_records: float = Field(
+        0.01, ge=0, description="Unusable records of data (a missing key, a bad ranking, HH transcripts with no "
+        "Human turn in common) to skip before the stage fails: below 1 a fraction of the records, else a count; "
+        "0 = the first one fails. Skipped records are counted in the log and metrics.json.")
     adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="lora/dora (score head trained too) "
                                    "or full; quantization: 4bit on the model gives QLoRA.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="batch_size counts PROMPTS (each with all "
@@ -155,7 +159,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         peft_config,
         pick_precision,
     )
-    from align.rankings import group_by_prompt, read_rankings, split_by_prompt
+    from align.rankings import group_by_prompt, read_rankings, read_rankings_checked, split_by_prompt
     from align.reward_model import (
         META_FILE,
         NORM_FILE,
@@ -174,7 +178,13 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
                          "use adapter.type: lora (QLoRA) or quantization: none")
 
     # ---- data: prompt groups, split by prompt
-    records = read_rankings(ctx.resolve(cfg.data), cfg.max_records)
+    records, read_report = read_rankings_checked(ctx.resolve(cfg.data), cfg.max_records, cfg.max_bad_records)
+    if read_report.split_early:
+        log.info("reward: %d HH pairs differ before their last Assistant turn; split at the last shared Human "
+                 "turn (their responses span several turns)", read_report.split_early)
+    if read_report.bad:
+        log.warning("reward: skipped %d unusable records (max_bad_records = %s); first: %s", len(read_report.bad),
+                    cfg.max_bad_records, read_report.bad[0][1])
     groups = group_by_prompt(records)
     ranked = [g for g in groups if g.pairs]  # a prompt whose responses all tie teaches nothing
     if not ranked:
@@ -257,6 +267,10 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         "prompts": len(usable),
         "heldout_prompts": len(heldout),
         "skipped_all_tied": len(groups) - len(ranked),
+        "records": read_report.records,
+        "hh_split_early": read_report.split_early,
+        "bad_records": len(read_report.bad),
+        "bad_record_examples": [why for _, why in read_report.bad[:5]],
         "train_pairs": train_stats["pairs"],
         "forward_rows": rows,  # response rows forwarded in training: each response once per epoch
         "train_seconds": round(seconds, 2),
