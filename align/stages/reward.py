@@ -137,16 +137,18 @@ def build_trainer(model, tokenizer, groups: list, train: TrainConfig, output_dir
     Every row is truncated to max_length when encoded (once, before training), batches are padded to
     their own longest row, and (group_by_length) hold prompts of similar length.
     """
+    import torch
     from transformers import TrainingArguments
-    from trl.trainer.utils import disable_dropout_in_model
 
     from align.reward_model import collate_groups, encode_group
     from align.training import trainer_args
 
     items = [encode_group(tokenizer, g, text_format, train.max_length) for g in groups]
     args = trainer_args(TrainingArguments, train, output_dir, precision, seed)
-    if disable_dropout:
-        disable_dropout_in_model(model)
+    if disable_dropout:  # not TRL's disable_dropout_in_model: it also zeroes an adapter's own lora dropout setting
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Dropout) and "lora_dropout" not in name:
+                module.p = 0.0
     trainer = make_trainer_class()(
         model=model, args=args, train_dataset=GroupDataset(items),
         data_collator=lambda features: collate_groups(features, tokenizer.pad_token_id),
