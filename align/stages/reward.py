@@ -10,6 +10,11 @@ responses dominate the loss. InstructGPT puts a prompt's K responses in ONE batc
 response forwarded once) and weighs prompts equally. So: a `transformers.Trainer` (its loop,
 checkpoints, resume, schedules untouched) with our collator and `compute_loss`.
 
+Speed on long transcripts: every row is truncated once when encoded (before batching), batches pad to
+their own longest row and hold prompts of similar length (`group_by_length`), and dropout is off
+(`disable_dropout`, as in TRL): with dropout on, attention on CPU materialises its [L, L] probabilities,
+which made long-input training slower and ~1.5x heavier in memory (``benchmarks/bench_reward.py --long``).
+
 Outputs (``model/``): PEFT adapter (LoRA/DoRA on a SEQ_CLS model, score head saved with it) or a full
 checkpoint, tokenizer, ``align_reward.json``, ``reward_normalization.json``; ``metrics.json``.
 """
