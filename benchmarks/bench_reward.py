@@ -500,6 +500,10 @@ def long_ratios(x: dict) -> list[str]:
                        f"padded tokens forwarded {ours['padded_tokens']} vs {other['padded_tokens']}, held-out "
                        f"accuracy {ours['heldout_accuracy']} vs {other['heldout_accuracy']}.")
     early = x.get("align_keep_earliest")
+    if early and early["padded_tokens"] == ours["padded_tokens"]:
+        out.append(f"- align and align_keep_earliest forward the same number of tokens; their train times differ by "
+                   f"{abs(ours['train_seconds'] / early['train_seconds'] - 1):.0%}: the noise of this shared machine "
+                   "in this run.")
     if early:
         out.append(f"- Encoder truncation, held-out accuracy on the {ours['heldout_long']} pairs longer than max_length: "
                    f"keep latest turns (default) {ours['heldout_accuracy_long']} vs keep earliest "
