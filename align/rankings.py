@@ -10,7 +10,13 @@ accepted too, and so is a mix (``[0, [1, 2], 3]``). Every index appears exactly 
 Readers also accept preference pairs, which are rankings with K = 2:
 - plain pairs ``{prompt, chosen, rejected}`` (strings, or TRL's conversational message lists);
 - Anthropic HH ``{chosen, rejected}``: two full ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``
-  transcripts sharing everything up to the last Assistant turn.
+  transcripts, usually sharing everything up to the last Assistant turn. Public HH files also hold
+  pairs that differ in an earlier turn: those are split at the last Human turn both share, and each
+  response is the rest of its transcript, several turns long (see `split_hh`).
+
+Unusable records (a missing key, a bad ranking, HH transcripts with no Human turn in common) fail
+the read by default; `read_rankings_checked(..., max_bad_records=...)` skips up to that many
+(a fraction of the records, or a count) and reports them by file:line.
 
 Training groups records by prompt (`group_by_prompt`) so that one batch element is one prompt with
 all of its responses, as in InstructGPT.
@@ -19,9 +25,10 @@ all of its responses, as in InstructGPT.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +50,7 @@ class RankingRecord:
     responses: list[str]
     ranking: Ranking
     where: str = ""  # "file:line", for error messages
+    split_early: bool = False  # an HH pair that differed before its last Assistant turn (multi-turn responses)
 
     def __post_init__(self) -> None:
         if self.ranking:  # empty: a labeling task not ranked yet
@@ -166,30 +174,80 @@ def hh_messages(transcript: str, where: str) -> list[dict]:
     return [{"role": roles[parts[i]], "content": parts[i + 1].strip()} for i in range(1, len(parts), 2)]
 
 
-def split_hh(chosen: str, rejected: str, where: str) -> tuple[list[dict], str, str]:
-    """Anthropic HH pair → (prompt messages, chosen response, rejected response).
+def _hh_text(text: str, name: str, where: str) -> str:
+    """A transcript normalised to start with '\\n\\nHuman:' (some files drop the leading blank line)."""
+    if not text.startswith(("\n\nHuman:", "Human:")):
+        text = text.lstrip()
+    if text.startswith("Human:"):
+        text = "\n\n" + text
+    if ASSISTANT_TURN not in text:
+        raise AlignError(f"{where}: '{name}' has no '\\n\\nAssistant:' turn; expected an Anthropic HH transcript")
+    return text
 
-    Both transcripts are cut at their LAST '\\n\\nAssistant:'; what comes before must be identical
-    (the shared conversation), what comes after is each response.
+
+def hh_continuation(messages: list[dict]) -> str:
+    """Turns that follow a prompt, starting with an assistant turn → one response string in HH markup:
+    the first assistant text, then '\\n\\nHuman: ...' / '\\n\\nAssistant: ...' for each later turn."""
+    markers = {"user": HUMAN_TURN, "assistant": ASSISTANT_TURN}
+    return messages[0]["content"] + "".join(f"{markers[m['role']]} {m['content']}" for m in messages[1:])
+
+
+def response_messages(response: str) -> list[dict]:
+    """A response → the assistant (and later) turns it holds.
+
+    A plain response is one assistant turn. A response that spans several turns (an HH pair split
+    before its last Assistant turn, see `split_hh`) holds them in HH markup, and becomes
+    [assistant, user, assistant, ...] so reward models read the real turns, not the markup.
     """
+    parts = _HH_TURN.split(response)
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": "assistant", "content": parts[0].strip()},
+            *({"role": roles[parts[i]], "content": parts[i + 1].strip()} for i in range(1, len(parts), 2))]
+
+
+def split_hh(chosen: str, rejected: str, where: str) -> tuple[list[dict], str, str]:
+    """Anthropic HH pair → (prompt messages, chosen response, rejected response); see `_split_hh`."""
+    messages, chosen_response, rejected_response, _ = _split_hh(chosen, rejected, where)
+    return messages, chosen_response, rejected_response
+
+
+def _split_hh(chosen: str, rejected: str, where: str) -> tuple[list[dict], str, str, bool]:
+    """Anthropic HH pair → (prompt messages, chosen response, rejected response, split early?).
+
+    Usually both transcripts are cut at their LAST '\\n\\nAssistant:': what comes before is identical
+    (the shared conversation), what comes after is each response.
+
+    Some public HH pairs differ in an earlier turn (4 of 1,849 in one split). TRL trains on those as
+    whole transcripts; here they are split at the last turn boundary both share that ends with a Human
+    turn: the prompt is the shared complete turns up to that Human turn, each response the rest of its
+    transcript (an assistant turn, then possibly more Human/Assistant turns), written in HH markup as
+    `hh_continuation` does. Readers of a response (`response_messages`) turn it back into real turns:
+    causal reward models see them through the chat template, encoders as role-labelled lines.
+    A pair that shares no Human turn is unusable.
+    """
+    chosen, rejected = _hh_text(chosen, "chosen", where), _hh_text(rejected, "rejected", where)
     cut = []
-    for name, text in (("chosen", chosen), ("rejected", rejected)):
-        if not text.startswith(("\n\nHuman:", "Human:")):
-            text = text.lstrip()
-        if text.startswith("Human:"):
-            text = "\n\n" + text
+    for text in (chosen, rejected):
         at = text.rfind(ASSISTANT_TURN)
-        if at < 0:
-            raise AlignError(f"{where}: '{name}' has no '\\n\\nAssistant:' turn; expected an Anthropic HH transcript")
         cut.append((text[:at], text[at + len(ASSISTANT_TURN) :].strip()))
     (prefix, chosen_response), (other_prefix, rejected_response) = cut
-    if prefix != other_prefix:
-        raise AlignError(f"{where}: 'chosen' and 'rejected' differ before their last Assistant turn; "
-                         "expected two HH transcripts of the same conversation")
-    messages = hh_messages(prefix, where)
-    if not messages or messages[-1]["role"] != "user":
-        raise AlignError(f"{where}: the HH conversation must end with a Human turn before the last Assistant turn")
-    return messages, chosen_response, rejected_response
+    if prefix == other_prefix:
+        messages = hh_messages(prefix, where)
+        if not messages or messages[-1]["role"] != "user":
+            raise AlignError(f"{where}: the HH conversation must end with a Human turn before the last Assistant turn")
+        return messages, chosen_response, rejected_response, False
+    turns = hh_messages(chosen, where), hh_messages(rejected, where)
+    shared = 0
+    while shared < min(map(len, turns)) and turns[0][shared] == turns[1][shared]:
+        shared += 1
+    while shared and turns[0][shared - 1]["role"] != "user":
+        shared -= 1  # the prompt ends with the Human turn the responses answer
+    rest = turns[0][shared:], turns[1][shared:]
+    if not shared or not all(r and r[0]["role"] == "assistant" for r in rest):
+        raise AlignError(f"{where}: 'chosen' and 'rejected' differ before their last Assistant turn and share no "
+                         "Human turn followed by an Assistant turn in each; expected two HH transcripts of the same "
+                         "conversation")
+    return turns[0][:shared], hh_continuation(rest[0]), hh_continuation(rest[1]), True
 
 
 # --------------------------------------------------------------------------- reading
@@ -231,7 +289,8 @@ def parse_record(rec: dict, where: str) -> RankingRecord:
             prompt = prompt_messages(rec["prompt"], where)
             pair = (_response(chosen, where, "chosen"), _response(rejected, where, "rejected"))
         elif isinstance(chosen, str) and isinstance(rejected, str):
-            prompt, *pair = split_hh(chosen, rejected, where)
+            prompt, *pair, early = _split_hh(chosen, rejected, where)
+            return RankingRecord(prompt, list(pair), [[0], [1]], where, split_early=early)
         elif isinstance(chosen, list) and isinstance(rejected, list):
             prompt, *pair = _implicit_prompt_pair(chosen, rejected, where)
         else:
@@ -263,8 +322,35 @@ def check_rankings_source(path: str | Path) -> Path:
     return source
 
 
+@dataclass
+class ReadReport:
+    """What reading a rankings file found besides the usable records."""
+
+    records: int = 0  # usable records kept
+    split_early: int = 0  # HH pairs split before their last Assistant turn (multi-turn responses)
+    bad: list[tuple[str, str]] = field(default_factory=list)  # (file:line, why) of each skipped record
+
+
+def bad_record_limit(max_bad_records: float, total: int) -> int:
+    """How many unusable records a file of `total` records may have: a value below 1 is a fraction of
+    them (rounded down), 1 or more an absolute count."""
+    return int(max_bad_records) if max_bad_records >= 1 else math.floor(max_bad_records * total)
+
+
 def read_rankings(path: str | Path, max_records: int | None = None) -> list[RankingRecord]:
-    """Every record of a rankings / pairs / HH file (JSONL, JSON list, csv/parquet or a datasets hub id)."""
+    """Every record of a rankings / pairs / HH file; the first unusable record fails the read."""
+    return read_rankings_checked(path, max_records)[0]
+
+
+def read_rankings_checked(path: str | Path, max_records: int | None = None,
+                          max_bad_records: float = 0.0) -> tuple[list[RankingRecord], ReadReport]:
+    """Every record of a rankings / pairs / HH file (JSONL, JSON list, csv/parquet or a datasets hub id),
+    and a report of what was split or skipped.
+
+    Unusable records are skipped while there are at most `bad_record_limit(max_bad_records, records
+    read)` of them; past that the read fails, naming the first few by file:line. With 0 the first one
+    fails it with its own message. Lines that are not valid JSON always fail the read (a damaged file).
+    """
     from align.data import _records_from_datasets, read_records
 
     source = check_rankings_source(path)
@@ -274,16 +360,32 @@ def read_rankings(path: str | Path, max_records: int | None = None) -> list[Rank
         rows = _records_from_datasets(str(source), "train", local=True)
     else:
         rows = _records_from_datasets(str(path), "train", local=False)
-    records = []
+    records: list[RankingRecord] = []
+    report = ReadReport()
+    seen = 0
     for where, rec in rows:
         if rec.get("skipped") is True:  # `align label` records skipped tasks without a ranking
             continue
-        records.append(parse_record(rec, where))
+        seen += 1
+        try:
+            record = parse_record(rec, where)
+        except AlignError as exc:
+            if max_bad_records <= 0:
+                raise
+            report.bad.append((where, str(exc)))
+            continue
+        records.append(record)
+        report.split_early += record.split_early
         if max_records and len(records) >= max_records:
             break
+    report.records = len(records)
+    if len(report.bad) > bad_record_limit(max_bad_records, seen):
+        first = "; ".join(why for _, why in report.bad[:3])
+        raise AlignError(f"{path}: {len(report.bad)} of {seen} records are unusable, more than max_bad_records = "
+                         f"{max_bad_records} allows (a fraction below 1, else a count); first: {first}")
     if not records:
         raise AlignError(f"{path}: no rankings found")
-    return records
+    return records, report
 
 
 # --------------------------------------------------------------------------- grouping for training

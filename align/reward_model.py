@@ -2,7 +2,10 @@
 
 Text format: causal bases read the conversation through their chat template (user prompt, then the
 assistant response) and score it at the last non-padding token; encoders (BERT-style) read
-"prompt [SEP] response" through the tokenizer's pair encoding and score the pooled [CLS].
+"prompt [SEP] response" through the tokenizer's pair encoding and score the pooled [CLS]. A response
+that spans several turns (an HH pair that differed before its last turn) is read as those turns: chat
+messages for causal bases, "Human: ..."/"Assistant: ..." lines in the response segment for encoders.
+Over-long inputs keep the end of the conversation in both formats (`encode`).
 
 Training batches hold one element per prompt: all of that prompt's responses go through the model in
 one forward pass (each response once), then the loss averages −log σ(r_better − r_worse) over that
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from align.errors import AlignError
-from align.rankings import PromptGroup, prompt_messages
+from align.rankings import PromptGroup, prompt_messages, response_messages
 
 if TYPE_CHECKING:
     import torch
@@ -60,29 +63,62 @@ def detect_format(model_dir: str) -> TextFormat:
 
 def encode(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict], response: str,
            text_format: TextFormat, max_length: int) -> dict[str, list[int]]:
-    """Token ids of one (prompt, response), at most max_length long.
+    """Token ids of one (prompt, response), at most max_length long, truncated BEFORE padding or batching.
 
-    chat: longer conversations lose their BEGINNING (the score is read at the end of the response).
-    pair: the longer of prompt/response is cut first (tokenizer's longest_first).
+    chat: the conversation through the chat template; longer ones lose their BEGINNING (the score is
+    read at the end of the response).
+    pair: see `encode_pair`: the prompt keeps its latest turns, the response its start.
+    A response spanning several turns (`align.rankings.response_messages`) is read as those turns.
     """
     if text_format == "pair":
-        text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
-        enc = tokenizer(text, response, truncation="longest_first", max_length=max_length)
-        out = {"input_ids": list(enc["input_ids"])}
-        if "token_type_ids" in enc:
-            out["token_type_ids"] = list(enc["token_type_ids"])
-        return out
+        return encode_pair(tokenizer, pair_text(prompt), pair_text(response_messages(response)), max_length)
     ids = tokenizer(format_for_reward(tokenizer, prompt, response), add_special_tokens=False)["input_ids"]
     return {"input_ids": list(ids[-max_length:])}
 
 
+def pair_text(messages: str | list[dict]) -> str:
+    """Text of an encoder's segment: a single turn as is, several as role-labelled lines."""
+    if isinstance(messages, str):
+        return messages
+    if len(messages) == 1:
+        return messages[0]["content"]
+    names = {"user": "Human", "assistant": "Assistant"}
+    return "\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in messages)
+
+
+def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, max_length: int,
+                keep: Literal["latest", "earliest"] = "latest") -> dict[str, list[int]]:
+    """'[CLS] prompt [SEP] response [SEP]' in at most max_length tokens.
+
+    Over-long inputs are cut as the tokenizer's longest_first cuts them (the longer segment first, so a
+    response keeps at least half the room), except WHERE the prompt is cut: keep="latest" (default)
+    drops the START of the conversation and keeps the turns the response answers; "earliest" (the
+    tokenizer's own right-side truncation) drops its end. The response always keeps its start.
+    Needs a fast tokenizer (character offsets) for "latest"; slow ones fall back to "earliest".
+    """
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=True)
+    if keep == "latest" and getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+        n_prompt = len(enc["input_ids"])
+        n_response = len(tokenizer(response, add_special_tokens=False)["input_ids"])
+        if n_prompt + n_response > budget:
+            keep_response = min(n_response, max(budget - n_prompt, budget // 2))
+            keep_prompt = min(n_prompt, budget - keep_response)
+            prompt = prompt[enc["offset_mapping"][n_prompt - keep_prompt][0] :] if keep_prompt else ""
+    enc = tokenizer(prompt, response, truncation="longest_first", max_length=max_length)
+    out = {"input_ids": list(enc["input_ids"])}
+    if "token_type_ids" in enc:
+        out["token_type_ids"] = list(enc["token_type_ids"])
+    return out
+
+
 def format_for_reward(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict], response: str) -> str:
-    """The text a causal reward model reads: the conversation, the response as the last assistant turn.
+    """The text a causal reward model reads: the conversation, the response as the last assistant turn(s).
 
     Tokenize it with add_special_tokens=False; over-long texts keep their END (the saved tokenizer has
     truncation_side='left', so `tokenizer(text, truncation=True, max_length=N)` matches training).
     """
-    messages = [*prompt_messages(prompt), {"role": "assistant", "content": response}]
+    messages = [*prompt_messages(prompt), *response_messages(response)]
     return tokenizer.apply_chat_template(messages, tokenize=False)
 
 

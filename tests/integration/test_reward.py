@@ -309,3 +309,22 @@ def test_stage_rejects_unusable_data_and_settings(tmp_path):
     bad.write_text(json.dumps({"prompt": "p", "responses": ["a", "b"], "ranking": [0, 0]}) + "\n")
     with pytest.raises(AlignError, match=r"bad.jsonl:1: index 0 appears twice"):
         run_stage(tmp_path / "c", {"model": "tiny-llama", "data": str(bad)})
+
+
+def test_hh_pairs_that_differ_early_train_and_bad_records_are_skipped_and_counted(tmp_path):
+    shared = "\n\nHuman: Tell me about the cat.\n\nAssistant: "
+    rows = [{"chosen": f"{shared}The cat excellent sat {i}.", "rejected": f"{shared}The cat sat {i}."} for i in range(6)]
+    rows.append({  # differs in the FIRST assistant turn: split after the first Human turn, responses of 3 turns
+        "chosen": shared + "It sleeps.\n\nHuman: More?\n\nAssistant: It is excellent.",
+        "rejected": shared + "No.\n\nHuman: Please?\n\nAssistant: Still no."})
+    rows.append({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: OTHER\n\nAssistant: c"})  # unusable
+    data = tmp_path / "hh.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = {"model": "tiny-llama", "data": str(data), "eval_fraction": 0.0, "max_bad_records": 1,
+                "train": {"lr": 1e-3, "max_steps": 1, "batch_size": 8, "max_length": 64, "save_steps": 100, **QUIET}}
+    m = run_stage(tmp_path / "reward", settings).metrics
+    assert (m["records"], m["hh_split_early"], m["bad_records"]) == (7, 1, 1)
+    assert m["bad_record_examples"][0].startswith(f"{data}:8: ")
+    assert m["train_pairs"] == 7 and m["steps"] == 1
+    with pytest.raises(AlignError, match=rf"1 of 8 records are unusable.*{data.name}:8: "):
+        run_stage(tmp_path / "strict", {**settings, "max_bad_records": 0.1})

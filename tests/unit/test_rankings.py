@@ -9,10 +9,13 @@ import pytest
 from align.errors import AlignError
 from align.rankings import (
     JsonlAppender,
+    bad_record_limit,
     expand_pairs,
     group_by_prompt,
     normalize_ranking,
     read_rankings,
+    read_rankings_checked,
+    response_messages,
     split_by_prompt,
     split_hh,
 )
@@ -218,3 +221,66 @@ def test_identical_responses_keep_the_groups_outside_their_span():
     assert tie_identical_responses(["a", "b", "a", "b"], [[0], [1], [3], [2]]) == [[0, 1, 3, 2]]
     assert tie_identical_responses(["a", "b", "c"], [[2], [0, 1]]) == [[2], [0, 1]]  # distinct: unchanged
     assert RankingRecord([{"role": "user", "content": "q"}], ["x", "y", "x"], [[2], [1], [0]]).ranking == [[2, 1, 0]]
+
+
+# --------------------------------------------------------------------------- HH pairs that differ early, bad records
+
+EARLY = {  # the assistant's FIRST reply differs, then the conversation goes on differently
+    "chosen": "\n\nHuman: Can you help me?\n\nAssistant: Sure, with what?\n\nHuman: My bike.\n\nAssistant: Check the chain.",
+    "rejected": "\n\nHuman: Can you help me?\n\nAssistant: No.\n\nHuman: Please?\n\nAssistant: Still no.",
+}
+
+
+def test_hh_pair_differing_in_an_earlier_turn_splits_at_last_shared_human_turn(tmp_path):
+    (record,) = read_rankings(write_jsonl(tmp_path / "hh.jsonl", [EARLY]))
+    assert record.prompt == [{"role": "user", "content": "Can you help me?"}]
+    assert record.split_early and record.ranking == [[0], [1]]
+    assert response_messages(record.responses[0]) == [
+        {"role": "assistant", "content": "Sure, with what?"}, {"role": "user", "content": "My bike."},
+        {"role": "assistant", "content": "Check the chain."}]
+    assert response_messages(record.responses[1]) == [
+        {"role": "assistant", "content": "No."}, {"role": "user", "content": "Please?"},
+        {"role": "assistant", "content": "Still no."}]
+
+
+def test_hh_split_keeps_shared_turns_up_to_the_last_shared_human_turn():
+    shared = "\n\nHuman: a\n\nAssistant: b\n\nHuman: c"
+    messages, chosen, rejected = split_hh(shared + "\n\nAssistant: same\n\nHuman: d\n\nAssistant: good",
+                                          shared + "\n\nAssistant: same\n\nHuman: e\n\nAssistant: bad", "x:1")
+    assert [m["content"] for m in messages] == ["a", "b", "c"]  # "same" is shared but is not a Human turn
+    assert chosen == "same\n\nHuman: d\n\nAssistant: good"
+    assert rejected == "same\n\nHuman: e\n\nAssistant: bad"
+
+
+def test_plain_response_is_one_assistant_turn():
+    assert response_messages("I am an Assistant: yes") == [{"role": "assistant", "content": "I am an Assistant: yes"}]
+
+
+def test_unusable_records_are_skipped_up_to_max_bad_records_and_counted(tmp_path):
+    rows = [EARLY, *({"prompt": f"p{i}", "chosen": "a", "rejected": "b"} for i in range(3)),
+            {"chosen": "\n\nHuman: x\n\nAssistant: y", "rejected": "\n\nHuman: OTHER\n\nAssistant: z"}]
+    path = write_jsonl(tmp_path / "hh.jsonl", rows)
+    records, report = read_rankings_checked(path, max_bad_records=1)
+    assert len(records) == report.records == 4 and report.split_early == 1
+    assert [where for where, _ in report.bad] == [f"{path}:5"]
+    records, report = read_rankings_checked(path, max_bad_records=0.2)  # 1 of 5 records = 0.2
+    assert len(report.bad) == 1
+    with pytest.raises(AlignError, match=r"1 of 5 records are unusable.*hh.jsonl:5: .*share no Human turn"):
+        read_rankings_checked(path, max_bad_records=0.1)
+    with pytest.raises(AlignError, match=r"hh.jsonl:5: 'chosen' and 'rejected' differ before"):
+        read_rankings_checked(path)  # 0: the first unusable record fails the read with its own message
+
+
+def test_too_many_bad_records_names_the_first_three(tmp_path):
+    rows = [{"prompt": "ok", "chosen": "a", "rejected": "b"}] + [{"question": i} for i in range(5)]
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(AlignError) as err:
+        read_rankings_checked(path, max_bad_records=2)
+    message = str(err.value)
+    assert "5 of 6 records are unusable" in message
+    assert all(f"bad.jsonl:{line}:" in message for line in (2, 3, 4)) and "bad.jsonl:5:" not in message
+
+
+def test_bad_record_limit_fraction_or_count():
+    assert bad_record_limit(0.01, 1849) == 18 and bad_record_limit(0.01, 50) == 0
+    assert bad_record_limit(3, 10) == 3 and bad_record_limit(0, 10) == 0
