@@ -8,7 +8,8 @@ epoch), lr 3e-4 constant, Adam eps 1e-8, no KL (beta 0), GRPO: group std scaling
 loss mean (TRL loss_type "grpo"); RLOO: no advantage normalisation.
 
 Each arm runs in its own process (peak RSS = ru_maxrss of that process), one intra-op thread,
-and reports seconds per step (training wall time / steps) and the mean reward of every step.
+and reports seconds per step (the training's CPU time / steps: on a shared machine wall time
+measures the scheduler) and the mean reward of every step.
 Differences that remain: TRL's RLOO clips a sequence-level ratio (sum of token log-probs), align
 clips per token; align also computes the ref_policy's log-probs (to log the KL) even at beta 0.
 
@@ -149,7 +150,7 @@ def run_trl(kind: str, steps: int) -> dict:
 
         trainer = RLOOTrainer(model=model, reward_funcs=reward, processing_class=tok, train_dataset=dataset,
                               args=RLOOConfig(**common, normalize_advantages=False))
-    t0 = time.perf_counter()
+    t0 = time.perf_counter()  # CPU time: see child()
     trainer.train()
     seconds = time.perf_counter() - t0
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
@@ -161,6 +162,7 @@ def child(arm: str, steps: int) -> None:
     import torch
 
     torch.set_num_threads(1)
+    time.perf_counter = time.process_time  # every timer (ours and this file's) counts this process's CPU time
     kind = "grpo" if "grpo" in arm.lower() else "rloo"
     out = run_align(kind, steps) if arm.startswith("align") else run_trl(kind, steps)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -197,7 +199,7 @@ def main() -> None:
         "",
         f"Measured {meta['date']} by `python benchmarks/bench_grpo.py --steps {args.steps}` on {meta['machine']}, "
         f"one intra-op thread per process, each arm in a fresh process, load average {load} before the run "
-        "(a shared machine: seconds are indicative; memory is not affected).",
+        "(a shared machine): seconds are CPU seconds of the arm's process per step, not wall time.",
         "",
         "Task: tiny-llama + an SFT-like LoRA adapter that answers with a few of red/blue/green/cat/dog; reward = "
         f"the fraction of blue words. {QUERIES} prompts x {G} samples = {G * QUERIES} rollouts per step, "

@@ -14,8 +14,10 @@
    against fp32 (drift) and the time each takes.
 
 The SFT adapter and reward adapter are random (small) LoRA weights on the real base: speed does not
-depend on what they learned. One intra-op thread per process when the machine is shared
-(OMP_NUM_THREADS=1 is set here unless --threads says otherwise).
+depend on what they learned. One intra-op thread (OMP_NUM_THREADS=1), and every duration is the
+process's CPU time (time.process_time, also for the loop's own phase timers): on a shared machine wall
+time measures the scheduler, not the code. With one thread, CPU seconds are the wall seconds the same
+work takes on an idle core.
 
     python benchmarks/bench_rollout.py             # ~5-10 minutes on 2 shared cores
     python benchmarks/bench_rollout.py --steps 3 --rounds 2
@@ -231,9 +233,10 @@ def write_results(res: dict) -> None:
         "# Rollout speed: the PPO loop on the quickstart model (CPU)",
         "",
         f"Measured {res['date']} by `python benchmarks/bench_rollout.py --steps {res['steps']} --rounds "
-        f"{res['rounds']}` on {res['machine']}, {res['threads']} intra-op thread(s), load average "
-        f"{res['load_before']} before the run (a shared machine: seconds are indicative, ratios within one run "
-        "are what to read). Model: SmolLM2-135M-Instruct (fp32), policy = LoRA r=16 on the top 8 of 30 layers, "
+        f"{res['rounds']}` on {res['machine']}, {res['threads']} intra-op thread, load average "
+        f"{res['load_before']} before the run (a shared 2-core machine). Seconds are CPU seconds of the "
+        "benchmark process (time.process_time), not wall time: with one thread they are what the work takes on "
+        "an idle core, whatever else runs. Model: SmolLM2-135M-Instruct (fp32), policy = LoRA r=16 on the top 8 of 30 layers, "
         "reward = a LoRA reward adapter on the same base, ref_policy = a frozen copy of the policy adapter "
         "(as in recipes/quickstart.yaml). Prompts: the gold train prompts, batches of 8, sampling at temperature "
         "0.8, top_k off, 48 new tokens at most.",
@@ -298,6 +301,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.threads == 1:  # CPU seconds of this process: immune to other jobs on a shared machine
+        time.perf_counter = time.process_time
     sys.path.insert(0, str(ROOT))
     from align.models import resolve_model_ref
 
