@@ -1,10 +1,10 @@
 """Critic-free RL on CPU: align's ppo stage (advantage grpo / rloo) vs TRL 1.16's GRPOTrainer / RLOOTrainer.
 
-The same tiny task on both sides: tiny-llama with an SFT-like LoRA adapter (replies with a few words
-from red/blue/green/cat/dog; trained here once, like tests/integration/test_ppo.py's) and the
-verifiable reward "fraction of the words that are blue". Same settings: 4 prompts x 4 samples = 16
-rollouts per step, 12 new tokens, temperature 1, top_k off, one optimizer step per batch (one
-epoch), lr 3e-4 constant, Adam eps 1e-8, no KL (beta 0), GRPO: group std scaling, per-response
+The same tiny task on both sides: tiny-llama with tests/integration/test_ppo.py's SFT-like LoRA merged
+in (it replies with a few words from red/blue/green/cat/dog), a fresh LoRA (r 16, every linear layer
+of the blocks) to train, ref_policy = adapters disabled, and the verifiable reward "fraction of the
+words that are blue". Same settings: 4 prompts x 4 samples = 16 rollouts per step, 12 new tokens,
+temperature 1, top_k off, one optimizer step per batch (one epoch), lr 1e-3 constant, Adam eps 1e-8, no KL (beta 0), GRPO: group std scaling, per-response
 loss mean (TRL loss_type "grpo"); RLOO: no advantage normalisation.
 
 Each arm runs in its own process (peak RSS = ru_maxrss of that process), one intra-op thread,
@@ -37,7 +37,8 @@ CACHE = HERE / ".cache" / "bench-grpo"
 RESULTS = HERE / "results"
 PROMPTS = ["Tell me about the sea.", "Write a short poem.", "Name a color.", "Describe a cat.",
            "How do plants grow?", "Why is the sky blue?", "Give three tips.", "Say something."]
-G, QUERIES, NEW_TOKENS, LR = 4, 4, 12, 3e-4
+G, QUERIES, NEW_TOKENS, LR = 4, 4, 12, 1e-3
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ARMS = ["align grpo", "trl GRPOTrainer", "align rloo", "trl RLOOTrainer"]
 
 
@@ -46,50 +47,26 @@ def frac_blue(prompt: str, response: str) -> float:
     return sum(w == "blue" for w in words) / len(words) if words else 0.0
 
 
-def sft_adapter() -> Path:
-    """LoRA on every linear layer of the blocks (not lm_head: TRL's GRPO/RLOO refuse an lm_head adapter),
-    taught to reply with 3-6 random words from WORDS, then EOS."""
-    import random
-
-    import torch
-    from peft import LoraConfig, get_peft_model
+def sft_model() -> Path:
+    """tiny-llama with an SFT-like LoRA (replies with 3-6 random words from WORDS, then EOS) merged in:
+    both sides then train a fresh LoRA on it, with the adapter-disabled model as ref_policy (TRL's
+    GRPO/RLOO refuse an lm_head adapter, which this small model needs to learn the words)."""
+    out = CACHE / "sft-merged"
+    if (out / "config.json").exists():
+        return out
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from align.models import load_tokenizer, resolve_model_ref
+    from align.models import resolve_model_ref
+    from tests.integration.test_ppo import train_sft_like_adapter
 
-    out = CACHE / "sft"
-    if (out / "adapter_config.json").exists():
-        return out
-    words = ["red", "blue", "green", "cat", "dog"]
-    rng = random.Random(0)
-    torch.manual_seed(0)
     base = resolve_model_ref("tiny-llama")
-    tok = load_tokenizer(base)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
-        r=16, lora_alpha=32, lora_dropout=0.0,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(200):
-        rows = []
-        for _ in range(16):
-            prompt = [{"role": "user", "content": rng.choice(PROMPTS)}]
-            answer = " ".join(rng.choice(words) for _ in range(rng.randint(3, 6)))
-            n_prompt = len(tok(tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False),
-                               add_special_tokens=False)["input_ids"])
-            full = tok.apply_chat_template([*prompt, {"role": "assistant", "content": answer}], tokenize=False)
-            rows.append((tok(full, add_special_tokens=False)["input_ids"], n_prompt))
-        width = max(len(ids) for ids, _ in rows)
-        ids = torch.full((len(rows), width), tok.pad_token_id)
-        labels = torch.full((len(rows), width), -100)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (seq, n_prompt) in enumerate(rows):
-            ids[i, : len(seq)], mask[i, : len(seq)] = torch.tensor(seq), 1
-            labels[i, n_prompt : len(seq)] = torch.tensor(seq[n_prompt:])
-        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
+    adapter = train_sft_like_adapter(base, CACHE / "sft-adapter")
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter)).merge_and_unload()
+    merged.save_pretrained(str(out))
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(str(adapter)).save_pretrained(str(out))
     return out
 
 
@@ -105,7 +82,8 @@ def run_align(kind: str, steps: int) -> dict:
     prompts = stage_dir / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     cfg = Config.model_validate({
-        "policy": str(sft_adapter()), "reward": f"{Path(__file__).resolve()}:frac_blue", "prompts": str(prompts),
+        "policy": str(sft_model()), "reward": f"{Path(__file__).resolve()}:frac_blue", "prompts": str(prompts),
+        "adapter": {"type": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": LORA_TARGETS},
         "ppo": {"advantage": kind, "group_size": G, "steps": steps, "batch_size": G * QUERIES, "mini_batch_size": 8,
                 "grad_accum": 2, "ppo_epochs": 1, "lr": LR, "adam_eps": 1e-8, "init_kl_coef": 0.0,
                 "temperature": 1.0, "max_new_tokens": NEW_TOKENS, "whiten_advantages": False,
@@ -120,16 +98,13 @@ def run_align(kind: str, steps: int) -> dict:
 def run_trl(kind: str, steps: int) -> dict:
     import torch
     from datasets import Dataset
-    from peft import PeftModel
+    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from align.models import resolve_model_ref
-
     torch.manual_seed(0)
-    adapter = sft_adapter()
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(resolve_model_ref("tiny-llama")),
-                                      str(adapter), is_trainable=True)
-    tok = AutoTokenizer.from_pretrained(str(adapter))
+    model = AutoModelForCausalLM.from_pretrained(str(sft_model()))
+    tok = AutoTokenizer.from_pretrained(str(sft_model()))
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS] * (steps + 2))
 
     def reward(completions, **kwargs):
@@ -144,18 +119,18 @@ def run_trl(kind: str, steps: int) -> dict:
         from trl import GRPOConfig, GRPOTrainer
 
         trainer = GRPOTrainer(model=model, reward_funcs=reward, processing_class=tok, train_dataset=dataset,
-                              args=GRPOConfig(**common, loss_type="grpo", scale_rewards="group"))
+                              peft_config=lora, args=GRPOConfig(**common, loss_type="grpo", scale_rewards="group"))
     else:
         from trl import RLOOConfig, RLOOTrainer
 
         trainer = RLOOTrainer(model=model, reward_funcs=reward, processing_class=tok, train_dataset=dataset,
-                              args=RLOOConfig(**common, normalize_advantages=False))
+                              peft_config=lora, args=RLOOConfig(**common, normalize_advantages=False))
     t0 = time.perf_counter()  # CPU time: see child()
     trainer.train()
     seconds = time.perf_counter() - t0
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
     return {"s_per_step": seconds / steps, "rewards": rewards,
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+            "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)}
 
 
 def child(arm: str, steps: int) -> None:
@@ -178,7 +153,7 @@ def main() -> None:
     if args.arm:
         child(args.arm, args.steps)
         return
-    sft_adapter()  # once, before the timed arms
+    sft_model()  # once, before the timed arms
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     load = round(os.getloadavg()[0], 1)
     results = {}
@@ -201,8 +176,8 @@ def main() -> None:
         f"one intra-op thread per process, each arm in a fresh process, load average {load} before the run "
         "(a shared machine): seconds are CPU seconds of the arm's process per step, not wall time.",
         "",
-        "Task: tiny-llama + an SFT-like LoRA adapter that answers with a few of red/blue/green/cat/dog; reward = "
-        f"the fraction of blue words. {QUERIES} prompts x {G} samples = {G * QUERIES} rollouts per step, "
+        "Task: tiny-llama with an SFT-like LoRA merged in (answers with a few of red/blue/green/cat/dog), a fresh "
+        "LoRA r=16 to train, ref = adapters disabled; reward = the fraction of blue words. {QUERIES} prompts x {G} samples = {G * QUERIES} rollouts per step, "
         f"{NEW_TOKENS} new tokens, temperature 1, lr {LR} constant, one epoch, no KL (beta 0).",
         "",
         "| arm | s / step | peak RSS (MB) | trainable params | reward, first 3 steps | reward, last 5 steps |",
