@@ -306,18 +306,24 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from align.models import resolve_model_ref
 
-    res: dict = {"date": time.strftime("%Y-%m-%d"), "steps": args.steps, "rounds": args.rounds,
-                 "threads": args.threads, "load_before": round(os.getloadavg()[0], 1),
-                 "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"}
+    meta = {"date": time.strftime("%Y-%m-%d"), "steps": args.steps, "rounds": args.rounds,
+            "threads": args.threads, "load_before": round(os.getloadavg()[0], 1),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"}
     assets = build_assets(resolve_model_ref(BASE))
-    previous = json.loads((RESULTS / "rollout.json").read_text()) if (RESULTS / "rollout.json").exists() else {}
-    for key, fn in (("sampling", lambda: bench_sampling(assets, args.rounds)), ("ppo", lambda: bench_ppo(assets, args.steps)),
-                    ("bf16_drift", lambda: bench_bf16_drift(assets))):
+    sections = {"sampling": lambda: bench_sampling(assets, args.rounds), "ppo": lambda: bench_ppo(assets, args.steps),
+                "bf16_drift": lambda: bench_bf16_drift(assets)}
+    for key, fn in sections.items():  # each section is saved on its own: --only runs them in parallel
         if args.only is None or key.startswith(args.only):
-            res[key] = fn()
-            print(key, json.dumps(res[key], indent=1), flush=True)
-        else:
-            res[key] = previous[key]
+            value = {**meta, "result": fn()}
+            (CACHE / f"section-{key}.json").write_text(json.dumps(value, indent=1))
+            print(key, json.dumps(value["result"], indent=1), flush=True)
+    saved = {key: json.loads((CACHE / f"section-{key}.json").read_text())
+             for key in sections if (CACHE / f"section-{key}.json").exists()}
+    if len(saved) < len(sections):
+        print(f"sections so far: {sorted(saved)}; rollout.md is written once all three exist")
+        return
+    res = {**saved["ppo"], "load_before": max(v["load_before"] for v in saved.values()),
+           "rounds": saved["sampling"]["rounds"], **{key: v["result"] for key, v in saved.items()}}
     write_results(res)
     print((RESULTS / "rollout.md").read_text())
 
