@@ -190,8 +190,7 @@ def main() -> None:
         lines.append(f"| {arm} | {r['s_per_step']:.2f} | {r['peak_rss_mb']:.0f} | {r['trainable_params']:,} | "
                      f"{first:.3f} | {last:.3f} |")
     lines += ["", "Reading: on a model this small both loops spend most of a step sampling, so CPU time per step is "
-              "close; the peak-memory gap is the fixed cost of the trainer stack (TRL/accelerate) rather than of "
-              "the algorithm. The reward curves are short and noisy (16 rollouts a step, each side its own "
+              "close. The reward curves are short and noisy (16 rollouts a step, each side its own "
               "sampling stream): compare the rise from the first to the last steps, not the levels.",
               "", "Reward per step:", ""]
     for arm, r in results.items():
