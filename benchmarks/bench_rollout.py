@@ -19,8 +19,9 @@ process's CPU time (time.process_time, also for the loop's own phase timers): on
 time measures the scheduler, not the code. With one thread, CPU seconds are the wall seconds the same
 work takes on an idle core.
 
-    python benchmarks/bench_rollout.py             # ~5-10 minutes on 2 shared cores
-    python benchmarks/bench_rollout.py --steps 3 --rounds 2
+    python benchmarks/bench_rollout.py             # ~15 CPU-minutes (one core)
+    python benchmarks/bench_rollout.py --only ppo --steps 2 --variants before,after
+    python benchmarks/bench_rollout.py --only ppo --variants "before,after,after + bf16 no-grad,grpo"
 
 Writes benchmarks/results/rollout.md and rollout.json.
 """
@@ -154,13 +155,15 @@ def bench_sampling(assets: dict[str, str], rounds: int) -> dict:
     return out
 
 
-def bench_ppo(assets: dict[str, str], steps: int) -> dict:
+def bench_ppo(assets: dict[str, str], steps: int, variants: list[str]) -> dict:
     """Run the ppo stage for `steps` steps per variant; per-phase means over steps 2..N (step 1 warms up)."""
     from align.stages import StageContext
     from align.stages.ppo import Config, run
 
     out = {}
     for name, extra in VARIANTS.items():
+        if name.split(" (")[0] not in variants:
+            continue
         stage_dir = CACHE / "runs" / name.split()[0].replace("+", "") / f"{len(out)}"
         if stage_dir.exists():
             import shutil
@@ -297,6 +300,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="sampling batches per arm (after a warm-up)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", choices=["sampling", "ppo", "bf16"], default=None)
+    parser.add_argument("--variants", default="before,after,after + bf16 no-grad,grpo",
+                        help="PPO variants to time, comma-separated: " + ", ".join(v.split(" (")[0] for v in VARIANTS))
     args = parser.parse_args()
     import torch
 
@@ -310,7 +315,7 @@ def main() -> None:
             "threads": args.threads, "load_before": round(os.getloadavg()[0], 1),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"}
     assets = build_assets(resolve_model_ref(BASE))
-    sections = {"sampling": lambda: bench_sampling(assets, args.rounds), "ppo": lambda: bench_ppo(assets, args.steps),
+    sections = {"sampling": lambda: bench_sampling(assets, args.rounds), "ppo": lambda: bench_ppo(assets, args.steps, args.variants.split(",")),
                 "bf16_drift": lambda: bench_bf16_drift(assets)}
     for key, fn in sections.items():  # each section is saved on its own: --only runs them in parallel
         if args.only is None or key.startswith(args.only):
