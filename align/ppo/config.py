@@ -124,9 +124,9 @@ class PPOSettings(BaseModel):
                           "layers once per rollout and reuse their output for the ref_policy and every update."
     )
     rollout_precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="bf16: sampling, reward scores and old/ref log-probs under bf16 autocast (faster on "
-                            "CPUs with AVX512-BF16 and on GPUs; log-prob drift measured in "
-                            "benchmarks/results/rollout.md). The update keeps the policy's precision."
+        "fp32", description="bf16: sampling, reward scores and old/ref log-probs under bf16 autocast; the update "
+                            "keeps the policy's precision. For GPUs: on CPU it measured 3-6x slower (autocast "
+                            "re-casts fp32 weights at every op); drift in benchmarks/results/rollout.md."
     )
 
     ptx_coef: float = Field(0.0, ge=0, description="PPO-ptx: weight of the SFT log-likelihood on ptx_data (0 = off).")
