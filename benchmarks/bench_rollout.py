@@ -181,7 +181,7 @@ def bench_ppo(assets: dict[str, str], steps: int, variants: list[str]) -> dict:
         keys = ("time/generate_s", "time/score_s", "time/logprobs_s", "time/update_s", "time/step_s")
         out[name] = {k.split("/")[1][:-2]: round(sum(s[k] for s in timed) / len(timed), 2) for k in keys}
         out[name]["response_tokens"] = round(sum(s["tokens/response_len_mean"] for s in timed) / len(timed), 1)
-        out[name]["roles"] = result.metrics["roles"]
+        out[name]["roles"] = [note.replace(f"{ROOT}/", "") for note in result.metrics["roles"]]
     return out
 
 
