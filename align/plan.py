@@ -785,7 +785,10 @@ class Planner:
             terms.append(Term("ref_policy adapter (frozen copy)", ref * 4, note="the starting adapter, on the shared base"))
         else:
             notes.append("ref_policy: the shared base with the adapter disabled (no extra weights)")
-        if s.get("value_model", "head") == "adapter" and not setup.full:
+        critic_free = s.get("advantage", "gae") != "gae"
+        if critic_free:
+            notes.append(f"value_model: none (advantage {s.get('advantage')})")
+        elif s.get("value_model", "head") == "adapter" and not setup.full:
             value = replace(setup, head="classifier")
             terms += [replace(t, phase="ppo update") if t.phase == "forward/backward" else t
                       for t in training_terms(value, "value_model ", with_weights=False)]
@@ -794,10 +797,18 @@ class Planner:
             terms.append(Term("value head", (arch.hidden_size + 1) * 16, note="fp32 weights, grads, Adam state"))
         terms += self._ppo_reward(section, arch, setup, prompt + new, notes)
         terms += generation_terms(arch, d, gen_batch, prompt, new, "rollout", "rollout ")
-        scoring = mini * new * arch.vocab_size * (2 * d.act) + 2 * new * arch.vocab_size * 4
-        layer = mini * (prompt + new) * (3 * arch.intermediate_size + 4 * arch.hidden_size) * d.act
+        if (not setup.full and setup.quantization == "none" and s.get("merge_for_sampling", True)
+                and adapter.get("type", "lora") == "lora"):
+            top = adapter.get("top_layers")
+            adapted = sum(a * b * (min(c, top) if top and c > 1 else c)
+                          for a, b, c in lora_targets(arch, adapter.get("target_modules", "all-linear")).values())
+            terms.append(Term("merged policy weights (sampling)", adapted * d.weight, "rollout",
+                              "a merged copy of each adapted weight while sampling (ppo.merge_for_sampling)"))
+        fwd = int(s.get("forward_batch_size", 16))
+        scoring = fwd * new * arch.vocab_size * (2 * d.act) + 2 * new * arch.vocab_size * 4
+        layer = fwd * (prompt + new) * (3 * arch.intermediate_size + 4 * arch.hidden_size) * d.act
         terms.append(Term("old + ref log-probs (no grad)", scoring + layer, "scoring",
-                          f"policy and ref logits over {new} response tokens x {mini} rollouts"))
+                          f"policy and ref logits over {new} response tokens x {fwd} rollouts (ppo.forward_batch_size)"))
         terms += overhead_term(self.device)
         notes.append(f"{rollouts} rollouts per step, generated {gen_batch} at a time; updates of {mini} x {accum}; "
                      f"{prompt} prompt + {new} response tokens")

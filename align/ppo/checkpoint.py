@@ -1,7 +1,7 @@
 """Checkpoints: everything needed to continue a PPO run exactly where a killed one stopped.
 
 ``checkpoints/step-N/`` (N = completed steps) holds the trainable weights (policy adapter or full
-weights, value adapter), the value head, the optimizer state, the KL controller, RNG states (one
+weights, value adapter), the value head (if the estimator has one), the optimizer state, the KL controller, RNG states (one
 file per process of a data-parallel run: each samples its own rollouts) and a few running numbers.
 It is written under a temporary name and renamed, so a kill never leaves a half checkpoint that
 looks complete.
@@ -69,8 +69,9 @@ def save_checkpoint(
     try:
         save_file({k: v.contiguous().cpu() for k, v in policy_state_dict(roles).items()},
                   str(tmp / "trainable.safetensors"))
-        save_file({k: v.contiguous().cpu() for k, v in roles.value_head.state_dict().items()},
-                  str(tmp / "value_head.safetensors"))
+        if roles.value_head is not None:
+            save_file({k: v.contiguous().cpu() for k, v in roles.value_head.state_dict().items()},
+                      str(tmp / "value_head.safetensors"))
         if roles.is_peft:  # a ready-to-use policy adapter, too
             save_policy(roles, tmp / "policy")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -113,7 +114,8 @@ def load_checkpoint(
 
     try:
         load_policy_state_dict(roles, load_file(str(path / "trainable.safetensors")))
-        roles.value_head.load_state_dict(load_file(str(path / "value_head.safetensors")))
+        if roles.value_head is not None:
+            roles.value_head.load_state_dict(load_file(str(path / "value_head.safetensors")))
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
         state = json.loads((path / "state.json").read_text())
         own = path / rng_file(rank)

@@ -2,6 +2,8 @@
 
 Defaults follow "The N+ Implementation Details of RLHF with PPO" (Huang et al. 2024) where it
 gives one (k1 KL in the reward, gamma 1, lam 0.95, clip 0.2, Adam eps 1e-5, no dropout).
+The advantage estimator is GAE with a value model by default; rloo and grpo are critic-free
+(a group of samples per query is its own baseline) and run in the same loop.
 """
 
 from __future__ import annotations
@@ -84,6 +86,31 @@ class PPOSettings(BaseModel):
     kl_horizon: int = Field(10000, gt=0, description="Adaptive controller horizon, in rollouts.")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="Per-token KL estimator in the reward.")
 
+    # ---- advantage estimator
+    advantage: Literal["gae", "rloo", "grpo"] = Field(
+        "gae", description="gae: a value model and GAE (PPO as in InstructGPT). rloo: REINFORCE leave-one-out "
+                           "baseline over the group_size samples of a query. grpo: group-normalised returns "
+                           "(GRPO). rloo and grpo load and train no value model."
+    )
+    group_size: int = Field(
+        1, gt=0, description="Responses sampled per query (G). batch_size counts responses, so a step holds "
+                             "batch_size / group_size queries. rloo and grpo need >= 2."
+    )
+    dr_grpo: bool = Field(
+        False, description="grpo only: Dr. GRPO (Liu et al. 2025): advantages are returns minus the group mean "
+                           "(no division by the group std) and the loss is summed over tokens / "
+                           "(rollouts * max_new_tokens) (no per-response length normalisation)."
+    )
+    loss_aggregation: Literal["token", "sequence", "constant"] | None = Field(
+        None, description="How per-token policy losses are averaged. token: over all tokens of the optimizer batch; "
+                          "sequence: per response, then over responses; constant: sum / (rollouts * "
+                          "max_new_tokens). None: token for gae and rloo, sequence for grpo, constant for dr_grpo."
+    )
+    kl_penalty: Literal["reward", "loss"] = Field(
+        "reward", description="reward: -beta * KL on every token's reward (InstructGPT; kl_estimator picks the "
+                              "estimator). loss: beta * k3 KL(policy || ref_policy) as a loss term (GRPO)."
+    )
+
     gamma: float = Field(1.0, ge=0, le=1, description="Discount factor in GAE.")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
     cliprange: float = Field(0.2, gt=0, description="Policy ratio clip epsilon.")
@@ -95,11 +122,11 @@ class PPOSettings(BaseModel):
                                 "(cleanrl's target_kl early stopping); None = always run every epoch."
     )
     whiten_rewards: bool = Field(False, description="Whiten the per-token rewards (scale only) before GAE.")
-    whiten_advantages: bool = Field(True, description="Whiten advantages over the whole batch of rollouts "
-                                                     "(skipped for a batch whose scores are all equal).")
+    whiten_advantages: bool = Field(True, description="gae and rloo: whiten advantages over the whole batch of "
+                                                     "rollouts (skipped for a batch whose scores are all equal).")
     value_model: Literal["head", "adapter"] = Field(
-        "head", description="head: a scalar head on the policy trunk's last hidden state; adapter: its own "
-                            "LoRA adapter on the shared base plus a head (needs an adapter policy)."
+        "head", description="gae only: head: a scalar head on the policy trunk's last hidden state; adapter: its "
+                            "own LoRA adapter on the shared base plus a head (needs an adapter policy)."
     )
     value_init: Literal["zero", "reward"] = Field(
         "zero", description="zero: the value head starts at 0; reward: the value model starts as the reward model "
@@ -113,7 +140,25 @@ class PPOSettings(BaseModel):
     missing_eos_penalty: float | None = Field(
         None, description="Score given instead of the reward to responses that never emit EOS (None = keep score)."
     )
-    generation_batch_size: int | None = Field(None, gt=0, description="Prompts per generate() call (None: batch_size).")
+    generation_batch_size: int | None = Field(
+        None, gt=0, description="Prompts per generate() call (None: batch_size); prompts are sorted by length first.")
+
+    # ---- rollout speed (none of these change what is computed, up to float rounding)
+    merge_for_sampling: bool = Field(
+        True, description="Sample with the policy's LoRA merged into the base weights (restored exactly after); "
+                          "4-bit bases, DoRA and tied weights sample unmerged (said in the log)."
+    )
+    forward_batch_size: int = Field(
+        16, gt=0, description="Rollouts per no-grad forward pass (old and ref log-probs, values).")
+    reuse_frozen_layers: bool = Field(
+        True, description="When the adapters sit on the top layers only (adapter.top_layers), run the frozen lower "
+                          "layers once per rollout and reuse their output for the ref_policy and every update."
+    )
+    rollout_precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: sampling, reward scores and old/ref log-probs under bf16 autocast; the update "
+                            "keeps the policy's precision. For GPUs: on CPU it measured 3-6x slower (autocast "
+                            "re-casts fp32 weights at every op); drift in benchmarks/results/rollout.md."
+    )
 
     ptx_coef: float = Field(0.0, ge=0, description="PPO-ptx: weight of the SFT log-likelihood on ptx_data (0 = off).")
     ptx_data: DataConfig | None = Field(None, description="Demonstrations for the PPO-ptx term (path or @stage).")
@@ -143,10 +188,34 @@ class PPOSettings(BaseModel):
                              "own adapter's hidden states, not the policy trunk's)")
         if self.ptx_coef > 0 and self.ptx_data is None:
             raise ValueError("ptx_coef > 0 needs ptx_data (demonstrations, e.g. the sft data)")
+        if self.batch_size % self.group_size:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of group_size ({self.group_size}): "
+                             "it counts responses, group_size of them per query")
+        if self.advantage != "gae" and self.group_size < 2:
+            raise ValueError(f"advantage {self.advantage} needs group_size >= 2 (samples per query form the baseline)")
+        if self.dr_grpo and self.advantage != "grpo":
+            raise ValueError("dr_grpo applies to advantage: grpo only")
         unknown = set(self.report_to) - {"tensorboard", "none"}
         if unknown:
             raise ValueError(f"report_to {sorted(unknown)} is not supported; use tensorboard or none")
         return self
+
+    @property
+    def needs_value_model(self) -> bool:
+        return self.advantage == "gae"
+
+    @property
+    def aggregation(self) -> str:
+        """The loss aggregation in force (loss_aggregation, or the estimator's own)."""
+        if self.loss_aggregation is not None:
+            return self.loss_aggregation
+        if self.advantage == "grpo":
+            return "constant" if self.dr_grpo else "sequence"
+        return "token"
+
+    @property
+    def queries_per_step(self) -> int:
+        return self.batch_size // self.group_size
 
     @property
     def updates_per_epoch(self) -> int:

@@ -8,12 +8,17 @@ With a LoRA policy, the base is loaded once (4-bit when asked) and every role is
   when the policy was loaded from an adapter (e.g. ``@sft``): InstructGPT's KL is against the SFT
   model, not the pretrained base underneath it;
 - value_model: a scalar head on the policy trunk's last hidden state (``head``), or its own
-  trainable adapter ``value`` plus a head (``adapter``);
+  trainable adapter ``value`` plus a head (``adapter``); none at all for critic-free estimators;
 - reward_model: optionally a frozen adapter ``reward`` plus its score head (see ``rewards``).
 
 A full (non-adapter) policy trains every weight and its ref_policy is a frozen deep copy.
 Dropout stays off throughout (the model is never put in train mode): with dropout the log-probs
 recomputed during the update would not match those of the rollouts (N+ details #5).
+
+Two things make rollouts cheaper without changing what is computed (up to float rounding):
+``merged_for_sampling`` samples with the policy's LoRA folded into the base weights (plain
+``generate`` speed), and ``frozen_layers`` / ``trunk_capture`` / ``trunk_replay`` run the lower
+layers that no adapter touches once per rollout and reuse their output in every later forward.
 """
 
 from __future__ import annotations
@@ -71,13 +76,15 @@ class ModelRoles:
 
     model: nn.Module  # the policy: PeftModel on the shared base, or a full causal LM
     tokenizer: Any
-    value_head: ValueHead
+    value_head: ValueHead | None  # None for critic-free estimators (rloo, grpo)
     ref_kind: str  # "disable_adapter" | "ref_adapter" | "copy"
     base_dir: str  # resolved directory of the base weights
     quantization: str
     ref_model: nn.Module | None = None  # only for ref_kind == "copy"
     value_adapter: bool = False
     autocast_bf16: bool = False
+    rollout_bf16: bool = False  # bf16 autocast for the no-grad phases only (ppo.rollout_precision)
+    frozen_layers: int = 0  # bottom decoder layers no adapter of any role touches (set by find_frozen_layers)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -88,14 +95,16 @@ class ModelRoles:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast on CPU when precision bf16 was asked for (weights stay fp32)."""
-        if self.autocast_bf16:
+    def autocast(self, no_grad: bool = False) -> contextlib.AbstractContextManager:
+        """bf16 autocast when precision bf16 was asked for (on CPU weights stay fp32), or for a no-grad
+        phase (sampling, scoring, old/ref log-probs) under rollout_precision bf16."""
+        if self.autocast_bf16 or (no_grad and self.rollout_bf16):
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad] + list(self.value_head.parameters())
+        head = list(self.value_head.parameters()) if self.value_head is not None else []
+        return [p for p in self.model.parameters() if p.requires_grad] + head
 
 
 def _adapter_type(adapter_dir: Path) -> str:
@@ -108,8 +117,11 @@ def _set_trainable(model: nn.Module, adapters: tuple[str, ...]) -> None:
         param.requires_grad = any(f".{a}." in name for a in adapters)
 
 
-def load_roles(policy: ModelConfig, adapter: AdapterConfig, value_model: str = "head") -> ModelRoles:
-    """Load the policy (and with it the ref_policy and value_model) as described in the module doc."""
+def load_roles(policy: ModelConfig, adapter: AdapterConfig, value_model: str | None = "head") -> ModelRoles:
+    """Load the policy (and with it the ref_policy and value_model) as described in the module doc.
+
+    value_model None: no value model at all (critic-free estimators).
+    """
     resolved = Path(resolve_model_ref(policy.name))
     tokenizer = load_tokenizer(policy.name)
     tokenizer.padding_side = "left"
@@ -157,8 +169,10 @@ def load_roles(policy: ModelConfig, adapter: AdapterConfig, value_model: str = "
         model.add_adapter(VALUE_ADAPTER, value_cfg)
         trainable += (VALUE_ADAPTER,)
         notes.append("value_model = its own LoRA adapter on the shared base + a scalar head")
-    else:
+    elif value_model == "head":
         notes.append("value_model = a scalar head on the policy trunk's last hidden state")
+    else:
+        notes.append("value_model = none (critic-free advantage estimator)")
     if hasattr(model, "peft_config"):
         _set_trainable(model, trainable)
         model.set_adapter(POLICY_ADAPTER)
@@ -168,7 +182,7 @@ def load_roles(policy: ModelConfig, adapter: AdapterConfig, value_model: str = "
         notes.append(f"4-bit CPU gradient guard on {guarded} layers")
     model.eval()  # dropout off, for good
     hidden = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.get_input_embeddings().weight.shape[1]
-    value_head = ValueHead(hidden).to(next(model.parameters()).device)
+    value_head = ValueHead(hidden).to(next(model.parameters()).device) if value_model is not None else None
     return ModelRoles(
         model=model, tokenizer=tokenizer, value_head=value_head, ref_kind=ref_kind, base_dir=str(base_dir),
         quantization=policy.quantization, ref_model=ref_model, value_adapter=value_model == "adapter",
@@ -276,12 +290,20 @@ def causal_forward(
 
 
 def policy_forward(
-    roles: ModelRoles, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The trainable forward: policy logits (B, R, V) and value predictions (B, R)."""
-    with roles.autocast():
-        logits, states = causal_forward(roles.model, input_ids, attention_mask, n_response,
-                                        hidden=not roles.value_adapter)
+    roles: ModelRoles, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int,
+    trunk: torch.Tensor | None = None, no_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The trainable forward: policy logits (B, R, V) and value predictions (B, R), or None without a
+    value model. One trunk pass gives both when the value head sits on the policy trunk.
+
+    trunk: the frozen lower layers' output for these rows (B, P + R, H), from trunk_capture, or None.
+    no_grad: a rollout-time forward (rollout_precision applies).
+    """
+    with roles.autocast(no_grad), trunk_replay(roles, trunk):
+        wants_states = roles.value_head is not None and not roles.value_adapter
+        logits, states = causal_forward(roles.model, input_ids, attention_mask, n_response, hidden=wants_states)
+        if roles.value_head is None:
+            return logits, None
         if roles.value_adapter:
             with use_adapter(roles.model, VALUE_ADAPTER):
                 _, states = causal_forward(roles.model, input_ids, attention_mask, n_response, hidden=True)
@@ -290,16 +312,163 @@ def policy_forward(
 
 
 @torch.no_grad()
-def ref_forward(roles: ModelRoles, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int) -> torch.Tensor:
+def ref_forward(
+    roles: ModelRoles, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int,
+    trunk: torch.Tensor | None = None,
+) -> torch.Tensor:
     """ref_policy logits predicting the response tokens. (B, P + R) -> (B, R, V)."""
-    with roles.autocast():
+    with roles.autocast(no_grad=True):
         if roles.ref_kind == "copy":
             return causal_forward(roles.ref_model, input_ids, attention_mask, n_response, hidden=False)[0]
-        if roles.ref_kind == "ref_adapter":
-            with use_adapter(roles.model, REF_ADAPTER):
+        with trunk_replay(roles, trunk):
+            if roles.ref_kind == "ref_adapter":
+                with use_adapter(roles.model, REF_ADAPTER):
+                    return causal_forward(roles.model, input_ids, attention_mask, n_response, hidden=False)[0]
+            with adapters_disabled(roles.model):
                 return causal_forward(roles.model, input_ids, attention_mask, n_response, hidden=False)[0]
+
+
+# --------------------------------------------------------------------------- sampling with merged LoRA
+
+
+def merge_blocker(roles: ModelRoles) -> str | None:
+    """Why the policy adapter cannot be merged exactly for sampling, or None when it can."""
+    if not roles.is_peft:
+        return "the policy is a full model (nothing to merge)"
+    if roles.quantization != "none":
+        return f"the base is {roles.quantization}-quantized: merging LoRA into it is not exact, so sampling runs unmerged"
+    from peft.tuners.lora import LoraLayer
+
+    counts: dict[int, int] = {}
+    for _, p in roles.model.named_parameters(remove_duplicate=False):
+        counts[id(p)] = counts.get(id(p), 0) + 1
+    for name, module in roles.model.named_modules():
+        if not isinstance(module, LoraLayer) or not _has_adapter(module, POLICY_ADAPTER):
+            continue
+        if POLICY_ADAPTER in getattr(module, "lora_variant", {}):
+            return f"the policy adapter is not plain LoRA at {name} (DoRA): sampling runs unmerged"
+        if counts.get(id(module.get_base_layer().weight), 0) > 1:
+            return f"{name} shares its weight with another module (tied embeddings): sampling runs unmerged"
+    return None
+
+
+def _has_adapter(module: nn.Module, name: str) -> bool:
+    return name in getattr(module, "lora_A", {}) or name in getattr(module, "lora_embedding_A", {})
+
+
+@contextlib.contextmanager
+def merged_for_sampling(roles: ModelRoles, enabled: bool = True) -> Iterator[bool]:
+    """Run generate() on the base with the policy's LoRA delta added to its weights; yields whether merged.
+
+    Like peft's merge_adapter / unmerge_adapter, but exact on the way back: each merged weight is a
+    new tensor and the original tensor object is put back afterwards (unmerging by subtraction
+    leaves float drift that would accumulate over thousands of steps). Costs one extra copy of the
+    adapted weights while sampling. Other adapters (ref, reward, value) are untouched; the adapter
+    layers are switched off meanwhile, so the LoRA path is not added a second time.
+    """
+    reason = merge_blocker(roles) if enabled else "off"
+    if reason is not None:
+        yield False
+        return
+    from peft.tuners.lora import LoraLayer
+
+    swapped: list[tuple[nn.Parameter, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for module in roles.model.modules():
+                if isinstance(module, LoraLayer) and _has_adapter(module, POLICY_ADAPTER):
+                    weight = module.get_base_layer().weight
+                    delta = module.get_delta_weight(POLICY_ADAPTER)
+                    swapped.append((weight, weight.data))
+                    weight.data = weight.data + delta.to(weight.dtype)
         with adapters_disabled(roles.model):
-            return causal_forward(roles.model, input_ids, attention_mask, n_response, hidden=False)[0]
+            yield True
+    finally:
+        for weight, original in swapped:
+            weight.data = original
+
+
+# --------------------------------------------------------------------------- frozen lower layers
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList | None:
+    """The transformer's list of decoder layers (the first ModuleList of num_hidden_layers modules)."""
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if not n:
+        return None
+    return next((m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == n), None)
+
+
+def find_frozen_layers(roles: ModelRoles) -> int:
+    """How many bottom decoder layers every role computes identically: no adapter of any role (policy,
+    ref, value, reward) wraps a module in them, nothing in them trains, and the embeddings have none.
+    Call after every adapter is loaded. 0 for a full (non-adapter) policy."""
+    if roles.ref_kind == "copy" or not roles.is_peft:
+        return 0
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = decoder_layers(roles.model)
+    if layers is None:
+        return 0
+
+    def touched(module: nn.Module) -> bool:
+        return any(isinstance(m, BaseTunerLayer) for m in module.modules()) or any(
+            p.requires_grad for p in module.parameters())
+
+    if touched(roles.model.get_input_embeddings()):
+        return 0
+    return next((i for i, layer in enumerate(layers) if touched(layer)), len(layers))
+
+
+class _Replay(nn.Module):
+    """Stands in for a frozen decoder layer: the last one returns the recorded output, the others
+    pass their input through (nothing below the last one is needed)."""
+
+    def __init__(self, output: torch.Tensor | None) -> None:
+        super().__init__()
+        self.output = output
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.output is None:
+            return hidden_states
+        return self.output.to(device=hidden_states.device, dtype=hidden_states.dtype)
+
+
+@contextlib.contextmanager
+def trunk_replay(roles: ModelRoles, trunk: torch.Tensor | None) -> Iterator[None]:
+    """Forwards inside skip the frozen lower layers and start from `trunk` (B, L, H), their recorded
+    output for exactly these input columns. No-op when trunk is None."""
+    if trunk is None or roles.frozen_layers == 0:
+        yield
+        return
+    layers = decoder_layers(roles.model)
+    k = roles.frozen_layers
+    originals = [layers[i] for i in range(k)]
+    for i in range(k):
+        layers[i] = _Replay(trunk if i == k - 1 else None)
+    try:
+        yield
+    finally:
+        for i, layer in enumerate(originals):
+            layers[i] = layer
+
+
+@contextlib.contextmanager
+def trunk_capture(roles: ModelRoles, into: list[torch.Tensor]) -> Iterator[None]:
+    """Record the output of the last frozen layer (B, L, H) of each forward inside, appended to `into`."""
+    if roles.frozen_layers == 0:
+        yield
+        return
+    layer = decoder_layers(roles.model)[roles.frozen_layers - 1]
+
+    def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+        into.append((output[0] if isinstance(output, tuple) else output).detach())
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def save_policy(roles: ModelRoles, out_dir: Path) -> None:

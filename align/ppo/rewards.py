@@ -161,7 +161,7 @@ class SharedBaseRewardScorer:
         from align.reward_model import encode, pad_rows
 
         out: list[float] = []
-        with torch.no_grad(), use_adapter(self.roles.model, REWARD_ADAPTER), self.roles.autocast():
+        with torch.no_grad(), use_adapter(self.roles.model, REWARD_ADAPTER), self.roles.autocast(no_grad=True):
             for start in range(0, len(queries), self.batch_size):
                 rows = [encode(self.tokenizer, q, r, "chat", self.max_length)
                         for q, r in zip(queries[start : start + self.batch_size],

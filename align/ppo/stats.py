@@ -27,11 +27,14 @@ def record_step_stats(r: Rollouts, adv: Advantages, update: dict[str, float], kl
         "objective/scores_std": float(r.scores.std()) if len(r) > 1 else 0.0,
         "objective/entropy": float((-r.logprobs * mask).sum(dim=1).mean()),
         "val/returns_mean": float(masked_mean(adv.returns, r.response_mask)),
-        "val/values_mean": float(masked_mean(r.values, r.response_mask)),
         "tokens/response_len_mean": float(mask.sum(dim=1).mean()),
         "eos/fraction": float(r.has_eos.float().mean()),
         "val/advantages_whitened": float(adv.whitened),
     }
+    if r.values is not None:
+        stats["val/values_mean"] = float(masked_mean(r.values, r.response_mask))
+    else:  # critic-free: how many query groups carried no signal (all samples scored the same)
+        stats["objective/flat_groups"] = adv.flat_groups
     if r.gold is not None:
         stats["objective/gold"] = float(r.gold.mean())
     stats.update(r.seconds)

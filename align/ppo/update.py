@@ -1,8 +1,10 @@
 """One PPO update on a batch of rollouts: rewards -> advantages -> ppo_epochs of clipped updates.
 
-Losses are token-level means over each optimizer batch (mini_batch_size * grad_accum rollouts).
-A micro-batch's loss is weighted by its share of the optimizer batch's response tokens, so
-8 rollouts x 1 micro-batch and 4 x 2 accumulated give the same gradient, not just a similar one.
+Advantages come from GAE with the value model, or critic-free from the other samples of the same
+query (rloo, grpo). Losses are token-level means over each optimizer batch (mini_batch_size *
+grad_accum rollouts) unless ppo.loss_aggregation says otherwise. A micro-batch's loss is weighted
+by its share of the optimizer batch (of response tokens, or of rollouts for per-response and
+constant aggregation), so 8 rollouts x 1 micro-batch and 4 x 2 accumulated give the same gradient.
 
 With N processes (align.ppo.distributed) every process holds the same global rollouts; each runs
 mini_batch_size / N rows of every micro-batch, weighted by the optimizer batch's global token
@@ -23,13 +25,18 @@ from align.ppo.config import PPOSettings
 from align.ppo.policy import ModelRoles, policy_forward
 from align.ppo.rollout import Rollouts
 from align.rl import (
+    broadcast_to_tokens,
     compute_gae,
     entropy_from_logits,
+    grpo_advantages,
+    kl_loss,
     logprobs_from_logits,
     masked_mean,
     masked_whiten,
     ppo_policy_loss,
     ppo_value_loss,
+    rloo_advantages,
+    sequence_returns,
     shape_rewards,
     whiten_advantages,
 )
@@ -38,26 +45,44 @@ from align.rl import (
 @dataclass
 class Advantages:
     rewards: torch.Tensor  # (B, R) shaped per-token rewards
-    kl: torch.Tensor  # (B, R) per-token KL estimate
+    kl: torch.Tensor  # (B, R) per-token KL estimate (kl_estimator), whether or not it is in the reward
     advantages: torch.Tensor  # (B, R)
-    returns: torch.Tensor  # (B, R) value targets
+    returns: torch.Tensor  # (B, R) value targets (gae); each rollout's return on its tokens (rloo, grpo)
     whitened: bool = False
+    kl_coef: float = 0.0  # beta of this step
+    flat_groups: float = 0.0  # share of query groups whose samples all scored the same (rloo, grpo)
 
 
 def estimate_advantages(r: Rollouts, kl_coef: float, s: PPOSettings) -> Advantages:
-    """Score at the last token, -beta * KL on every token, then GAE (and whitening)."""
+    """Score at the last token, -beta * KL on every token (unless the KL is a loss term), then
+    GAE with the value model, or one advantage per rollout from its query group (rloo, grpo)."""
     mask = r.response_mask
-    rewards, kl = shape_rewards(r.scores, r.logprobs, r.ref_logprobs, mask, kl_coef, s.kl_estimator)
+    in_reward = kl_coef if s.kl_penalty == "reward" else 0.0
+    rewards, kl = shape_rewards(r.scores, r.logprobs, r.ref_logprobs, mask, in_reward, s.kl_estimator)
     if s.whiten_rewards:
         rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
-    advantages, returns = compute_gae(rewards, r.values, mask, s.gamma, s.lam)
     # A batch whose scores are all equal (common with 0/1 programmatic rewards) carries no preference
     # signal: its advantages are only value-model error and KL noise, and whitening would blow that
     # noise up to unit scale and take a full-size step on it.
-    whiten = s.whiten_advantages and bool(r.scores.max() - r.scores.min() > 1e-8)
+    varied = bool(r.scores.max() - r.scores.min() > 1e-8)
+    flat = 0.0
+    if s.advantage == "gae":
+        advantages, returns = compute_gae(rewards, r.values, mask, s.gamma, s.lam)
+        whiten = s.whiten_advantages and varied
+    else:
+        seq_returns = sequence_returns(rewards, mask)  # score - beta * sum of KL (gamma = 1)
+        if s.advantage == "rloo":
+            per_rollout = rloo_advantages(seq_returns, s.group_size)
+        else:
+            per_rollout = grpo_advantages(seq_returns, s.group_size, scale=not s.dr_grpo)
+        advantages = broadcast_to_tokens(per_rollout, mask)
+        returns = broadcast_to_tokens(seq_returns, mask)
+        whiten = s.advantage == "rloo" and s.whiten_advantages and varied
+        groups = r.scores.view(-1, s.group_size)
+        flat = float(((groups.max(dim=1).values - groups.min(dim=1).values) <= 1e-8).float().mean())
     if whiten:
         advantages = whiten_advantages(advantages, mask)
-    return Advantages(rewards, kl, advantages, returns, whitened=whiten)
+    return Advantages(rewards, kl, advantages, returns, whitened=whiten, kl_coef=kl_coef, flat_groups=flat)
 
 
 class PtxBatches:
@@ -108,7 +133,8 @@ def ptx_loss(roles: ModelRoles, ids: torch.Tensor, mask: torch.Tensor, labels: t
 
 def rows_per_process(s: PPOSettings, world: int) -> int:
     """Rollouts one process runs per micro-batch. batch_size and mini_batch_size count rollouts over
-    all processes, so a recipe means the same on 1 or N of them; both must split evenly."""
+    all processes, so a recipe means the same on 1 or N of them; both must split evenly, and so must
+    the step's queries: a query's group of samples is rolled out on one process."""
     if world > 1:
         bad = [f"ppo.{key} ({value})" for key, value in (("batch_size", s.batch_size),
                                                           ("mini_batch_size", s.mini_batch_size)) if value % world]
@@ -117,6 +143,11 @@ def rows_per_process(s: PPOSettings, world: int) -> int:
                 f"ppo: {' and '.join(bad)} must be a multiple of the world size ({world} processes): both count "
                 f"rollouts over all processes; each process rolls out batch_size / {world} queries and runs "
                 f"mini_batch_size / {world} rollouts per forward/backward pass"
+            )
+        if s.queries_per_step % world:
+            raise AlignError(
+                f"ppo: batch_size / group_size = {s.queries_per_step} queries per step must be a multiple of the "
+                f"world size ({world} processes): each process samples whole groups of {s.group_size}"
             )
     return s.mini_batch_size // world
 
@@ -169,29 +200,42 @@ def step_with_rollouts(
         for u, start in enumerate(range(0, B, per_update)):
             group = order[start : start + per_update]
             n_tokens = r.response_mask[group].sum().clamp(min=1)
+            by_tokens = s.aggregation == "token"
             optimizer.zero_grad(set_to_none=True)
             update_stats: dict[str, float] = defaultdict(float)
             for m, micro_start in enumerate(range(0, per_update, s.mini_batch_size)):
                 lo = micro_start + rank * local  # this process's share of the micro-batch
                 rows = group[lo : lo + local]
-                weight = float(r.response_mask[rows].sum() / n_tokens)
+                token_share = float(r.response_mask[rows].sum() / n_tokens)
+                weight = token_share if by_tokens else len(rows) / len(group)
                 ids, attn, width = r.inputs(rows)
                 ids, attn = ids.to(device), attn.to(device)
                 mask = r.response_mask[rows, :width].to(device)
                 old_logprobs = r.logprobs[rows, :width].to(device)
-                old_values = r.values[rows, :width].to(device)
                 advantages = adv.advantages[rows, :width].to(device)
-                returns = adv.returns[rows, :width].to(device)
 
-                logits, values = policy_forward(roles, ids, attn, width)
+                logits, values = policy_forward(roles, ids, attn, width, trunk=r.trunk_rows(rows))
                 logprobs = logprobs_from_logits(logits, ids[:, -width:], s.temperature)
-                pg_loss, pg_stats = ppo_policy_loss(logprobs, old_logprobs, advantages, mask, s.cliprange)
-                vf_loss, vf_stats = ppo_value_loss(values.float(), old_values, returns, mask, s.cliprange_value)
+                pg_loss, pg_stats = ppo_policy_loss(logprobs, old_logprobs, advantages, mask, s.cliprange,
+                                                    s.aggregation, s.max_new_tokens)
+                loss = pg_loss
+                micro_stats = dict(pg_stats)
+                if values is not None:  # value loss: token mean, weighted like the policy loss
+                    old_values = r.values[rows, :width].to(device)
+                    returns = adv.returns[rows, :width].to(device)
+                    vf_loss, vf_stats = ppo_value_loss(values.float(), old_values, returns, mask, s.cliprange_value)
+                    loss = loss + s.vf_coef * vf_loss * (token_share / weight if weight else 0.0)
+                    micro_stats.update(vf_stats)
+                if s.kl_penalty == "loss" and adv.kl_coef > 0:  # GRPO: beta * k3 KL to the ref_policy
+                    ref_logprobs = r.ref_logprobs[rows, :width].to(device)
+                    kl_term = kl_loss(logprobs, ref_logprobs, mask, s.aggregation, s.max_new_tokens)
+                    loss = loss + adv.kl_coef * kl_term
+                    micro_stats["loss/kl"] = kl_term.detach()
                 with torch.set_grad_enabled(s.entropy_coef > 0):  # a stat only, unless it is a bonus
                     entropy = masked_mean(entropy_from_logits(logits, s.temperature), mask)
-                loss = pg_loss + s.vf_coef * vf_loss - s.entropy_coef * entropy
+                loss = loss - s.entropy_coef * entropy
                 (loss * weight).backward()
-                micro_stats = {**pg_stats, **vf_stats, "policy/entropy": entropy.detach(), "loss/total": loss.detach()}
+                micro_stats.update({"policy/entropy": entropy.detach(), "loss/total": loss.detach()})
                 for k, v in micro_stats.items():
                     update_stats[k] += float(v) * weight
                 del logits

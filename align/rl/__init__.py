@@ -3,7 +3,14 @@
 Tensors are (B, T) over response tokens (right-padded, mask 1 = real token) unless noted.
 """
 
-from align.rl.advantages import compute_gae, whiten_advantages
+from align.rl.advantages import (
+    broadcast_to_tokens,
+    compute_gae,
+    grpo_advantages,
+    rloo_advantages,
+    sequence_returns,
+    whiten_advantages,
+)
 from align.rl.kl import (
     KL_ESTIMATORS,
     AdaptiveKLController,
@@ -13,8 +20,21 @@ from align.rl.kl import (
     kl_k3,
     per_token_kl,
 )
-from align.rl.losses import entropy_from_logits, logprobs_from_logits, ppo_policy_loss, ppo_value_loss
-from align.rl.masked import masked_mean, masked_sum, masked_var, masked_whiten
+from align.rl.losses import (
+    entropy_from_logits,
+    kl_loss,
+    logprobs_from_logits,
+    ppo_policy_loss,
+    ppo_value_loss,
+)
+from align.rl.masked import (
+    LOSS_AGGREGATIONS,
+    masked_aggregate,
+    masked_mean,
+    masked_sum,
+    masked_var,
+    masked_whiten,
+)
 from align.rl.rewards import (
     RunningMoments,
     apply_missing_eos_penalty,
@@ -26,17 +46,22 @@ from align.rl.rewards import (
 
 __all__ = [
     "KL_ESTIMATORS",
+    "LOSS_AGGREGATIONS",
     "AdaptiveKLController",
     "FixedKLController",
     "RunningMoments",
     "apply_missing_eos_penalty",
+    "broadcast_to_tokens",
     "compute_gae",
     "entropy_from_logits",
+    "grpo_advantages",
     "has_eos",
     "kl_k1",
     "kl_k2",
     "kl_k3",
+    "kl_loss",
     "logprobs_from_logits",
+    "masked_aggregate",
     "masked_mean",
     "masked_sum",
     "masked_var",
@@ -44,6 +69,8 @@ __all__ = [
     "per_token_kl",
     "ppo_policy_loss",
     "ppo_value_loss",
+    "rloo_advantages",
+    "sequence_returns",
     "shape_rewards",
     "truncate_after_eos",
     "whiten_advantages",

@@ -50,3 +50,63 @@ def whiten_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     Shapes: advantages (B, T), mask (B, T) -> (B, T).
     """
     return masked_whiten(advantages, mask, shift_mean=True) * mask.to(advantages.dtype)
+
+
+# --------------------------------------------------------------------------- critic-free estimators
+#
+# RLOO and GRPO need no value model: each query is sampled G times (a group of G consecutive rows)
+# and the other samples of the same query serve as the baseline. A rollout's return is one number
+# (the score minus the KL penalty summed over its tokens, gamma = 1) and its advantage is given to
+# every one of its tokens.
+
+
+def _groups(returns: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(B,) -> (B / G, G), rows of one group consecutive."""
+    if returns.dim() != 1:
+        raise AlignError(f"returns must have shape (B,), got {tuple(returns.shape)}")
+    if group_size < 2:
+        raise AlignError(f"group_size must be >= 2 for a group baseline, got {group_size}")
+    if returns.shape[0] % group_size:
+        raise AlignError(f"{returns.shape[0]} returns do not split into groups of {group_size}")
+    return returns.view(-1, group_size)
+
+
+def sequence_returns(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Undiscounted return of each rollout: the sum of its per-token rewards.
+
+    Shapes: rewards (B, T), mask (B, T) -> (B,).
+    """
+    return (rewards * mask.to(rewards.dtype)).sum(dim=1)
+
+
+def rloo_advantages(returns: torch.Tensor, group_size: int) -> torch.Tensor:
+    """REINFORCE leave-one-out (Kool et al. 2019; Ahmadian et al. 2024): A_i = R_i - mean_{j != i} R_j.
+
+    Each sample's baseline is the mean return of the other G - 1 samples of its query, so the
+    baseline does not depend on the sample itself (unbiased). Equals G / (G - 1) * (R_i - mean_g R).
+    Shapes: returns (B,) with groups of G consecutive rows -> (B,).
+    """
+    g = _groups(returns, group_size)
+    baseline = (g.sum(dim=1, keepdim=True) - g) / (group_size - 1)
+    return (g - baseline).reshape(-1)
+
+
+def grpo_advantages(returns: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO (Shao et al. 2024): A_i = (R_i - mean_g R) / (std_g R + eps), std unbiased (as TRL).
+
+    scale=False is Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training"): no division by
+    the group std, which up-weights questions that are too easy or too hard (a difficulty bias).
+    Shapes: returns (B,) with groups of G consecutive rows -> (B,).
+    """
+    g = _groups(returns, group_size)
+    centred = g - g.mean(dim=1, keepdim=True)
+    if scale:
+        centred = centred / (g.std(dim=1, keepdim=True) + eps)
+    return centred.reshape(-1)
+
+
+def broadcast_to_tokens(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One value per rollout on every one of its valid tokens. Shapes: (B,), (B, T) -> (B, T), 0 at padding."""
+    if values.shape != (mask.shape[0],):
+        raise AlignError(f"values must have shape (B,) = ({mask.shape[0]},), got {tuple(values.shape)}")
+    return values.unsqueeze(1) * mask.to(values.dtype)

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from align.errors import AlignError
-from align.rl.masked import masked_mean
+from align.rl.kl import kl_k3
+from align.rl.masked import masked_aggregate, masked_mean
 
 
 def _check_temperature(temperature: float) -> None:
@@ -75,8 +76,13 @@ def ppo_policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_range: float,
+    aggregation: str = "token",
+    max_tokens: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate loss: mean_t max(-A_t * r_t, -A_t * clip(r_t, 1 - eps, 1 + eps)).
+
+    The mean over tokens is taken as ``aggregation`` says (see masked_aggregate; default: over all
+    tokens of the batch).
 
     r_t = exp(logprobs - old_logprobs). Gradients flow through ``logprobs`` only.
     Stats: loss/policy, policy/clipfrac (share of tokens where the clipped term is active),
@@ -91,7 +97,7 @@ def ppo_policy_loss(
     ratio = torch.exp(log_ratio)
     pg_losses = -advantages * ratio
     pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(pg_losses, pg_losses_clipped), mask)
+    loss = masked_aggregate(torch.maximum(pg_losses, pg_losses_clipped), mask, aggregation, max_tokens)
     with torch.no_grad():
         stats = {
             "loss/policy": loss.detach(),
@@ -133,3 +139,18 @@ def ppo_value_loss(
             "val/error": masked_mean(vf_losses, mask),
         }
     return loss, stats
+
+
+def kl_loss(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    aggregation: str = "token",
+    max_tokens: int | None = None,
+) -> torch.Tensor:
+    """GRPO's KL term: k3 estimate of KL(policy || ref_policy) per token, aggregated like the policy loss.
+
+    Added to the loss (times beta) instead of being subtracted from the reward; gradients flow
+    through ``logprobs`` only. Shapes: logprobs, ref_logprobs, mask (B, T) -> scalar.
+    """
+    return masked_aggregate(kl_k3(logprobs, ref_logprobs.detach()), mask, aggregation, max_tokens)

@@ -47,6 +47,36 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     return (values * m).sum(dim=dim) / m.sum(dim=dim).clamp(min=1.0)
 
 
+LOSS_AGGREGATIONS = ("token", "sequence", "constant")
+
+
+def masked_aggregate(
+    values: torch.Tensor, mask: torch.Tensor, how: str = "token", max_tokens: int | None = None
+) -> torch.Tensor:
+    """Reduce per-token losses to one number, in one of the ways RL for LMs does it.
+
+    - token: the mean over every valid token of the batch (DAPO; PPO in lm-human-preferences).
+    - sequence: each row's mean over its tokens, then the mean over rows with any token (GRPO as
+      published: a token of a short response weighs more than one of a long response).
+    - constant: the sum over valid tokens / (B * max_tokens) (Dr. GRPO: no length normalisation).
+
+    Shapes: values (B, T), mask (B, T) -> scalar.
+    """
+    m = _as_mask(values, mask)
+    if how == "token":
+        return masked_mean(values, mask)
+    if how == "sequence":
+        lengths = m.sum(dim=1)
+        rows = lengths > 0
+        per_row = (values * m).sum(dim=1) / lengths.clamp(min=1.0)
+        return per_row[rows].sum() / rows.sum().clamp(min=1)
+    if how == "constant":
+        if not max_tokens or max_tokens <= 0:
+            raise AlignError("masked_aggregate: how='constant' needs max_tokens > 0 (the response length limit)")
+        return (values * m).sum() / (values.shape[0] * max_tokens)
+    raise AlignError(f"unknown loss aggregation {how!r}; expected one of {list(LOSS_AGGREGATIONS)}")
+
+
 def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
     """Variance of all values where mask is 1, Bessel-corrected when ``unbiased``.
 

@@ -4,16 +4,18 @@ Our own loop on torch + peft (TRL >= 1.13 has no PPO trainer), following "The N+
 Details of RLHF with PPO" (Huang et al. 2024) and alpaca_farm's split. Each step:
 
     rollouts = rollout(queries)                      # sample, cut after EOS, score, old log-probs/values
-    adv      = estimate_advantages(rollouts, beta)   # score - beta * KL per token, GAE, whitening
+    adv      = estimate_advantages(rollouts, beta)   # score - beta * KL per token, GAE (or rloo/grpo)
     stats    = step_with_rollouts(rollouts, adv)     # ppo_epochs of clipped policy + value updates
     record_step_stats(...); kl_ctl.update(kl)        # stats.jsonl / tensorboard, adapt beta
 
 With a LoRA policy one copy of the base weights serves every role (see align.ppo.policy).
+With ``advantage: rloo`` or ``grpo`` each query is sampled group_size times, the group is its
+own baseline, and no value model is loaded or trained (REINFORCE leave-one-out, GRPO, Dr. GRPO).
 Under torchrun / accelerate launch the loop is data-parallel (see align.ppo.distributed): each
 process rolls out its shard of the step's batch_size queries, the rollouts are gathered, and
 every process takes the same update; rank 0 alone writes logs, checkpoints and outputs.
 Outputs: ``model/`` (the policy as a PEFT adapter or full checkpoint, plus tokenizer),
-``value_head.safetensors``, ``stats.jsonl``, ``samples.jsonl``, ``checkpoints/step-N/``.
+``value_head.safetensors`` (gae only), ``stats.jsonl``, ``samples.jsonl``, ``checkpoints/step-N/``.
 """
 
 from __future__ import annotations
@@ -88,11 +90,12 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     set_seed(ctx.seed)
 
     # ---- models: policy, ref_policy, value_model, reward_model
-    roles = load_roles(policy_cfg, cfg.adapter, s.value_model)
+    roles = load_roles(policy_cfg, cfg.adapter, s.value_model if s.needs_value_model else None)
     scorer = load_scorer(cfg.reward, ctx.resolve(cfg.reward.source), roles)
     if s.value_init == "reward":
         start_value_from_reward(roles, scorer)
     gold = FunctionScorer(s.gold_fn, "gold_fn") if s.gold_fn else None
+    _speed_notes(roles, s)
     for note in roles.notes:
         log.info("ppo: %s", note)
     if world > 1:
@@ -109,7 +112,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     if len(kept) < len(queries):
         log.warning("ppo: skipped %d prompts longer than %d tokens", len(queries) - len(kept), s.max_prompt_length)
     queries, tokens = [queries[i] for i in kept], [tokens[i] for i in kept]
-    sampler = QuerySampler(len(queries), s.batch_size, ctx.seed)
+    sampler = QuerySampler(len(queries), s.queries_per_step, ctx.seed)
     ptx = None
     if s.ptx_coef > 0:
         ptx_cfg = s.ptx_data.model_copy(update={"path": ctx.resolve(s.ptx_data.path)})
@@ -145,12 +148,15 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         lr = s.lr * (1 - step / s.steps) if s.lr_schedule == "linear" else s.lr
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = sampler.indices(step, rank, world)  # this process's shard of the step's queries
+        # this process's shard of the step's queries, each group_size times in a row (a group)
+        batch = [i for i in sampler.indices(step, rank, world) for _ in range(s.group_size)]
         hint = f"lower ppo.ppo.lr (now {s.lr:g})"
         first = f"check the policy it started from ({resumed_from or policy_cfg.name}) for NaN/inf weights"
         # NaN/inf: one clear error naming this step (a policy that cannot sample at once was broken before)
         with in_step("ppo", step + 1, last_loss, first if step == start_step else hint, bar):
             rollouts = rollout(roles, scorer, [queries[i] for i in batch], [tokens[i] for i in batch], s, gold)
+            if world > 1:  # the recorded lower-layer outputs stay local: updates run rows of every process
+                rollouts.trunk = None
             rollouts = distributed.gather_rollouts(rollouts, roles.tokenizer.pad_token_id)  # the global batch
             check_scores(rollouts.scores, scorer.kind)
         with in_step("ppo", step + 1, last_loss, hint, bar):
@@ -184,7 +190,9 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     value_head_file = ctx.stage_dir / "value_head.safetensors"
     if main:
         save_policy(roles, out_dir)
-        save_file({k: v.contiguous().cpu() for k, v in roles.value_head.state_dict().items()}, str(value_head_file))
+        if roles.value_head is not None:
+            save_file({k: v.contiguous().cpu() for k, v in roles.value_head.state_dict().items()},
+                      str(value_head_file))
     distributed.barrier()  # outputs and stats.jsonl are complete before any process moves on
     history = read_stats(ctx.stage_dir / "stats.jsonl")
     metrics = summarize(history)
@@ -197,8 +205,28 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         "trainable_params": sum(p.numel() for p in roles.trainable_parameters()),
         "prompts": len(queries),
         "world_size": world,
+        "advantage": s.advantage,
     })
-    return StageResult(outputs={"model": str(out_dir), "value_head": str(value_head_file)}, metrics=metrics)
+    outputs = {"model": str(out_dir)}
+    if roles.value_head is not None:
+        outputs["value_head"] = str(value_head_file)
+    return StageResult(outputs=outputs, metrics=metrics)
+
+
+def _speed_notes(roles: Any, s: PPOSettings) -> None:
+    """Decide (and say) how rollouts are made cheaper for this model."""
+    from align.ppo.policy import find_frozen_layers, merge_blocker
+
+    blocker = merge_blocker(roles) if s.merge_for_sampling else "ppo.merge_for_sampling is off"
+    roles.notes.append("sampling: the policy's LoRA merged into the base weights (restored exactly after)"
+                       if blocker is None else f"sampling: unmerged ({blocker})")
+    roles.frozen_layers = find_frozen_layers(roles) if s.reuse_frozen_layers else 0
+    if roles.frozen_layers:
+        roles.notes.append(f"the {roles.frozen_layers} lower layers carry no adapter: computed once per rollout and "
+                           "reused by the ref_policy and every update")
+    if s.rollout_precision == "bf16":
+        roles.rollout_bf16 = True
+        roles.notes.append("sampling, reward scores and old/ref log-probs under bf16 autocast (ppo.rollout_precision)")
 
 
 def check_scores(scores: Any, kind: str) -> None:

@@ -54,8 +54,14 @@ def read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("estimator", [
+    {},
+    {"advantage": "rloo", "group_size": 2},
+    {"advantage": "grpo", "group_size": 2, "dr_grpo": True, "kl_penalty": "loss"},
+], ids=["gae", "rloo", "dr_grpo"])
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path, estimator):
     raw = config(tmp_path)
+    raw["ppo"].update(estimator)
     straight = tmp_path / "straight"
     straight.mkdir()
     run(Config.model_validate(raw), StageContext("ppo", straight, tmp_path, seed=0, upstream={}))

@@ -162,3 +162,26 @@ def test_summary_reports_first_and_last_scores():
     assert m["steps"] == 10 and m["first_score"] == 1.0 and m["last_score"] == 10.0
     assert m["objective/kl"] == m["final_kl"] == 1.0 and m["first_gold"] == 0.9 and m["gold_score"] == 0.0
     assert summarize([]) == {"steps": 0}
+
+
+def test_critic_free_estimators_need_groups_and_pick_their_loss_aggregation():
+    with pytest.raises(ValidationError, match="group_size >= 2"):
+        PPOSettings(advantage="rloo")
+    with pytest.raises(ValidationError, match="multiple of group_size"):
+        PPOSettings(advantage="grpo", batch_size=16, group_size=3)
+    with pytest.raises(ValidationError, match="dr_grpo"):
+        PPOSettings(advantage="rloo", group_size=4, dr_grpo=True)
+    assert PPOSettings().aggregation == "token" and PPOSettings().needs_value_model
+    grpo = PPOSettings(advantage="grpo", group_size=4)
+    assert grpo.aggregation == "sequence" and not grpo.needs_value_model and grpo.queries_per_step == 4
+    assert PPOSettings(advantage="grpo", group_size=4, dr_grpo=True).aggregation == "constant"
+    assert PPOSettings(advantage="rloo", group_size=4, loss_aggregation="sequence").aggregation == "sequence"
+
+
+def test_group_sampler_keeps_groups_on_one_process():
+    from align.ppo.update import rows_per_process
+
+    s = PPOSettings(advantage="rloo", batch_size=8, mini_batch_size=4, group_size=4)  # 2 queries per step
+    assert rows_per_process(s, 2) == 2
+    with pytest.raises(AlignError, match="queries per step"):
+        rows_per_process(PPOSettings(advantage="rloo", batch_size=8, mini_batch_size=4, group_size=8), 2)
