@@ -70,6 +70,17 @@ def moving_average(ys: list[float], min_points: int = 8) -> list[float] | None:
     return out
 
 
+def _save(fig, path: Path) -> Path:
+    """Write a finished figure as a PNG and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def _plot_lines(path: Path, title: str, series: dict[str, list[tuple[float, float]]], xlabel: str = "step",
                 twin: str | None = None) -> Path | None:
     """One PNG with a line per series (the `twin` series on a second y-axis)."""
@@ -101,11 +112,7 @@ def _plot_lines(path: Path, title: str, series: dict[str, list[tuple[float, floa
     labels = [lab for a in set(axes.values()) for lab in a.get_legend_handles_labels()[1]]
     ax.legend(handles, labels, fontsize=8, loc="best")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _plot_bars(path: Path, title: str, groups: dict[str, dict[str, float]]) -> Path | None:
@@ -129,11 +136,7 @@ def _plot_bars(path: Path, title: str, groups: dict[str, dict[str, float]]) -> P
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _plot_gains(path: Path, title: str, gains: dict[str, dict[str, float]]) -> Path | None:
@@ -155,11 +158,7 @@ def _plot_gains(path: Path, title: str, gains: dict[str, dict[str, float]]) -> P
     ax.set_xticks(range(len(names)), names)
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _flat_metrics(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
