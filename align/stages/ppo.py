@@ -245,7 +245,8 @@ def check_weights(roles: Any) -> None:
     from align.divergence import non_finite_parameter
     from align.errors import TrainingDiverged
 
-    named = [*roles.model.named_parameters(), *(("value_head." + n, p) for n, p in roles.value_head.named_parameters())]
+    head = roles.value_head.named_parameters() if roles.value_head is not None else ()  # none for rloo / grpo
+    named = [*roles.model.named_parameters(), *(("value_head." + n, p) for n, p in head)]
     name = non_finite_parameter(named)
     if name is not None:
         raise TrainingDiverged(f"weight {name} became non-finite")
