@@ -628,21 +628,30 @@ def render_losses(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main_losses(args) -> None:
-    import transformers
+# Shared by the synthetic-data cases: toy settings every contender trains with.
+COMMON_TRAIN = {"lr": 5e-4, "warmup_ratio": 0.0, "lr_scheduler": "constant", "max_length": 96,
+                "logging_steps": 1000, "save_steps": 100000, "report_to": ["none"]}
+
+
+def start_bench(args) -> float:
+    """Quiet transformers, a reusable model cache, the thread count; returns the load average before."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     os.environ.setdefault("ALIGN_CACHE", str(Path(tempfile.gettempdir()) / "align-bench-cache"))
     torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()[0]
+    return os.getloadavg()[0]
+
+
+def main_losses(args) -> None:
+    import transformers
+
+    load_before = start_bench(args)
     work = Path(tempfile.mkdtemp(prefix="bench-reward-losses-"))
     try:
         model_dir = build_model_dir(work)
         n_params = sum(p.numel() for p in fresh_classifier(model_dir)[0].parameters())
-        common = {"lr": 5e-4, "warmup_ratio": 0.0, "lr_scheduler": "constant", "max_length": 96,
-                  "logging_steps": 1000, "save_steps": 100000, "report_to": ["none"]}
-        losses = bench_losses(model_dir, work, common, args.loss_prompts, args.seeds)
+        losses = bench_losses(model_dir, work, COMMON_TRAIN, args.loss_prompts, args.seeds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     meta = {"torch": torch.__version__, "transformers": transformers.__version__, "threads": args.threads,
@@ -704,20 +713,15 @@ def main() -> None:
 
     import transformers
     import trl
-    from transformers.utils import logging as hf_logging
 
     from align.config import TrainConfig
 
-    hf_logging.set_verbosity_error()
-    os.environ.setdefault("ALIGN_CACHE", str(Path(tempfile.gettempdir()) / "align-bench-cache"))
-    torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()[0]
+    load_before = start_bench(args)
     work = Path(tempfile.mkdtemp(prefix="bench-reward-"))
     try:
         model_dir = build_model_dir(work)
         n_params = sum(p.numel() for p in fresh_classifier(model_dir)[0].parameters())
-        common = {"lr": 5e-4, "warmup_ratio": 0.0, "lr_scheduler": "constant", "max_length": 96,
-                  "logging_steps": 1000, "save_steps": 100000, "report_to": ["none"]}
+        common = COMMON_TRAIN
 
         # 1. K = 2: the same pairs, batch 8 pairs (16 rows) for both, 2 epochs
         pairs_train, pairs_held = to_groups(make_rankings(args.pairs, 2, 1)), to_groups(make_rankings(96, 2, 2))
