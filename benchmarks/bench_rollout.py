@@ -3,7 +3,7 @@
 1. Sampling: tokens/s of the rollout's generate() (policy LoRA merged for sampling, and unmerged as
    before) against plain `model.generate` of a merged copy of the same model: same prompts, batch,
    sampling settings and seeds, so both sides sample the same tokens and the ratio is pure speed.
-2. PPO step time at the quickstart's settings (batch 8, mini-batch 4, 2 epochs, 48 new tokens,
+2. PPO step time at the earlier quickstart's PPO-GAE settings (batch 8, mini-batch 4, 2 epochs, 48 new tokens,
    temperature 0.8, LoRA r=16 on the top 8 layers, a LoRA reward adapter on the shared base):
    - before: merge_for_sampling off, forward_batch_size = mini_batch_size, reuse_frozen_layers off
      (the loop as it was);
@@ -41,7 +41,7 @@ ROOT = HERE.parent
 CACHE = HERE / ".cache" / "bench-rollout"
 RESULTS = HERE / "results"
 BASE = "smollm2-135m-instruct"
-# recipes/quickstart.yaml's ppo settings (and its sft/reward adapters: r 16, alpha 32, top 8 layers)
+# the earlier recipes/quickstart.yaml's PPO-GAE settings (and its sft/reward adapters: r 16, alpha 32, top 8 layers)
 QUICKSTART = dict(batch_size=8, mini_batch_size=4, ppo_epochs=2, lr=1e-4, init_kl_coef=0.05, temperature=0.8,
                   max_new_tokens=48)
 VARIANTS = {
@@ -257,7 +257,7 @@ def write_results(res: dict) -> None:
     before = ppo["before"]["step"]
     lines += [
         "",
-        "## PPO step time at the quickstart's settings",
+        "## PPO step time at the earlier quickstart's PPO-GAE settings",
         "",
         f"Seconds per phase, mean over steps 2..{res['steps']} of one run per variant (step 1 warms up). "
         "before = merge_for_sampling off, forward_batch_size = mini_batch_size, reuse_frozen_layers off.",
