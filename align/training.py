@@ -87,6 +87,12 @@ def last_checkpoint(output_dir: Path) -> str | None:
     return None
 
 
+def held_out_eval_args(train_cfg: Any, has_eval_data: bool) -> dict[str, Any]:
+    """Trainer args that evaluate held-out data at every checkpoint when there is some, else never."""
+    return {"eval_strategy": "steps" if has_eval_data else "no",
+            "eval_steps": train_cfg.save_steps if has_eval_data else None}
+
+
 def loss_history(log_history: list[dict], key: str = "loss") -> list[tuple[int, float]]:
     """(step, value) pairs of a logged metric."""
     return [(int(e["step"]), float(e[key])) for e in log_history if key in e and "step" in e]

@@ -167,13 +167,14 @@ def heldout_accuracy(model, tokenizer, groups, max_length: int) -> float:
 # --------------------------------------------------------------------------- contenders
 
 
-def train_align(model_dir, groups, heldout, train_cfg, work: Path) -> dict:
+def train_align(model_dir, groups, heldout, train_cfg, work: Path, loss: str = "pairwise") -> dict:
+    """The reward stage's Trainer with `loss` ("pairwise" | "plackett_luce"); held-out accuracy and time."""
     from align.models import pick_precision
     from align.stages.reward import build_trainer
 
     model, tokenizer = fresh_classifier(model_dir)
     counter = RowCounter(model)
-    trainer = build_trainer(model, tokenizer, groups, train_cfg, work / "ckpt", pick_precision("fp32"), 0)
+    trainer = build_trainer(model, tokenizer, groups, train_cfg, work / "ckpt", pick_precision("fp32"), 0, loss=loss)
     timer = step_timer()
     trainer.add_callback(timer)
     started = time.perf_counter()
@@ -536,22 +537,6 @@ def make_tied_rankings(n_prompts: int, k: int, levels: int, seed: int) -> list[d
     return rows
 
 
-def train_with_loss(model_dir, groups, heldout, train_cfg, work: Path, loss: str) -> dict:
-    """The reward stage's Trainer with `loss` ("pairwise" | "plackett_luce"); held-out accuracy and time."""
-    from align.models import pick_precision
-    from align.stages.reward import build_trainer
-
-    model, tokenizer = fresh_classifier(model_dir)
-    trainer = build_trainer(model, tokenizer, groups, train_cfg, work / "ckpt", pick_precision("fp32"), 0, loss=loss)
-    timer = step_timer()
-    trainer.add_callback(timer)
-    started = time.perf_counter()
-    output = trainer.train()
-    seconds = time.perf_counter() - started
-    return {**timer.summary(seconds, trainer.state.global_step), "train_loss": round(output.training_loss, 4),
-            "heldout_accuracy": heldout_accuracy(trainer.model, tokenizer, heldout, train_cfg.max_length)}
-
-
 def time_loss_alone(k: int = 8, prompts: int = 4, repeats: int = 300) -> dict:
     """Microseconds per forward + backward of each loss alone on one batch (4 prompts, K = 8, no ties)."""
     from align.reward_model import plackett_luce_loss, ranking_loss
@@ -592,7 +577,7 @@ def bench_losses(model_dir: str, work: Path, common: dict, n_train: int, seeds: 
         for seed in range(seeds):
             train, held = to_groups(make(n_train, 100 + seed)), to_groups(make(96, 200 + seed))
             for loss in ("pairwise", "plackett_luce"):  # alternated, so load drifts hit both alike
-                out[case][loss].append(train_with_loss(model_dir, train, held, cfg, work / f"{case}-{seed}-{loss}", loss))
+                out[case][loss].append(train_align(model_dir, train, held, cfg, work / f"{case}-{seed}-{loss}", loss))
         out[case]["pairs_per_prompt"] = round(statistics.mean(len(g.pairs) for g in train), 2)
     return out
 

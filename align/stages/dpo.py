@@ -245,7 +245,7 @@ def build_trainer(cfg: Config, ctx: StageContext):
     from transformers import set_seed
 
     from align.models import guard_4bit_cpu_gradients, load_tokenizer, pick_precision
-    from align.training import trainer_args
+    from align.training import held_out_eval_args, trainer_args
 
     train_rows, held_rows, info = load_rows(cfg, ctx)
     set_seed(ctx.seed)  # before a fresh adapter is initialised
@@ -255,8 +255,7 @@ def build_trainer(cfg: Config, ctx: StageContext):
     args_cls, trainer_cls = trainer_classes(cfg.method)
     args = trainer_args(
         args_cls, cfg.train, ctx.stage_dir / "checkpoints", precision, ctx.seed, **method_args(cfg),
-        eval_strategy="steps" if held_rows else "no",
-        eval_steps=cfg.train.save_steps if held_rows else None,
+        **held_out_eval_args(cfg.train, bool(held_rows)),
         dataset_num_proc=None,
     )
     trainer = trainer_cls(

@@ -60,7 +60,7 @@ def build_trainer(cfg: Config, ctx: StageContext):
         peft_config,
         pick_precision,
     )
-    from align.training import trainer_args
+    from align.training import held_out_eval_args, trainer_args
 
     model_cfg = cfg.model.model_copy(update={"name": ctx.resolve(cfg.model.name)})
     data_cfg = cfg.data.model_copy(update={"path": ctx.resolve(cfg.data.path)})
@@ -87,8 +87,7 @@ def build_trainer(cfg: Config, ctx: StageContext):
     args = trainer_args(
         SFTConfig, cfg.train, ctx.stage_dir / "checkpoints", precision, ctx.seed, **extra,
         max_length=cfg.train.max_length, packing=cfg.packing, completion_only_loss=True,
-        eval_strategy="steps" if eval_examples else "no",
-        eval_steps=cfg.train.save_steps if eval_examples else None,
+        **held_out_eval_args(cfg.train, bool(eval_examples)),
         dataset_num_proc=None,
     )
     trainer = SFTTrainer(
