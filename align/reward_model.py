@@ -170,6 +170,8 @@ def collate_groups(features: list[dict], pad_token_id: int) -> dict[str, torch.T
             worse.append(offset + lo)
             pair_prompt.append(b)
     batch = pad_rows(rows, pad_token_id)
+    if all("row_ids" in f for f in features):  # stable ids of the rows (align.frozen_trunk.TrunkCache's key)
+        batch["row_ids"] = torch.tensor([i for f in features for i in f["row_ids"]], dtype=torch.long)
     batch["better"] = torch.tensor(better, dtype=torch.long)
     batch["worse"] = torch.tensor(worse, dtype=torch.long)
     batch["pair_prompt"] = torch.tensor(pair_prompt, dtype=torch.long)

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from align.errors import AlignError
+from align.frozen_trunk import capture_lower_layers, frozen_prefix, replay_lower_layers
 from align.models import (
     AdapterConfig,
     ModelConfig,
@@ -391,84 +392,24 @@ def merged_for_sampling(roles: ModelRoles, enabled: bool = True) -> Iterator[boo
 # --------------------------------------------------------------------------- frozen lower layers
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList | None:
-    """The transformer's list of decoder layers (the first ModuleList of num_hidden_layers modules)."""
-    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    if not n:
-        return None
-    return next((m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == n), None)
-
-
 def find_frozen_layers(roles: ModelRoles) -> int:
     """How many bottom decoder layers every role computes identically: no adapter of any role (policy,
     ref, value, reward) wraps a module in them, nothing in them trains, and the embeddings have none.
     Call after every adapter is loaded. 0 for a full (non-adapter) policy."""
     if roles.ref_kind == "copy" or not roles.is_peft:
         return 0
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    layers = decoder_layers(roles.model)
-    if layers is None:
-        return 0
-
-    def touched(module: nn.Module) -> bool:
-        return any(isinstance(m, BaseTunerLayer) for m in module.modules()) or any(
-            p.requires_grad for p in module.parameters())
-
-    if touched(roles.model.get_input_embeddings()):
-        return 0
-    return next((i for i, layer in enumerate(layers) if touched(layer)), len(layers))
+    return frozen_prefix(roles.model)
 
 
-class _Replay(nn.Module):
-    """Stands in for a frozen decoder layer: the last one returns the recorded output, the others
-    pass their input through (nothing below the last one is needed)."""
-
-    def __init__(self, output: torch.Tensor | None) -> None:
-        super().__init__()
-        self.output = output
-
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.output is None:
-            return hidden_states
-        return self.output.to(device=hidden_states.device, dtype=hidden_states.dtype)
-
-
-@contextlib.contextmanager
-def trunk_replay(roles: ModelRoles, trunk: torch.Tensor | None) -> Iterator[None]:
+def trunk_replay(roles: ModelRoles, trunk: torch.Tensor | None) -> contextlib.AbstractContextManager:
     """Forwards inside skip the frozen lower layers and start from `trunk` (B, L, H), their recorded
     output for exactly these input columns. No-op when trunk is None."""
-    if trunk is None or roles.frozen_layers == 0:
-        yield
-        return
-    layers = decoder_layers(roles.model)
-    k = roles.frozen_layers
-    originals = [layers[i] for i in range(k)]
-    for i in range(k):
-        layers[i] = _Replay(trunk if i == k - 1 else None)
-    try:
-        yield
-    finally:
-        for i, layer in enumerate(originals):
-            layers[i] = layer
+    return replay_lower_layers(roles.model, roles.frozen_layers, trunk)
 
 
-@contextlib.contextmanager
-def trunk_capture(roles: ModelRoles, into: list[torch.Tensor]) -> Iterator[None]:
+def trunk_capture(roles: ModelRoles, into: list[torch.Tensor]) -> contextlib.AbstractContextManager:
     """Record the output of the last frozen layer (B, L, H) of each forward inside, appended to `into`."""
-    if roles.frozen_layers == 0:
-        yield
-        return
-    layer = decoder_layers(roles.model)[roles.frozen_layers - 1]
-
-    def hook(_module: nn.Module, _args: Any, output: Any) -> None:
-        into.append((output[0] if isinstance(output, tuple) else output).detach())
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    return capture_lower_layers(roles.model, roles.frozen_layers, into)
 
 
 def save_policy(roles: ModelRoles, out_dir: Path) -> None:

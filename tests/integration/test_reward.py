@@ -328,3 +328,32 @@ def test_hh_pairs_that_differ_early_train_and_bad_records_are_skipped_and_counte
     assert m["train_pairs"] == 7 and m["steps"] == 1
     with pytest.raises(AlignError, match=rf"1 of 8 records are unusable.*{data.name}:8: "):
         run_stage(tmp_path / "strict", {**settings, "max_bad_records": 0.1})
+
+
+def test_frozen_layer_cache_replays_the_bottom_layers_with_the_same_result(tmp_path):
+    """LoRA on the top layer of tiny-llama's two: epoch 1 computes layer 0 and records it, epochs 2-3
+    replay it; the losses and the trained adapter match a run that computes every layer every time."""
+    from safetensors.torch import load_file
+
+    data = marker_rankings(tmp_path / "rankings.jsonl", n=24)
+    settings = {
+        "model": "tiny-llama", "data": str(data), "eval_fraction": 0.25,
+        "adapter": {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.0, "top_layers": 1},
+        "train": {"lr": 3e-3, "epochs": 3, "batch_size": 4, "max_length": 64, "save_steps": 1000,
+                  **QUIET, "logging_steps": 1},
+    }
+    cached = run_stage(tmp_path / "cached", settings)
+    plain = run_stage(tmp_path / "plain", {**settings, "cache_frozen_layers_gib": 0})
+    per_epoch = cached.metrics["steps"] // 3
+    assert cached.metrics["trunk_cache"] == {"layers": 1, "replayed_batches": 2 * per_epoch,
+                                             "computed_batches": per_epoch}
+    assert plain.metrics["trunk_cache"] is None
+    losses = [loss for _, loss in json.loads((tmp_path / "cached" / "loss_history.json").read_text())]
+    plain_losses = [loss for _, loss in json.loads((tmp_path / "plain" / "loss_history.json").read_text())]
+    assert len(losses) == cached.metrics["steps"] and losses == pytest.approx(plain_losses, rel=1e-4, abs=1e-5)
+    a = load_file(str(tmp_path / "cached" / "model" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "plain" / "model" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    assert cached.metrics["heldout_accuracy"] == plain.metrics["heldout_accuracy"]
