@@ -96,8 +96,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
                                               cfg.kl_batch_size, ctx.seed))
 
     specs = {name: describe_model(path) for name, path in cfg.policies.items()}
-    reference = describe_model(cfg.reference) if cfg.reference and cfg.kl_samples else None
-    loads = for_each_policy(specs, reference, cfg.model, evaluate)
+    ref_spec = describe_model(cfg.reference) if cfg.reference and cfg.kl_samples else None
+    loads = for_each_policy(specs, ref_spec, cfg.model, evaluate)
     responses = {name: responses[name] for name in cfg.policies}  # the recipe's order, whatever the loading order
 
     # ---- reward model scores of the same greedy responses
