@@ -1,4 +1,5 @@
-"""Batched generation with a local model, and the one sampling config every sampling site uses."""
+"""Batched generation with a local model (`generate_texts`, used by every stage, the local teacher and
+`align serve`), and the one sampling config every sampling site uses."""
 
 from __future__ import annotations
 
@@ -111,6 +112,25 @@ def generation_eos_ids(model: Any, tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
+class Generated(str):
+    """A generated text, and why generation ended: ``finish_reason`` "stop" (end of turn or a stop string)
+    or "length" (the token limit was reached: the text is cut off); ``tokens``: how many it took (None when
+    a server did not say). A ``str``, so callers that only need the text use it as one; string methods
+    return plain ``str`` without the reason."""
+
+    finish_reason: str
+    tokens: int | None
+
+    def __new__(cls, text: str, finish_reason: str | None = "stop", tokens: int | None = None) -> Generated:
+        obj = super().__new__(cls, text)
+        obj.finish_reason = finish_reason or "stop"
+        obj.tokens = tokens
+        return obj
+
+    def __reduce__(self):  # pickles (and deep-copies) with its reason
+        return (Generated, (str(self), self.finish_reason, self.tokens))
+
+
 def generate_texts(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -123,12 +143,17 @@ def generate_texts(
     batch_size: int = 8,
     seed: int = 0,
     stop: list[str] | None = None,
+    by_length: bool = False,
     progress: bool = True,
-) -> list[list[str]]:
-    """Continue each prompt (already formatted text); returns num_return_sequences texts per prompt.
+) -> list[list[Generated]]:
+    """Continue each prompt (already formatted text); returns num_return_sequences texts per prompt, in order.
 
-    Left padding so every prompt ends where generation starts; KV cache on; `stop` strings cut the output.
-    Sampling follows `sampling_config`: softmax(logits / temperature), cut by top_p only; greedy at 0.
+    Each text ends at the first EOS (or `stop` string, which also ends generation early: a Self-Instruct
+    bootstrap stops after a few lines instead of running to max_new_tokens) and carries its finish reason
+    and token count (`Generated`). Left padding so every prompt ends where generation starts; KV cache
+    on. Sampling follows `sampling_config`: softmax(logits / temperature), cut by top_p only; greedy at 0.
+    Each batch is seeded from a generator seeded with `seed`. `by_length` batches prompts of similar
+    length together (less padding; the teacher and `align serve` use it).
     """
     import torch
     from tqdm.auto import tqdm
@@ -137,24 +162,45 @@ def generate_texts(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     device = next(model.parameters()).device
-    generator_seed = torch.Generator().manual_seed(seed)
+    eos_ids = generation_eos_ids(model, tokenizer)
+    stop = [s for s in stop or [] if s] or None
     config = sampling_config(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                             num_return_sequences=num_return_sequences, eos_token_id=generation_eos_ids(model, tokenizer),
-                             pad_token_id=tokenizer.pad_token_id)
-    outputs: list[list[str]] = []
-    batches = range(0, len(prompts), batch_size)
+                             num_return_sequences=num_return_sequences, eos_token_id=eos_ids,
+                             pad_token_id=tokenizer.pad_token_id, stop_strings=stop)
+    order = list(range(len(prompts)))
+    if by_length:
+        lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        order.sort(key=lambda i: lengths[i])
+    generator_seed = torch.Generator().manual_seed(seed)
+    results: dict[int, list[Generated]] = {}
+    n = num_return_sequences
+    batches = range(0, len(order), batch_size)
     for start in tqdm(batches, desc="generating", disable=not progress or len(batches) < 2):
-        batch = prompts[start : start + batch_size]
-        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        idx = order[start : start + batch_size]
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(device)
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator_seed)))
         with torch.no_grad():
-            out = model.generate(**enc, generation_config=config)
-        new_tokens = out[:, enc["input_ids"].shape[1] :]
-        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        texts = [cut_at_stop(t, stop) for t in texts]
-        for i in range(len(batch)):
-            outputs.append(texts[i * num_return_sequences : (i + 1) * num_return_sequences])
-    return outputs
+            out = model.generate(**enc, generation_config=config, tokenizer=tokenizer if stop else None)
+        new_tokens = out[:, enc["input_ids"].shape[1] :].tolist()
+        for k, i in enumerate(idx):
+            results[i] = [_finish(tokenizer, ids, set(eos_ids), max_new_tokens, stop)
+                          for ids in new_tokens[k * n : (k + 1) * n]]
+    return [results[i] for i in range(len(prompts))]
+
+
+def _finish(tokenizer: Any, ids: list[int], eos_ids: set, max_new_tokens: int, stop: list[str] | None) -> Generated:
+    """The text of one sequence's new tokens: up to its first EOS, cut at the first stop string."""
+    end = next((j for j, t in enumerate(ids) if t in eos_ids), None)
+    if end is not None:
+        ids = ids[: end + 1]
+    else:  # no eos: drop the padding of a sequence that stopped early on a stop string
+        while ids and ids[-1] == tokenizer.pad_token_id:
+            ids = ids[:-1]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if stop and any(s in text for s in stop):
+        return Generated(cut_at_stop(text, stop), "stop", len(ids))
+    return Generated(text.strip(), "stop" if end is not None or len(ids) < max_new_tokens else "length", len(ids))
 
 
 def cut_at_stop(text: str, stop: list[str] | None) -> str:

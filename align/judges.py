@@ -308,13 +308,13 @@ def borda(order: list[int], k: int) -> dict[int, float]:
     return points
 
 
-def make_judge(cfg: GoldJudgeConfig | LLMJudgeConfig, resolve: Callable[[Any], Any] = lambda v: v) -> Judge:
-    """A ready judge from its settings (`resolve` turns an '@stage' teacher model into a path)."""
+def make_judge(cfg: GoldJudgeConfig | LLMJudgeConfig) -> Judge:
+    """A ready judge from its settings."""
     if isinstance(cfg, GoldJudgeConfig):
         return GoldJudge(load_gold_function(cfg.function), cfg.function)
     from align.teachers import make_teacher
 
-    teacher = make_teacher(cfg.teacher.model_copy(update={"model": resolve(cfg.teacher.model)}))
+    teacher = make_teacher(cfg.teacher)
     return LLMJudge(teacher, cfg.mode, cfg.max_tokens, cfg.temperature)
 
 

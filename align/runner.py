@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from align.config import check_recipe_inputs, load_recipe, stage_refs
 from align.errors import AlignError
-from align.stages import STAGE_ORDER, StageContext, StageResult, stage_module
+from align.stages import STAGE_ORDER, StageContext, StageResult, resolve_refs, stage_module
 
 COMPLETE = "COMPLETE"
 IN_PROGRESS = "IN_PROGRESS"
@@ -175,7 +175,7 @@ def _run_stage(name: str, cfg: BaseModel, digest: str, stage_dir: Path, run_dir:
     started = time.perf_counter()
     try:
         ctx = StageContext(name=name, stage_dir=stage_dir, run_dir=run_dir, seed=seed, upstream=dict(upstream))
-        result: StageResult = stage_module(name).run(cfg, ctx)
+        result: StageResult = stage_module(name).run(resolve_refs(cfg, upstream, name), ctx)
     except AlignError as exc:  # the reason goes into log.txt too (the CLI prints it once, on stderr)
         handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "stage %s failed: %s", (name, exc), None))
         raise

@@ -79,13 +79,14 @@ class ModelBackend:
     def generate(self, prompts: list[str], *, max_tokens: int, temperature: float, top_p: float,
                  stop: list[str] | None, n: int, seed: int | None) -> list[list[tuple[str, str, int]]]:
         """Per prompt, n (text, finish_reason, completion_tokens)."""
-        from align.teachers import generate_local
+        from align.generation import generate_texts
 
         with self.lock:
             self._requests += 1
-            out = generate_local(self.model, self.tokenizer, prompts, max_tokens=max_tokens, temperature=temperature,
-                                 top_p=top_p, stop=stop, n=n, seed=seed if seed is not None else self._requests)
-        return [[(c.text, c.finish_reason, c.tokens) for c in row] for row in out]
+            out = generate_texts(self.model, self.tokenizer, prompts, max_new_tokens=max_tokens, temperature=temperature,
+                                 top_p=top_p, stop=stop, num_return_sequences=n,
+                                 seed=seed if seed is not None else self._requests, by_length=True, progress=False)
+        return [[(str(c), c.finish_reason, c.tokens) for c in row] for row in out]
 
 
 def _messages(body: dict) -> list[dict]:

@@ -24,12 +24,12 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from align.errors import AlignError
+from align.generation import Generated
 
 log = logging.getLogger("align.teachers")
 
@@ -83,22 +83,6 @@ class TeacherConfig(BaseModel):
         return self.endpoint or ("completions" if self.type == "local" else "chat")
 
 
-class Generated(str):
-    """A teacher's text, and why generation ended: ``finish_reason`` "stop" (end of turn or a stop string)
-    or "length" (max_tokens reached: the text is cut off). A ``str``, so callers that only need the text
-    (judges) use it as one; string methods return plain ``str`` without the reason."""
-
-    finish_reason: str
-
-    def __new__(cls, text: str, finish_reason: str | None = "stop") -> Generated:
-        obj = super().__new__(cls, text)
-        obj.finish_reason = finish_reason or "stop"
-        return obj
-
-    def __reduce__(self):  # pickles (and deep-copies) with its reason
-        return (Generated, (str(self), self.finish_reason))
-
-
 def finish_reason(text: str) -> str | None:
     """The finish reason of a teacher's text; None when the teacher did not say (a plain str)."""
     return getattr(text, "finish_reason", None)
@@ -120,66 +104,6 @@ def make_teacher(cfg: TeacherConfig | dict | str) -> Teacher:
 
 
 # --------------------------------------------------------------------------- local
-
-
-@dataclass
-class Completion:
-    """One generated continuation: text (cut at the first stop string), why it ended, tokens generated."""
-
-    text: str
-    finish_reason: str  # "stop" (eos or a stop string) | "length" (max_tokens reached)
-    tokens: int
-
-
-def generate_local(model: Any, tokenizer: Any, prompts: list[str], *, max_tokens: int, temperature: float,
-                   top_p: float = 1.0, stop: list[str] | None = None, n: int = 1, batch_size: int = 8,
-                   seed: int = 0) -> list[list[Completion]]:
-    """Continue raw text prompts with a local model; n completions per prompt, in prompt order.
-
-    Like `align.generation.generate_texts`, plus what a teacher and an API server need and that helper
-    does not offer: generation stops early on `stop` strings (a Self-Instruct bootstrap stops after a
-    few lines instead of running to max_tokens, several times faster on CPU), exact completion token
-    counts, and the finish reason. Prompts are batched by length to cut padding.
-    """
-    import torch
-
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    from align.generation import generation_eos_ids, sampling_config
-
-    eos_ids = set(generation_eos_ids(model, tokenizer))
-    stop = [s for s in stop or [] if s] or None
-    config = sampling_config(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, num_return_sequences=n,
-                             eos_token_id=sorted(eos_ids), pad_token_id=tokenizer.pad_token_id, stop_strings=stop)
-    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
-    results: dict[int, list[Completion]] = {}
-    torch.manual_seed(seed)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                        add_special_tokens=False).to(model.device)
-        with torch.no_grad():
-            generated = model.generate(**enc, generation_config=config, tokenizer=tokenizer if stop else None)
-        new_tokens = generated[:, enc["input_ids"].shape[1] :].tolist()
-        for k, i in enumerate(idx):
-            results[i] = [_finish(tokenizer, ids, eos_ids, max_tokens, stop) for ids in new_tokens[k * n : (k + 1) * n]]
-    return [results[i] for i in range(len(prompts))]
-
-
-def _finish(tokenizer: Any, ids: list[int], eos_ids: set, max_tokens: int, stop: list[str] | None) -> Completion:
-    end = next((j for j, t in enumerate(ids) if t in eos_ids), None)
-    if end is not None:
-        ids = ids[: end + 1]
-    else:  # no eos: drop the padding of a sequence that stopped early on a stop string
-        while ids and ids[-1] == tokenizer.pad_token_id:
-            ids = ids[:-1]
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    cut = min((text.find(s) for s in stop or [] if s in text), default=-1)
-    if cut >= 0:
-        return Completion(text[:cut].strip(), "stop", len(ids))
-    return Completion(text.strip(), "stop" if end is not None or len(ids) < max_tokens else "length", len(ids))
 
 
 class LocalTeacher:
@@ -219,11 +143,13 @@ class LocalTeacher:
 
     def _generate(self, prompts: list[str], max_tokens: int, temperature: float,
                   stop: list[str] | None) -> list[Generated]:
+        from align.generation import generate_texts
+
         self._calls += 1
-        out = generate_local(self._model, self._tokenizer, prompts, max_tokens=max_tokens, temperature=temperature,
+        out = generate_texts(self._model, self._tokenizer, prompts, max_new_tokens=max_tokens, temperature=temperature,
                              top_p=self.cfg.top_p, stop=stop, batch_size=self.cfg.batch_size,
-                             seed=self.cfg.seed + self._calls)
-        return [Generated(row[0].text, row[0].finish_reason) for row in out]
+                             seed=self.cfg.seed + self._calls, by_length=True, progress=False)
+        return [row[0] for row in out]
 
 
 # --------------------------------------------------------------------------- OpenAI-compatible

@@ -498,6 +498,20 @@ def load_gold_prompts(split: str = "train", path: str | Path | None = None) -> l
     return [p for p in prompts if split == "all" or p.split == split]
 
 
+def load_prompt_set(spec: str, num: int | None = None, key: str = "prompts") -> list[GoldPrompt]:
+    """The first `num` prompts (None = all) of `spec`: a shipped set's split (gold:heldout, gold:focus:train...)
+    or a JSONL of gold prompt records. A bad gold: spec is an error naming the recipe `key`."""
+    if spec.startswith("gold:"):
+        try:
+            path, split = gold_spec_path(spec)
+        except AlignError as err:
+            raise AlignError(f"{key}: {err}") from None
+        prompts = load_gold_prompts(split, path)
+    else:
+        prompts = read_gold_prompts(spec)
+    return prompts[:num] if num else prompts
+
+
 @lru_cache(maxsize=1)
 def _prompt_index() -> dict[str, GoldPrompt]:
     """Prompt text -> record over every shipped set (a text in two sets has the same constraints in both)."""

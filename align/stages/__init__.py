@@ -15,6 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from align.errors import AlignError
+
 STAGE_ORDER: tuple[str, ...] = ("self_instruct", "sft", "rank", "reward", "dpo", "ppo", "eval")
 
 
@@ -44,13 +46,40 @@ class StageContext:
     seed: int
     upstream: dict[str, StageResult]
 
-    def resolve(self, value: Any) -> Any:
-        """Replace `@stage` / `@stage.output` strings with the path that stage produced."""
-        if isinstance(value, str) and value.startswith("@"):
-            stage, _, key = value[1:].partition(".")
-            result = self.upstream[stage]
-            return result.outputs[key] if key else next(iter(result.outputs.values()))
+
+def resolve_refs(value: Any, upstream: dict[str, StageResult], where: str) -> Any:
+    """`value` with every `@stage` / `@stage.output` string replaced by the path that stage produced.
+
+    The runner calls it on a stage's config before `run`, so stages only ever see paths. A pydantic
+    model is copied with the resolved fields (not re-validated: what its validators derived stays);
+    `where` (the recipe key, e.g. "ppo") starts each error message.
+    """
+    if isinstance(value, BaseModel):
+        updates = {}
+        for field_name in type(value).model_fields:
+            old = getattr(value, field_name)
+            new = resolve_refs(old, upstream, f"{where}.{field_name}")
+            if new is not old:
+                updates[field_name] = new
+        return value.model_copy(update=updates) if updates else value
+    if isinstance(value, dict):
+        resolved = {k: resolve_refs(v, upstream, f"{where}.{k}") for k, v in value.items()}
+        return value if all(resolved[k] is value[k] for k in value) else resolved
+    if isinstance(value, list):
+        items = [resolve_refs(v, upstream, f"{where}[{i}]") for i, v in enumerate(value)]
+        return value if all(a is b for a, b in zip(items, value)) else items
+    if not (isinstance(value, str) and value.startswith("@")):
         return value
+    stage, _, key = value[1:].partition(".")
+    if stage not in upstream:
+        raise AlignError(f"{where}: {value!r} needs the output of stage {stage}, which has not completed")
+    outputs = upstream[stage].outputs
+    if not outputs:
+        raise AlignError(f"{where}: {value!r}: stage {stage} produced no outputs")
+    if key and key not in outputs:
+        raise AlignError(f"{where}: {value!r}: stage {stage} has no output {key!r}; its outputs are "
+                         f"{', '.join(outputs)} (@{stage} alone means the first)")
+    return outputs[key] if key else next(iter(outputs.values()))
 
 
 def stage_module(name: str):

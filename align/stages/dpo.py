@@ -134,7 +134,7 @@ def load_rows(cfg: Config, ctx: StageContext) -> tuple[list[dict], list[dict], d
     """Train / held-out rows in TRL's format for the method (pairs, or KTO's labelled completions)."""
     from align.rankings import kto_examples, preference_pairs, read_rankings, split_records_by_prompt
 
-    records = read_rankings(ctx.resolve(cfg.data), cfg.max_records)
+    records = read_rankings(cfg.data, cfg.max_records)
     train_records, held_records = split_records_by_prompt(records, cfg.eval_fraction, ctx.seed)
 
     def convert(recs):
@@ -168,7 +168,7 @@ def load_policy(cfg: Config, ctx: StageContext):
     from align.models import guard_4bit_cpu_gradients, load_causal_lm, peft_config, resolve_model_ref
     from align.stages.reward import prepare_base
 
-    model_cfg = cfg.model.model_copy(update={"name": ctx.resolve(cfg.model.name)})
+    model_cfg = cfg.model
     resolved = Path(resolve_model_ref(model_cfg.name))
     is_adapter = (resolved / "adapter_config.json").exists()
     if cfg.adapter.type == "full" and model_cfg.quantization != "none":
@@ -371,7 +371,7 @@ def extra_eval(cfg: Config, ctx: StageContext, trainer) -> dict[str, float]:
 
     from align.rankings import kto_examples, preference_pairs, read_rankings
 
-    records = read_rankings(ctx.resolve(cfg.eval_data))
+    records = read_rankings(cfg.eval_data)
     rows, _ = (kto_examples(records, cfg.kto.desirable_top, cfg.kto.undesirable_bottom) if cfg.method == "kto"
                else preference_pairs(records, cfg.pairs))
     if not rows:

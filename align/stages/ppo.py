@@ -85,13 +85,13 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     rank, world = distributed.rank(), distributed.world_size()
     main = distributed.is_main()
     rows_per_process(s, world)  # batch sizes must split across processes: fail before loading anything
-    policy_cfg = cfg.policy.model_copy(update={"name": ctx.resolve(cfg.policy.name)})
-    prompts_cfg = cfg.prompts.model_copy(update={"path": ctx.resolve(cfg.prompts.path)})
+    policy_cfg = cfg.policy
+    prompts_cfg = cfg.prompts
     set_seed(ctx.seed)
 
     # ---- models: policy, ref_policy, value_model, reward_model
     roles = load_roles(policy_cfg, cfg.adapter, s.value_model if s.needs_value_model else None)
-    scorer = load_scorer(cfg.reward, ctx.resolve(cfg.reward.source), roles)
+    scorer = load_scorer(cfg.reward, cfg.reward.source, roles)
     if s.value_init == "reward":
         start_value_from_reward(roles, scorer)
     gold = FunctionScorer(s.gold_fn, "gold_fn") if s.gold_fn else None
@@ -115,8 +115,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     sampler = QuerySampler(len(queries), s.queries_per_step, ctx.seed)
     ptx = None
     if s.ptx_coef > 0:
-        ptx_cfg = s.ptx_data.model_copy(update={"path": ctx.resolve(s.ptx_data.path)})
-        ptx = PtxBatches(roles.tokenizer, load_examples(ptx_cfg), s.ptx_max_length, ctx.seed)
+        ptx = PtxBatches(roles.tokenizer, load_examples(s.ptx_data), s.ptx_max_length, ctx.seed)
 
     # ---- optimisation state, resumed from the newest checkpoint if a run was interrupted
     optimizer = torch.optim.AdamW(roles.trainable_parameters(), lr=s.lr, eps=s.adam_eps, weight_decay=s.weight_decay)

@@ -69,12 +69,12 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     from align.models import load_causal_lm, load_tokenizer
     from align.rankings import RANKINGS_FILE, JsonlAppender, RankingRecord, prompt_text
 
-    data_cfg = cfg.prompts.model_copy(update={"path": ctx.resolve(cfg.prompts.path)})
-    policy_cfg = cfg.policy.model_copy(update={"name": ctx.resolve(cfg.policy.name)})
+    data_cfg = cfg.prompts
+    policy_cfg = cfg.policy
     human = cfg.judge.type == "human"
     if human and cfg.informative:
         raise AlignError("rank: informative needs a gold or llm judge (the human judge only writes labeling tasks)")
-    judge = None if human else make_judge(cfg.judge, ctx.resolve)  # fail on a bad judge before loading the policy
+    judge = None if human else make_judge(cfg.judge)  # fail on a bad judge before loading the policy
     prompts = load_prompts(data_cfg)
 
     out_path = ctx.stage_dir / (TASKS_FILE if human else RANKINGS_FILE)

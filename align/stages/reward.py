@@ -253,7 +253,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     check_adapter_fits("reward", cfg.model, cfg.adapter)
 
     # ---- data: prompt groups, split by prompt
-    records, read_report = read_rankings_checked(ctx.resolve(cfg.data), cfg.max_records, cfg.max_bad_records)
+    records, read_report = read_rankings_checked(cfg.data, cfg.max_records, cfg.max_bad_records)
     if read_report.split_early:
         log.info("reward: %d HH pairs differ before their last Assistant turn; split at the last shared Human "
                  "turn (their responses span several turns)", read_report.split_early)
@@ -267,7 +267,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     usable, heldout = split_by_prompt(ranked, cfg.eval_fraction, ctx.seed)
 
     # ---- model: base (adapters merged first), tokenizer, scalar head, adapter
-    model_cfg = cfg.model.model_copy(update={"name": ctx.resolve(cfg.model.name)})
+    model_cfg = cfg.model
     base = prepare_base(model_cfg, ctx.stage_dir)
     model_cfg = model_cfg.model_copy(update={"name": base})
     text_format = detect_format(base) if cfg.format == "auto" else cfg.format
@@ -310,7 +310,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
 
     # ---- normalize: mean reward of the SFT samples → 0 (InstructGPT, before RL)
     if cfg.normalize_data:
-        examples = load_examples(ctx.resolve(cfg.normalize_data))
+        examples = load_examples(cfg.normalize_data)
         norm_raw = rm.score_raw([e["prompt"] for e in examples], [e["completion"][0]["content"] for e in examples],
                                 cfg.score_batch_size)
     else:
@@ -366,7 +366,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         "normalization_std": round(norm["std"], 5),
     }
     if cfg.eval_data:
-        extra = group_by_prompt(read_rankings(ctx.resolve(cfg.eval_data)))
+        extra = group_by_prompt(read_rankings(cfg.eval_data))
         extra_stats = pair_metrics(rm.score_groups(extra, cfg.score_batch_size), extra)
         metrics["eval_data_accuracy"] = extra_stats["accuracy"]
         metrics["eval_data_accuracy_by_k"] = extra_stats["accuracy_by_k"]

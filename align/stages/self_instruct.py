@@ -58,8 +58,6 @@ def run(cfg: Config, ctx: StageContext, *, standalone: bool = False) -> StageRes
 
     teacher_cfg = cfg.teacher
     updates: dict[str, Any] = {}
-    if teacher_cfg.type == "local":
-        updates["model"] = ctx.resolve(teacher_cfg.model)
     if "seed" not in teacher_cfg.model_fields_set:
         updates["seed"] = ctx.seed
     teacher_cfg = teacher_cfg.model_copy(update=updates)

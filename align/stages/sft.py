@@ -62,8 +62,8 @@ def build_trainer(cfg: Config, ctx: StageContext):
     )
     from align.training import held_out_eval_args, trainer_args
 
-    model_cfg = cfg.model.model_copy(update={"name": ctx.resolve(cfg.model.name)})
-    data_cfg = cfg.data.model_copy(update={"path": ctx.resolve(cfg.data.path)})
+    model_cfg = cfg.model
+    data_cfg = cfg.data
     check_adapter_fits("sft", model_cfg, cfg.adapter)
     if cfg.packing and cfg.adapter.type in ("prefix", "prompt"):
         raise AlignError("sft: packing is not supported with prefix/prompt tuning (virtual tokens break packed positions)")

@@ -46,7 +46,7 @@ def test_eval_stage_rejects_bad_baseline(tmp_path):
 
 def test_lm_eval_offline_on_local_task(tmp_path, tiny_model_dir):
     pytest.importorskip("lm_eval")
-    from align.stages.eval import LmEvalConfig, run_lm_eval
+    from align.eval.harness import LmEvalConfig, run_lm_eval
 
     results = run_lm_eval("tiny-llama", LmEvalConfig(tasks=["align_tiny_facts"], include_path=str(TASKS),
                                                       batch_size=4), tmp_path)

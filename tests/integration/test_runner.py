@@ -52,3 +52,29 @@ def test_data_file_content_is_part_of_the_hash(tmp_path):
 def test_upstream_hash_propagates():
     cfg = SFTConfig.model_validate({"model": "tiny-llama", "data": "@self_instruct"})
     assert stage_hash("sft", cfg, 0, {"self_instruct": "aaa"}) != stage_hash("sft", cfg, 0, {"self_instruct": "bbb"})
+
+
+def test_stages_receive_paths_for_stage_references(tmp_path, monkeypatch):
+    """The runner resolves '@sft' once, before eval's run; config.yaml and the hash keep the reference."""
+    import types
+
+    import align.runner as runner
+    from align.stages import StageResult, stage_module
+
+    seen = {}
+
+    def fake(name, outputs):
+        def run(cfg, ctx):
+            seen[name] = cfg
+            return StageResult(outputs, {})
+        return types.SimpleNamespace(run=run, Config=stage_module(name).Config)
+
+    model_dir = str(tmp_path / "run" / "sft" / "model")
+    stages = {"sft": fake("sft", {"model": model_dir}), "eval": fake("eval", {"responses": "r.jsonl"})}
+    monkeypatch.setattr(runner, "stage_module", stages.__getitem__)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE + "eval:\n  policies: {sft: '@sft', base: tiny-llama}\n  reference: '@sft.model'\n")
+    records = run_recipe(recipe, tmp_path / "run")
+    assert [r.status for r in records] == ["ran", "ran"]
+    assert seen["eval"].policies == {"sft": model_dir, "base": "tiny-llama"} and seen["eval"].reference == model_dir
+    assert "'@sft'" in (tmp_path / "run" / "eval" / "config.yaml").read_text()

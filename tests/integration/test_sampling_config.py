@@ -107,7 +107,7 @@ def test_local_teacher_ignores_the_checkpoint_defaults(leaky_dir):
 
 def test_eval_kl_sampling_is_pure(leaky_dir):
     """Eval's KL samples must come from π itself: only its own log-prob recorder sees the logits."""
-    from align.stages.eval import sample_responses
+    from align.eval.kl import sample_responses
 
     model, tok = load(leaky_dir)
     seen = spy_processors(model)

@@ -44,6 +44,23 @@ def test_local_teacher_complete_and_chat(tiny_model_dir):
     assert len(replies) == 2 and all(replies)
 
 
+def test_generate_texts_keeps_prompt_order_and_says_why_each_text_ended(backend):
+    """One local generation function serves stages, the local teacher and align serve."""
+    from align.generation import generate_texts
+
+    model, tok = backend.model, backend.tokenizer
+    plain = generate_texts(model, tok, PROMPTS, max_new_tokens=6, batch_size=1, progress=False)
+    assert generate_texts(model, tok, PROMPTS, max_new_tokens=6, batch_size=1, by_length=True, progress=False) == plain
+    prompt = "Instruction: say hello"
+    full = generate_texts(model, tok, [prompt], max_new_tokens=12, progress=False)[0][0]
+    stop = full.split()[1]  # a word the greedy continuation is certain to produce
+    cut = generate_texts(model, tok, [prompt], max_new_tokens=12, stop=[stop], progress=False)[0][0]
+    assert cut.finish_reason == "stop" and stop not in cut and full.startswith(cut)
+    assert cut.tokens < full.tokens  # generation stopped at the stop string, not at the token limit
+    short = generate_texts(model, tok, [prompt], max_new_tokens=3, progress=False)[0][0]
+    assert short.finish_reason == "length" and short.tokens == 3 and full.startswith(short)
+
+
 def test_completions_endpoint_matches_local_and_keeps_order(backend):
     local = make_teacher({"model": "tiny-llama", "batch_size": 2})
     expected = local.complete(PROMPTS, max_tokens=8, temperature=0.0)
