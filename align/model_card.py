@@ -46,6 +46,7 @@ class ModelInfo:
     """What a card needs to know about one saved model folder."""
 
     folder: Path
+    run_dir: Path
     stage: str
     reward: bool  # a sequence-classification reward model (else a causal LM)
     adapter: dict[str, Any] | None  # adapter_config.json, None for a full checkpoint
@@ -58,6 +59,7 @@ class ModelInfo:
     config: dict[str, Any]
     metrics: dict[str, Any]
     data: list[str] = field(default_factory=list)  # data references, @stage ones described
+    merged_adapter: dict[str, Any] | None = None  # a merged export: the adapter folded into these weights
     reward_meta: dict[str, Any] = field(default_factory=dict)
     norm_mean: float = 0.0
 
@@ -170,8 +172,11 @@ def front_matter(text: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def describe_model(folder: str | Path, stage_dir: str | Path) -> ModelInfo:
-    """Gather what a card says about `folder` (a model written by the stage in `stage_dir`)."""
+def describe_model(folder: str | Path, stage_dir: str | Path, merged_from: str | Path | None = None) -> ModelInfo:
+    """Gather what a card says about `folder` (a model written by the stage in `stage_dir`).
+
+    merged_from: the adapter folder `folder` was merged from (align export --merge).
+    """
     folder, stage_dir = Path(folder), Path(stage_dir)
     run_dir = stage_dir.parent
     cfg = _read_yaml(stage_dir / "config.yaml")
@@ -189,12 +194,13 @@ def describe_model(folder: str | Path, stage_dir: str | Path) -> ModelInfo:
         if ref:
             data.append(ref)
     return ModelInfo(
-        folder=folder, stage=stage_dir.name, reward=reward, adapter=adapter, load_base=load_base, origin=origin,
+        folder=folder, run_dir=run_dir, stage=stage_dir.name, reward=reward, adapter=adapter, load_base=load_base, origin=origin,
         hub_base=hub_base, license=base_license(load_base, hub_base),
         recipe=_read_yaml(run_dir / "recipe.yaml").get("name"),
         config_hash=config_hash(stage_dir),
         config=cfg, metrics=_read_json(stage_dir / "metrics.json"), data=data, reward_meta=reward_meta,
         norm_mean=float(_read_json(folder / "reward_normalization.json").get("mean", 0.0)),
+        merged_adapter=(_read_json(Path(merged_from) / "adapter_config.json") or None) if merged_from else None,
     )
 
 
@@ -217,6 +223,14 @@ def adapter_words(adapter: dict[str, Any] | None) -> str:
         name = "prefix tuning" if kind == "PREFIX_TUNING" else "prompt tuning"
         return f"a {name} adapter ({adapter.get('num_virtual_tokens')} virtual tokens)"
     return f"a {kind} adapter"
+
+
+def trained_words(info: ModelInfo) -> str:
+    if info.merged_adapter is None:
+        return adapter_words(info.adapter)
+    quant = find_key(info.config, "quantization")
+    how = f", dequantized from {quant} first" if quant and quant != "none" else ""
+    return f"{adapter_words(info.merged_adapter)}, merged into the base weights{how}"
 
 
 def method_words(info: ModelInfo) -> str:
@@ -253,8 +267,9 @@ def method_words(info: ModelInfo) -> str:
 
 def tags(info: ModelInfo) -> list[str]:
     out = ["align", info.stage]
-    if info.adapter:
-        out.append("dora" if info.adapter.get("use_dora") else str(info.adapter.get("peft_type", "")).lower())
+    adapter = info.adapter or info.merged_adapter
+    if adapter:
+        out.append("dora" if adapter.get("use_dora") else str(adapter.get("peft_type", "")).lower())
     if info.stage in ("reward", "ppo", "dpo"):
         out.append("rlhf")
     if info.reward:
@@ -346,7 +361,7 @@ def render_card(info: ModelInfo, location: str | None = None, base: str | None =
     lines = ["---", yaml.safe_dump(metadata(info), sort_keys=False).strip(), "---", "",
              f"# {info.recipe or 'align'} / {info.stage}", "", what + ".", "",
              f"- **Method:** {method_words(info)}.",
-             f"- **Trained parameters:** {adapter_words(info.adapter)}.",
+             f"- **Trained parameters:** {trained_words(info)}.",
              f"- **Started from:** `{info.origin}`" + (f" (Hub id `{info.hub_base}`)" if info.hub_base and
                                                        info.hub_base != info.origin else "") + "."]
     start = next((r for r in (_ref(info.config.get(k)) for k in MODEL_KEYS) if r), "")
@@ -354,15 +369,15 @@ def render_card(info: ModelInfo, location: str | None = None, base: str | None =
         lines.append(f"- **Starting model:** this run's `{start[1:]}` stage output.")
     if info.adapter and (base or info.load_base):
         where = base or info.load_base
-        inside = not base and Path(where).resolve().is_relative_to(info.folder.resolve().parent.parent)
+        inside = not base and Path(where).resolve().is_relative_to(info.run_dir.resolve())
         lines.append(f"- **Adapter base:** `{where}`" + (" (written by this run: an earlier adapter merged into its "
                      "base; share `align export --merge` output, which carries it)" if inside else "") + ".")
     quant = find_key(info.config, "quantization")
-    if quant and quant != "none":
+    if info.adapter and quant and quant != "none":
         lines.append(f"- **Quantization during training:** {quant} base weights (QLoRA); load the base in 4-bit "
                      "(bitsandbytes) to reproduce training exactly, or use `align export --merge`.")
     for ref in info.data:
-        lines.append(f"- **Data:** {_describe_data(info.folder.parent.parent, ref)}.")
+        lines.append(f"- **Data:** {_describe_data(info.run_dir, ref)}.")
     if info.recipe or info.config_hash:
         lines.append(f"- **Recipe:** `{info.recipe}`; stage config hash `{info.config_hash}` (the run's "
                      f"`{info.stage}/COMPLETE`; the full settings are in `{info.stage}/config.yaml`).")
@@ -397,9 +412,9 @@ def is_model_dir(path: Path) -> bool:
 
 
 def write_model_card(folder: str | Path, stage_dir: str | Path, location: str | None = None,
-                     base: str | None = None, note: str = "") -> Path:
+                     base: str | None = None, note: str = "", merged_from: str | Path | None = None) -> Path:
     """Write README.md into a model folder; returns its path."""
-    info = describe_model(folder, stage_dir)
+    info = describe_model(folder, stage_dir, merged_from)
     path = Path(folder) / CARD_FILE
     path.write_text(render_card(info, location, base, note))
     return path
