@@ -59,7 +59,8 @@ class ModelInfo:
     config: dict[str, Any]
     metrics: dict[str, Any]
     data: list[str] = field(default_factory=list)  # data references, @stage ones described
-    merged_adapter: dict[str, Any] | None = None  # a merged export: the adapter folded into these weights
+    merged_adapter: dict[str, Any] | None = None  # a merged model: the adapter folded into these weights
+    dequantized: bool = False  # merged into the dequantized weights of the quantized base it trained on
     reward_meta: dict[str, Any] = field(default_factory=dict)
     norm_mean: float = 0.0
 
@@ -172,10 +173,12 @@ def front_matter(text: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def describe_model(folder: str | Path, stage_dir: str | Path, merged_from: str | Path | None = None) -> ModelInfo:
+def describe_model(folder: str | Path, stage_dir: str | Path, merged_from: str | Path | None = None,
+                   dequantized: bool = False) -> ModelInfo:
     """Gather what a card says about `folder` (a model written by the stage in `stage_dir`).
 
-    merged_from: the adapter folder `folder` was merged from (align export --merge).
+    merged_from: the adapter folder `folder` was merged from; dequantized: merged into the quantized base's
+    dequantized weights (align export --merge) rather than the original float ones (sft's merged/).
     """
     folder, stage_dir = Path(folder), Path(stage_dir)
     run_dir = stage_dir.parent
@@ -201,6 +204,7 @@ def describe_model(folder: str | Path, stage_dir: str | Path, merged_from: str |
         config=cfg, metrics=_read_json(stage_dir / "metrics.json"), data=data, reward_meta=reward_meta,
         norm_mean=float(_read_json(folder / "reward_normalization.json").get("mean", 0.0)),
         merged_adapter=(_read_json(Path(merged_from) / "adapter_config.json") or None) if merged_from else None,
+        dequantized=dequantized,
     )
 
 
@@ -229,7 +233,11 @@ def trained_words(info: ModelInfo) -> str:
     if info.merged_adapter is None:
         return adapter_words(info.adapter)
     quant = find_key(info.config, "quantization")
-    how = f", dequantized from {quant} first" if quant and quant != "none" else ""
+    how = ""
+    if quant and quant != "none":
+        how = (f", dequantized from {quant} first" if info.dequantized else
+               f" (the original float weights, not the {quant} ones it trained against; `align export --merge` "
+               "merges into those, dequantized)")
     return f"{adapter_words(info.merged_adapter)}, merged into the base weights{how}"
 
 
@@ -412,9 +420,10 @@ def is_model_dir(path: Path) -> bool:
 
 
 def write_model_card(folder: str | Path, stage_dir: str | Path, location: str | None = None,
-                     base: str | None = None, note: str = "", merged_from: str | Path | None = None) -> Path:
+                     base: str | None = None, note: str = "", merged_from: str | Path | None = None,
+                     dequantized: bool = False) -> Path:
     """Write README.md into a model folder; returns its path."""
-    info = describe_model(folder, stage_dir, merged_from)
+    info = describe_model(folder, stage_dir, merged_from, dequantized)
     path = Path(folder) / CARD_FILE
     path.write_text(render_card(info, location, base, note))
     return path
@@ -426,10 +435,13 @@ def write_stage_cards(stage_dir: str | Path, outputs: dict[str, str]) -> list[Pa
     A card is documentation: failing to write one is logged, never fails the stage.
     """
     written = []
+    model = outputs.get("model")
+    adapter = model if model and (Path(model) / "adapter_config.json").exists() else None
     for path in dict.fromkeys(outputs.values()):
         if is_model_dir(Path(path)):
+            merged_from = adapter if adapter and path != model and (Path(path) / "config.json").exists() else None
             try:
-                written.append(write_model_card(path, stage_dir))
+                written.append(write_model_card(path, stage_dir, merged_from=merged_from))
             except Exception as exc:  # noqa: BLE001 - never lose a finished stage over its documentation
                 log.warning("model card for %s not written: %s: %s", path, type(exc).__name__, exc)
     return written

@@ -91,8 +91,9 @@ def export_model(stage: str | Path, out: str | Path, merge: bool = False, dtype:
             config_path.write_text(json.dumps({**config, "base_model_name_or_path": base}, indent=2))
         if merge:
             note = "A full checkpoint (all weights trained): nothing to merge."
+    quantized = (info.reward_meta.get("quantization") or find_key(info.config, "quantization") or "none") != "none"
     write_model_card(out, stage_dir, location=location or str(out.resolve()), base=base, note=note,
-                     merged_from=merged_from)
+                     merged_from=merged_from, dequantized=quantized)
     return out
 
 

@@ -97,6 +97,16 @@ def test_write_stage_cards_writes_only_model_folders(tmp_path):
     assert written == [stage_dir / "model" / "README.md"]
 
 
+def test_sfts_merged_folder_is_described_as_the_adapter_merged(tmp_path):
+    stage_dir = fake_stage(tmp_path / "run", "sft", {"model": {"name": "org/m", "quantization": "4bit"}}, {}, LORA)
+    (stage_dir / "merged").mkdir()
+    (stage_dir / "merged" / "config.json").write_text("{}")
+    write_stage_cards(stage_dir, {"model": str(stage_dir / "model"), "merged": str(stage_dir / "merged")})
+    text = (stage_dir / "merged" / "README.md").read_text()
+    assert "LoRA adapter (r=16" in text and "merged into the base weights (the original float weights" in text
+    assert front_matter(text)["library_name"] == "transformers"
+
+
 def test_helpers():
     assert is_hub_id("org/name") and not is_hub_id("./org/name") and not is_hub_id("data/x.jsonl")
     assert not is_hub_id("tiny-llama") and not is_hub_id("m:f")
