@@ -194,7 +194,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from align.share import export_model
 
     out = export_model(args.stage, args.out, merge=args.merge, dtype=args.dtype)
-    print(f"wrote {out}" + (" (merged; loads with AutoModelFor...from_pretrained)" if args.merge else ""))
+    print(f"wrote {out} (its README.md says how to load it)")
     return 0
 
 

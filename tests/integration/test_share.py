@@ -283,3 +283,4 @@ def test_push_refuses_an_adapter_whose_base_is_not_on_the_hub(tiny_pipeline_run,
     with pytest.raises(AlignError, match="NAMESPACE/NAME"):
         push_model(tiny_pipeline_run / "sft", "no-namespace", merge=True, api=hub)
     assert hub.calls == []  # nothing reached the Hub
+    assert main(["push", str(tiny_pipeline_run / "sft"), "--repo-id", "no-namespace", "--merge"]) == 2

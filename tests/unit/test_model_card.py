@@ -107,6 +107,14 @@ def test_sfts_merged_folder_is_described_as_the_adapter_merged(tmp_path):
     assert front_matter(text)["library_name"] == "transformers"
 
 
+def test_an_adapter_on_a_base_this_run_wrote_says_so(tmp_path):
+    run = tmp_path / "run"
+    reward = fake_stage(run, "reward", {"model": {"name": "@sft"}, "data": "r.jsonl"}, {},
+                        {**LORA, "base_model_name_or_path": str(run / "reward" / "base")})
+    text = render_card(describe_model(reward / "model", reward))
+    assert "written by this run" in text and "align export --merge" in text
+
+
 def test_helpers():
     assert is_hub_id("org/name") and not is_hub_id("./org/name") and not is_hub_id("data/x.jsonl")
     assert not is_hub_id("tiny-llama") and not is_hub_id("m:f")
