@@ -190,6 +190,24 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 @command
+def cmd_export(args: argparse.Namespace) -> int:
+    from align.share import export_model
+
+    out = export_model(args.stage, args.out, merge=args.merge, dtype=args.dtype)
+    print(f"wrote {out} (its README.md says how to load it)")
+    return 0
+
+
+@command
+def cmd_push(args: argparse.Namespace) -> int:
+    from align.share import push_model
+
+    url = push_model(args.stage, args.repo_id, private=args.private, merge=args.merge, dtype=args.dtype)
+    print(f"pushed to {url}")
+    return 0
+
+
+@command
 def cmd_label(args: argparse.Namespace) -> int:
     from align.label.command import run_label_command
 
@@ -260,6 +278,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--response", action="append", required=True, help="Repeat to score several responses.")
     p.add_argument("--system", help="System message placed before the prompt.")
     p.add_argument("--raw", action="store_true", help="The head's raw output (default: normalized, SFT mean = 0).")
+
+    for name, help_text in (("export", "Write a finished stage's model to a folder (--merge: adapter folded into "
+                                       "its base, a plain transformers model), with tokenizer and model card."),
+                            ("push", "Upload a finished stage's model (or --merge: the merged model) to the "
+                                     "Hugging Face Hub.")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("stage", help="The stage folder of a run, e.g. runs/ppo-tiny/ppo.")
+        if name == "export":
+            p.add_argument("--out", required=True, help="Folder to write (new or empty).")
+        else:
+            p.add_argument("--repo-id", required=True, help="Hub repo, NAMESPACE/NAME (created if missing).")
+            p.add_argument("--private", action="store_true", help="Create the repo private.")
+        p.add_argument("--merge", action="store_true", help="Fold a LoRA/DoRA adapter into its base (a 4-bit "
+                       "base is dequantized first); reward models become sequence-classification models.")
+        p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                       help="Weights' dtype with --merge.")
 
     p = sub.add_parser("label", help="Rank responses yourself in a local web page (`align label stats FILE`: "
                        "counts, flags, inter-labeler agreement).")

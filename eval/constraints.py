@@ -208,6 +208,9 @@ def _register(type_id: str, slots: Iterable[str] = ()):
     return wrap
 
 
+register = _register  # the public name, for constraints defined outside this module (examples/custom_constraint.py)
+
+
 def _positive(name: str, value: int, type_id: str, minimum: int = 1) -> None:
     _require(
         isinstance(value, int) and not isinstance(value, bool) and value >= minimum,

@@ -93,3 +93,36 @@ def make_reward_adapter(out: Path, base_dir: str, mean: float = 0.25) -> Path:
     (out / "align_reward.json").write_text(json.dumps(meta))
     (out / "reward_normalization.json").write_text(json.dumps({"mean": mean, "std": 1.0, "n": 4}))
     return out
+
+
+# The smallest full pipeline (sft -> rank -> reward -> dpo -> ppo on tiny-llama): ppo-tiny.yaml plus a dpo
+# stage, cut to a few steps. About 15 s; shared by the tests of model cards, export, push and examples.
+TINY_PIPELINE = [
+    "sft.train.max_steps=2", "rank.prompts.max_samples=6", "rank.k=2", "rank.max_new_tokens=8",
+    "reward.train.max_steps=2", "reward.train.epochs=1",
+    "dpo.model='@sft'", "dpo.data='@rank'", "dpo.eval_fraction=0",
+    "dpo.train={max_steps: 2, batch_size: 2, max_length: 128, report_to: [none]}",
+    "ppo.prompts.max_samples=4",
+    *[f"ppo.ppo.{key}" for key in ("steps=1", "batch_size=2", "mini_batch_size=2", "max_new_tokens=8", "ppo_epochs=1",
+                                   "report_to=[none]", "save_steps=1", "sample_every=1", "progress=false")],
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_run(tmp_path_factory, align_cache) -> Path:
+    """A finished run directory with a model in sft/, reward/, dpo/ and ppo/ (LoRA adapters on tiny-llama)."""
+    import torch
+
+    from align.runner import run_recipe
+
+    run = tmp_path_factory.mktemp("tiny-pipeline") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    old = os.getcwd()
+    os.chdir(REPO)  # the recipe names its data relative to the repository
+    try:
+        run_recipe(REPO / "recipes" / "ppo-tiny.yaml", run, TINY_PIPELINE)
+    finally:
+        os.chdir(old)
+        torch.set_num_threads(threads)
+    return run
