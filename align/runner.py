@@ -186,7 +186,7 @@ def _run_stage(name: str, cfg: BaseModel, digest: str, stage_dir: Path, run_dir:
     seconds = time.perf_counter() - started
     result.metrics.setdefault("seconds", round(seconds, 1))
     if rank == 0:
-        (stage_dir / "result.json").write_text(result.to_json())
+        (stage_dir / "result.json").write_text(result.to_json(stage_dir))
         (stage_dir / "metrics.json").write_text(json.dumps(result.metrics, indent=2, default=str))
         (stage_dir / COMPLETE).write_text(digest)
         (stage_dir / IN_PROGRESS).unlink(missing_ok=True)

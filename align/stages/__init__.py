@@ -27,13 +27,39 @@ class StageResult:
     outputs: dict[str, str]
     metrics: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> str:
-        return json.dumps({"outputs": self.outputs, "metrics": self.metrics}, indent=2, default=str)
+    def to_json(self, stage_dir: Path | None = None) -> str:
+        data: dict[str, Any] = {"outputs": self.outputs, "metrics": self.metrics}
+        if stage_dir is not None:  # where the outputs were written, so a moved or copied run still finds them
+            data["stage_dir"] = str(stage_dir)
+        return json.dumps(data, indent=2, default=str)
 
     @classmethod
     def from_file(cls, path: Path) -> StageResult:
+        """Read result.json; outputs inside the stage folder follow it when the run was moved or copied."""
         data = json.loads(path.read_text())
-        return cls(outputs=data["outputs"], metrics=data.get("metrics", {}))
+        outputs = {key: _rebase(value, data.get("stage_dir"), path.parent) for key, value in data["outputs"].items()}
+        return cls(outputs=outputs, metrics=data.get("metrics", {}))
+
+
+def _rebase(output: str, written_in: str | None, stage_dir: Path) -> str:
+    """`output` as seen from the stage folder's current place. Recorded paths are as the run named them
+    (often relative to where it ran); a path under the folder it was written in moves with the folder.
+    Results written before stage_dir was recorded: a missing path whose components include the stage
+    folder's name is looked up under the current folder."""
+    if Path(output).exists() and (written_in is None or Path(written_in).resolve() == stage_dir.resolve()):
+        return output
+    parts = Path(output).parts
+    if written_in is not None:
+        base = Path(written_in).parts
+        if parts[: len(base)] == base:
+            return str(stage_dir.joinpath(*parts[len(base):]))
+        return output
+    if stage_dir.name in parts:
+        at = len(parts) - 1 - parts[::-1].index(stage_dir.name)
+        moved = stage_dir.joinpath(*parts[at + 1:])
+        if moved.exists():
+            return str(moved)
+    return output
 
 
 @dataclass
