@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -24,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from align.errors import AlignError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # heavy imports stay out of recipe validation
     import torch
@@ -513,3 +516,23 @@ def load_for_generation(ref: str) -> tuple[PreTrainedModel, PreTrainedTokenizerB
     tokenizer.padding_side = "left"
     model.eval()
     return model, tokenizer
+
+
+def merged_base(model_cfg: ModelConfig, stage_dir: Path, stage: str) -> str:
+    """The base checkpoint a new adapter goes on: the model itself, or, when it is an adapter (e.g. @sft
+    with LoRA), the adapter merged into its base and saved once as ``stage_dir/base``. A new adapter then
+    names a checkpoint that holds what it was trained on, and loads with transformers/peft on its own
+    (an adapter trained on an in-memory merge would name the original base, and load onto the wrong weights)."""
+    resolved = resolve_model_ref(model_cfg.name)
+    if Path(resolved).is_dir():
+        resolved = str(Path(resolved).resolve())  # absolute: the saved adapter must find its base from anywhere
+    if not (Path(resolved) / "adapter_config.json").exists():
+        return resolved
+    target = stage_dir / "base"
+    if not (target / "config.json").exists():
+        log.info("%s: merging the adapter %s into a full base at %s", stage, resolved, target)
+        merged = load_causal_lm(model_cfg.model_copy(update={"name": resolved, "quantization": "none"}))
+        merged = merged.merge_and_unload()
+        merged.save_pretrained(str(target))
+        load_tokenizer(resolved).save_pretrained(str(target))
+    return str(target.resolve())

@@ -165,8 +165,13 @@ def load_rows(cfg: Config, ctx: StageContext) -> tuple[list[dict], list[dict], d
 
 def load_policy(cfg: Config, ctx: StageContext):
     """(model, peft_config or None, reference description, base dir) — one copy of the base weights."""
-    from align.models import guard_4bit_cpu_gradients, load_causal_lm, peft_config, resolve_model_ref
-    from align.stages.reward import prepare_base
+    from align.models import (
+        guard_4bit_cpu_gradients,
+        load_causal_lm,
+        merged_base,
+        peft_config,
+        resolve_model_ref,
+    )
 
     model_cfg = cfg.model
     resolved = Path(resolve_model_ref(model_cfg.name))
@@ -186,7 +191,7 @@ def load_policy(cfg: Config, ctx: StageContext):
         lora = None
     else:
         if is_adapter:  # start: new (or full): one merged base, written once, then loaded like any model
-            model_cfg = model_cfg.model_copy(update={"name": prepare_base(model_cfg, ctx.stage_dir)})
+            model_cfg = model_cfg.model_copy(update={"name": merged_base(model_cfg, ctx.stage_dir, "dpo")})
         base_path = Path(resolve_model_ref(model_cfg.name))
         base = str(base_path.resolve()) if base_path.exists() else model_cfg.name
         model = load_causal_lm(model_cfg, for_training=True)

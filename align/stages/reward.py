@@ -202,26 +202,6 @@ def build_trainer(model, tokenizer, groups: list, train: TrainConfig, output_dir
     return trainer
 
 
-def prepare_base(model_cfg: ModelConfig, stage_dir: Path) -> str:
-    """The base checkpoint dir: an adapter (e.g. @sft with LoRA) is merged into a full base first,
-    so the reward adapter sits on a plain checkpoint that transformers/peft load on their own."""
-    from align.models import load_causal_lm, load_tokenizer, resolve_model_ref
-
-    resolved = resolve_model_ref(model_cfg.name)
-    if Path(resolved).is_dir():
-        resolved = str(Path(resolved).resolve())  # absolute: the saved adapter must find its base from anywhere
-    if not (Path(resolved) / "adapter_config.json").exists():
-        return resolved
-    target = stage_dir / "base"
-    if not (target / "config.json").exists():
-        log.info("reward: merging the adapter %s into a full base at %s", resolved, target)
-        merged = load_causal_lm(model_cfg.model_copy(update={"name": resolved, "quantization": "none"}))
-        merged = merged.merge_and_unload()
-        merged.save_pretrained(str(target))
-        load_tokenizer(resolved).save_pretrained(str(target))
-    return str(target.resolve())
-
-
 def run(cfg: Config, ctx: StageContext) -> StageResult:
     from peft import get_peft_model, prepare_model_for_kbit_training
 
@@ -231,6 +211,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         guard_4bit_cpu_gradients,
         load_sequence_classifier,
         load_tokenizer,
+        merged_base,
         peft_config,
         pick_precision,
     )
@@ -268,7 +249,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
 
     # ---- model: base (adapters merged first), tokenizer, scalar head, adapter
     model_cfg = cfg.model
-    base = prepare_base(model_cfg, ctx.stage_dir)
+    base = merged_base(model_cfg, ctx.stage_dir, "reward")
     model_cfg = model_cfg.model_copy(update={"name": base})
     text_format = detect_format(base) if cfg.format == "auto" else cfg.format
     tokenizer = load_tokenizer(base)

@@ -57,6 +57,7 @@ def build_trainer(cfg: Config, ctx: StageContext):
         guard_4bit_cpu_gradients,
         load_causal_lm,
         load_tokenizer,
+        merged_base,
         peft_config,
         pick_precision,
     )
@@ -75,12 +76,11 @@ def build_trainer(cfg: Config, ctx: StageContext):
     train_examples, eval_examples = split_examples(examples, data_cfg.eval_fraction, ctx.seed)
     precision = pick_precision(model_cfg.precision)
     tokenizer = load_tokenizer(model_cfg.name)
+    if cfg.adapter.type != "full":
+        # From an adapter checkpoint: a fresh adapter on a base with that adapter folded in, saved once
+        # (stage_dir/base), so the new adapter names the weights it was trained on.
+        model_cfg = model_cfg.model_copy(update={"name": merged_base(model_cfg, ctx.stage_dir, "sft")})
     model = load_causal_lm(model_cfg, for_training=True)
-    if hasattr(model, "peft_config") and cfg.adapter.type != "full":
-        # Continuing from an adapter checkpoint: fold it in and train a fresh adapter on top.
-        if model_cfg.quantization != "none":
-            raise AlignError("sft: a new adapter on top of an adapter checkpoint needs quantization: none")
-        model = model.merge_and_unload()
 
     turn_end = end_of_turn_token(tokenizer)
     extra = {"eos_token": turn_end} if turn_end else {}  # TRL then makes it the tokenizer's EOS (saved with the model)

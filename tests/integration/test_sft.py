@@ -180,3 +180,29 @@ def test_train_loss_covers_every_step_across_a_resume(tmp_path, tiny_model_dir):
     after_resume_only = sum(losses[6:]) / 6  # what Trainer.train() alone reports after the resume
     assert abs(first["train_loss"] - after_resume_only) > 0.01
     assert resumed["train_loss"] == pytest.approx(first["train_loss"], rel=1e-3)
+
+
+def test_a_new_adapter_on_an_adapter_checkpoint_names_the_weights_it_was_trained_on(tmp_path, tiny_model_dir):
+    """SFT from an SFT adapter: the new adapter's base is the first adapter folded into the base (saved
+    once), so plain peft loads exactly the trained model, not the new adapter on the original base."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    lora = {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.0}
+    first = run(make_cfg(lora, max_steps=4), ctx(tmp_path / "a"))
+    cfg = make_cfg(lora, max_steps=4)
+    cfg.model = cfg.model.model_copy(update={"name": first.outputs["model"]})
+    second = run(cfg, ctx(tmp_path / "b"))
+    adapter_dir = Path(second.outputs["model"])
+    base = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert Path(base) == (tmp_path / "b" / "base").resolve()
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter_dir).eval()
+    original = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    folded = PeftModel.from_pretrained(original, first.outputs["model"]).merge_and_unload()
+    expected = PeftModel.from_pretrained(folded, adapter_dir).eval()
+    on_original = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)),
+                                            adapter_dir).eval()
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, expected(ids).logits, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(on_original(ids).logits, expected(ids).logits, atol=1e-3)  # what it used to load
