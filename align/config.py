@@ -236,7 +236,8 @@ def check_stage_inputs(recipe: BaseModel, source: str) -> None:
 
 
 def recipe_inputs(section: Any, where: str) -> list[tuple[str, str, str]]:
-    """(key, kind, reference) of every input a stage section names: kind is model, data or rankings.
+    """(key, kind, reference) of every input a stage section names: kind is model, data, rankings,
+    gold_prompts (a gold: spec or a prompt file) or file.
 
     ModelConfig and DataConfig fields are found by type; plain string fields say what they hold with
     ``json_schema_extra={"input": kind}``. Stage references (@stage) are left out: they exist once that
@@ -256,6 +257,8 @@ def recipe_inputs(section: Any, where: str) -> list[tuple[str, str, str]]:
             kind = (field.json_schema_extra or {}).get("input") if isinstance(field.json_schema_extra, dict) else None
             if kind and isinstance(value, str):
                 found.append((key, kind, value))
+            elif kind and isinstance(value, dict):  # e.g. eval.policies: name -> model reference
+                found.extend((f"{key}.{k}", kind, v) for k, v in value.items() if isinstance(v, str))
             else:
                 found.extend(recipe_inputs(value, key))
     elif isinstance(section, (list, tuple)):
@@ -275,10 +278,12 @@ def check_recipe_inputs(recipe: BaseModel, source: str = "<recipe>", stages: lis
     `align run` rejects it before the first stage starts instead of when the stage that reads it begins.
     """
     from align.data import check_data_source
+    from align.eval.gold import check_prompt_set
     from align.models import check_model_ref
     from align.rankings import check_rankings_source
 
-    checks = {"model": check_model_ref, "data": check_data_source, "rankings": check_rankings_source}
+    checks = {"model": check_model_ref, "data": check_data_source, "rankings": check_rankings_source,
+              "gold_prompts": check_prompt_set, "file": _check_file}
     present = [s for s in STAGE_ORDER if getattr(recipe, s, None) is not None]
     for stage in stages or present:
         for key, kind, ref in recipe_inputs(getattr(recipe, stage), stage):
@@ -286,6 +291,11 @@ def check_recipe_inputs(recipe: BaseModel, source: str = "<recipe>", stages: lis
                 checks[kind](ref)
             except AlignError as exc:
                 raise AlignError(f"{source}: {key}: {exc}") from None
+
+
+def _check_file(ref: str) -> None:
+    if not Path(ref).expanduser().is_file():
+        raise AlignError(f"file not found: {ref}")
 
 
 # --------------------------------------------------------------------------- error messages

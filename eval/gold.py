@@ -498,6 +498,15 @@ def load_gold_prompts(split: str = "train", path: str | Path | None = None) -> l
     return [p for p in prompts if split == "all" or p.split == split]
 
 
+def check_prompt_set(spec: str) -> None:
+    """Reject a prompt set that cannot load (a bad gold: spec, a missing file) without reading it all."""
+    if spec.startswith("gold:"):
+        gold_spec_path(spec)
+    elif not Path(spec).is_file():
+        raise AlignError(f"gold prompt file not found: {spec}; expected a JSONL of gold prompt records or a "
+                         "gold:SPLIT / gold:SET:SPLIT spec (e.g. gold:heldout, gold:focus:heldout)")
+
+
 def load_prompt_set(spec: str, num: int | None = None, key: str = "prompts") -> list[GoldPrompt]:
     """The first `num` prompts (None = all) of `spec`: a shipped set's split (gold:heldout, gold:focus:train...)
     or a JSONL of gold prompt records. A bad gold: spec is an error naming the recipe `key`."""

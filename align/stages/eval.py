@@ -42,15 +42,18 @@ class Config(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    policies: dict[str, str] = Field(description="Name → model reference or @stage, e.g. {sft: '@sft', ppo: '@ppo'}.")
+    policies: dict[str, str] = Field(description="Name → model reference or @stage, e.g. {sft: '@sft', ppo: '@ppo'}.",
+                                     json_schema_extra={"input": "model"})
     baseline: str | None = Field(None, description="Policy the others are compared to (default: the first).")
     prompts: str = Field("gold:heldout", description="gold:heldout, gold:train, gold:focus:heldout (a shipped set's "
-                         "split), or a JSONL of gold prompt records.")
+                         "split), or a JSONL of gold prompt records.", json_schema_extra={"input": "gold_prompts"})
     num_prompts: int | None = Field(64, gt=0, description="Evaluate the first N prompts (None = all).")
     max_new_tokens: int = Field(128, gt=0)
     batch_size: int = Field(8, gt=0)
-    reward_model: str | None = Field(None, description="Reward model dir or @reward: adds RM scores.")
-    reference: str | None = Field(None, description="Reference model for KL (e.g. @sft); None = no KL.")
+    reward_model: str | None = Field(None, description="Reward model dir or @reward: adds RM scores.",
+                                     json_schema_extra={"input": "model"})
+    reference: str | None = Field(None, description="Reference model for KL (e.g. @sft); None = no KL.",
+                                  json_schema_extra={"input": "model"})
     kl_samples: int = Field(
         1, ge=0, description="Responses sampled per prompt from each policy (temperature 1, no top-k/top-p, seeded) "
         "for KL(π‖π_ref): the mean over prompts and samples of Σ_tokens log π − log π_ref (k1, unbiased; kl_stderr "

@@ -36,7 +36,7 @@ class Config(BaseModel):
     teacher: TeacherConfig = Field(description="The model that writes the data: a model reference (local) or "
                                    "{type: openai, model, base_url, api_key_env}.")
     seeds: str | None = Field(None, description="Seed tasks JSONL in the Self-Instruct format; None = the seed "
-                              "tasks shipped with align (data_gen/seed_tasks.jsonl).")
+                              "tasks shipped with align (data_gen/seed_tasks.jsonl).", json_schema_extra={"input": "file"})
     method: Literal["self_instruct", "alpaca"] = Field(
         "self_instruct", description="self_instruct: instructions, then classification, then instances; "
         "alpaca: whole tasks in one prompt.")

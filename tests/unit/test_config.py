@@ -216,3 +216,28 @@ def test_reward_and_ppo_configs_reject_full_fine_tuning_of_a_quantized_model():
     with pytest.raises(ValidationError, match="full fine-tuning of a 4bit quantized model"):
         ppo.Config.model_validate({"policy": {"name": "tiny-llama", "quantization": "4bit"}, "reward": "m:f",
                                    "prompts": "x.jsonl", "adapter": {"type": "full"}})
+
+
+@pytest.mark.parametrize("override,message", [
+    ("eval.prompts=missing.jsonl", "eval.prompts: gold prompt file not found: missing.jsonl"),
+    ("eval.prompts=gold:focus:nope", "eval.prompts: 'gold:focus:nope'"),
+    ("eval.reference=./nowhere/sft", "eval.reference: model directory not found: ./nowhere/sft"),
+    ("eval.reward_model=./nowhere/rm", "eval.reward_model: model directory not found: ./nowhere/rm"),
+    ("eval.policies={sft: '@sft', old: ./gone}", "eval.policies.old: model directory not found: ./gone"),
+    ("self_instruct.seeds=nope.jsonl", "self_instruct.seeds: file not found: nope.jsonl"),
+])
+def test_validate_checks_eval_and_self_instruct_inputs(override, message):
+    from align.config import check_recipe_inputs
+
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", [override])
+    with pytest.raises(AlignError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_recipe_inputs(recipe, "quickstart.yaml")
+
+
+def test_shipped_gold_sets_and_prompt_files_pass_the_input_check(tmp_path):
+    from align.config import check_recipe_inputs
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("{}\n")
+    for spec in ("gold:heldout", "gold:focus:train", str(prompts)):
+        check_recipe_inputs(load_recipe(REPO / "recipes" / "quickstart.yaml", [f"eval.prompts={spec}"]), "q")
