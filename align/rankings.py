@@ -263,12 +263,32 @@ def _response(value: Any, where: str, key: str) -> str:
     raise AlignError(f"{where}: '{key}' must be a string or [{{'role': 'assistant', 'content': ...}}], got {value!r:.80}")
 
 
-def _implicit_prompt_pair(chosen: list, rejected: list, where: str) -> tuple[list[dict], str, str]:
-    """TRL's conversational pairs without a 'prompt': message lists sharing all but the last turn."""
-    if chosen[:-1] != rejected[:-1] or not chosen[:-1]:
-        raise AlignError(f"{where}: 'chosen' and 'rejected' message lists must share every turn but the last")
-    return (prompt_messages(chosen[:-1], where), _response(chosen[-1:], where, "chosen"),
-            _response(rejected[-1:], where, "rejected"))
+def _implicit_prompt_pair(chosen: list, rejected: list, where: str) -> tuple[list[dict], str, str, bool]:
+    """TRL's conversational pairs without a 'prompt' → (prompt, chosen, rejected, split early?).
+
+    Usually the two message lists share every turn but the last. Lists that differ earlier are split as
+    HH transcripts are (`_split_hh`): at the last shared user turn, each response the rest of its list
+    (an assistant turn, then possibly more turns) in HH markup, read back as real turns."""
+    if chosen[:-1] == rejected[:-1] and chosen[:-1]:
+        return (prompt_messages(chosen[:-1], where), _response(chosen[-1:], where, "chosen"),
+                _response(rejected[-1:], where, "rejected"), False)
+    for key, turns in (("chosen", chosen), ("rejected", rejected)):
+        for turn in turns:
+            if not (isinstance(turn, dict) and turn.get("role") in ("user", "assistant", "system")
+                    and isinstance(turn.get("content"), str)):
+                raise AlignError(f"{where}: '{key}' must be a list of {{'role': 'user'|'assistant', 'content': "
+                                 f"str}} messages, got {turn!r:.80}")
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    while shared and chosen[shared - 1]["role"] != "user":
+        shared -= 1  # the prompt ends with the user turn the responses answer
+    rest = chosen[shared:], rejected[shared:]
+    if (not shared or not all(r and r[0]["role"] == "assistant" for r in rest)
+            or any(m["role"] == "system" for r in rest for m in r)):
+        raise AlignError(f"{where}: 'chosen' and 'rejected' message lists share no user turn that each answers "
+                         "with an assistant turn; expected two versions of the same conversation")
+    return prompt_messages(chosen[:shared], where), hh_continuation(rest[0]), hh_continuation(rest[1]), True
 
 
 def parse_record(rec: dict, where: str) -> RankingRecord:
@@ -292,7 +312,8 @@ def parse_record(rec: dict, where: str) -> RankingRecord:
             prompt, *pair, early = _split_hh(chosen, rejected, where)
             return RankingRecord(prompt, list(pair), [[0], [1]], where, split_early=early)
         elif isinstance(chosen, list) and isinstance(rejected, list):
-            prompt, *pair = _implicit_prompt_pair(chosen, rejected, where)
+            prompt, *pair, early = _implicit_prompt_pair(chosen, rejected, where)
+            return RankingRecord(prompt, list(pair), [[0], [1]], where, split_early=early)
         else:
             raise AlignError(f"{where}: 'chosen' and 'rejected' must both be strings or both be message lists")
         return RankingRecord(prompt, list(pair), [[0], [1]], where)

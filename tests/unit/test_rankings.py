@@ -284,3 +284,33 @@ def test_too_many_bad_records_names_the_first_three(tmp_path):
 def test_bad_record_limit_fraction_or_count():
     assert bad_record_limit(0.01, 1849) == 18 and bad_record_limit(0.01, 50) == 0
     assert bad_record_limit(3, 10) == 3 and bad_record_limit(0, 10) == 0
+
+
+def test_trl_message_pairs_without_prompt_split_at_the_last_shared_user_turn(tmp_path):
+    """Conversational pairs (TRL's implicit-prompt format): sharing all but the last turn, or differing
+    earlier (then split like HH transcripts: the responses span the remaining turns)."""
+    from align.rankings import response_messages
+
+    u1, a1 = {"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "Apple."}
+    u2 = {"role": "user", "content": "Another?"}
+    path = write_jsonl(tmp_path / "c.jsonl", [
+        {"chosen": [u1, a1, u2, {"role": "assistant", "content": "Pear."}],
+         "rejected": [u1, a1, u2, {"role": "assistant", "content": "Rock."}]},
+        {"chosen": [u1, a1, u2, {"role": "assistant", "content": "Pear."}],
+         "rejected": [u1, {"role": "assistant", "content": "A rock."}, u2, {"role": "assistant", "content": "Stone."}]},
+    ])
+    late, early = read_rankings(path)
+    assert late.prompt == [u1, a1, u2] and late.responses == ["Pear.", "Rock."] and not late.split_early
+    assert early.prompt == [u1] and early.split_early and early.ranking == [[0], [1]]
+    assert response_messages(early.responses[0]) == [a1, u2, {"role": "assistant", "content": "Pear."}]
+    assert response_messages(early.responses[1]) == [{"role": "assistant", "content": "A rock."}, u2,
+                                                     {"role": "assistant", "content": "Stone."}]
+
+
+def test_trl_message_pairs_with_no_shared_user_turn_are_one_clear_error(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [
+        {"chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+         "rejected": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]},
+    ])
+    with pytest.raises(AlignError, match=r"c.jsonl:1: 'chosen' and 'rejected' message lists share no user turn"):
+        read_rankings(path)
