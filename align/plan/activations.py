@@ -20,13 +20,13 @@ from align.plan.memory import (
     Dtypes,
     Term,
     adapter_tensors,
-    as_adapter,
     dtypes_for,
     lora_targets,
     numel,
     optimizer_bytes,
     weights_term,
 )
+from align.plan.settings import as_adapter
 
 _TRAIN = TrainConfig.model_fields
 _MODEL = ModelConfig.model_fields

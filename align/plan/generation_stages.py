@@ -30,8 +30,8 @@ from align.plan.settings import (
     eval_view,
     local_teacher,
     rank_view,
-    reward_stage_scoring,
     self_instruct_view,
+    trained_scoring,
 )
 
 if TYPE_CHECKING:
@@ -163,9 +163,11 @@ def _eval_reward(planner: Planner, ref: str, v: Any, eval_dtypes: Dtypes, notes:
     arch, adapter = planner.resolve(ref)
     max_length, trained_quant = TrainConfig.model_fields["max_length"].default, "none"
     if ref.startswith("@"):
-        section = planner.sections.get(ref[1:].partition(".")[0])
-        if isinstance(section, BaseModel) and hasattr(section, "train"):
-            max_length, trained_quant = reward_stage_scoring(section)
+        stage = ref[1:].partition(".")[0]
+        section = planner.sections.get(stage)
+        trained = trained_scoring(stage, section) if isinstance(section, BaseModel) else None
+        if trained:
+            max_length, trained_quant = trained
     # else a reward model dir: align_reward.json is not read here (unquantized, the training default length)
     if v.model_given:
         d, quant, how = eval_dtypes, v.quantization, "eval.model"

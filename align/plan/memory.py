@@ -16,6 +16,7 @@ from typing import Any
 from align.errors import AlignError
 from align.model_configs import LINEAR_NAMES, Arch
 from align.models import AdapterConfig
+from align.plan.settings import as_adapter
 
 KIB, MIB, GIB = 1024, 1024**2, 1024**3
 CUDA_OVERHEAD = 512 * MIB  # allocator fragmentation, cuBLAS workspaces, small buffers (not the CUDA context)
@@ -31,17 +32,6 @@ class Term:
     bytes: float
     phase: str = "resident"
     note: str = ""
-
-
-def as_adapter(adapter: AdapterConfig | dict[str, Any]) -> AdapterConfig:
-    """The adapter as the schema's `AdapterConfig`: a mapping (tests, hand-written calls) is validated, so a
-    key it leaves out takes the schema's default and never one of the planner's own."""
-    if isinstance(adapter, AdapterConfig):
-        return adapter
-    try:
-        return AdapterConfig.model_validate(adapter)
-    except ValueError as exc:
-        raise AlignError(f"adapter {adapter!r}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- precision

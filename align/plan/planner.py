@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from align.errors import AlignError
 from align.model_configs import Arch, arch_for
@@ -20,12 +20,14 @@ from align.models import AdapterConfig
 from align.plan import generation_stages, training_stages
 from align.plan.activations import TrainSetup, training_terms
 from align.plan.estimate import StageEstimate
-from align.plan.memory import Term, adapter_tensors, as_adapter, numel, overhead_term
+from align.plan.memory import Term, adapter_tensors, numel, overhead_term
 from align.plan.settings import (
     Role,
     adapter_from_peft,
+    as_adapter,
     dpo_continues,
     known_stages,
+    problems,
     produced_model,
     rank_k,
     stage_adapter,
@@ -240,8 +242,8 @@ def find_roles(section: dict[str, Any]) -> list[Role]:
             known = {k: v for k, v in value.items() if k in ModelConfig.model_fields and v is not None}
             try:
                 model = ModelConfig.model_validate(known)
-            except ValueError as exc:
-                raise AlignError(f"{key}: {exc}") from None
+            except ValidationError as exc:
+                raise AlignError(f"{key}: {problems(exc)}") from None
             roles.append(Role.of(key, path, model).with_remote(remote or any(b in backend for b in REMOTE_BACKENDS)))
     return roles
 

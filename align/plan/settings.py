@@ -53,9 +53,20 @@ def stage_settings(stage: str, section: BaseModel | dict[str, Any]) -> BaseModel
         raise AlignError(format_validation_error(exc, model, "align plan", None)) from None
 
 
-def dump(settings: BaseModel) -> dict[str, Any]:
-    """The settings as the mapping suggestions edit by dotted key (then validated again)."""
-    return settings.model_dump()
+def problems(exc: ValidationError) -> str:
+    """A pydantic error as one line: `key: what is wrong; ...`."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors())
+
+
+def as_adapter(adapter: AdapterConfig | dict[str, Any]) -> AdapterConfig:
+    """The adapter as the schema's `AdapterConfig`: a mapping (tests, hand-written calls, a stage align does
+    not know) is validated, so a key it leaves out takes the schema's default and never one of the planner's."""
+    if isinstance(adapter, AdapterConfig):
+        return adapter
+    try:
+        return AdapterConfig.model_validate(adapter)
+    except ValidationError as exc:
+        raise AlignError(f"adapter {adapter!r}: {problems(exc)}") from None
 
 
 # --------------------------------------------------------------------------- models a stage names
@@ -207,12 +218,21 @@ def ppo_view(cfg: BaseModel) -> PPOView:
     )
 
 
-def ppo_knobs(view: PPOView) -> dict[str, Any]:
-    knobs: dict[str, Any] = {"quantization": "policy.quantization", "batch_size": "ppo.mini_batch_size",
-                             "grad_accum": "ppo.grad_accum", "gen_batch": "ppo.generation_batch_size",
-                             "gen_batch_default": view.generation_batch_size, "max_new_tokens": "ppo.max_new_tokens"}
+# Dotted keys of the ppo stage that suggestions change and notes name.
+PPO_KEYS = {"quantization": "policy.quantization", "adapter": "adapter", "batch_size": "ppo.mini_batch_size",
+            "grad_accum": "ppo.grad_accum", "gen_batch": "ppo.generation_batch_size",
+            "max_new_tokens": "ppo.max_new_tokens", "value_head": "ppo.value_model",
+            "forward_batch_size": "ppo.forward_batch_size", "merge_for_sampling": "ppo.merge_for_sampling"}
+
+
+def ppo_knobs(view: PPOView, full: bool) -> dict[str, Any]:
+    knobs: dict[str, Any] = {k: PPO_KEYS[k] for k in ("quantization", "batch_size", "grad_accum", "gen_batch",
+                                                       "max_new_tokens")}
+    knobs["gen_batch_default"] = view.generation_batch_size
     if view.value_adapter:
-        knobs["value_head"] = "ppo.value_model"
+        knobs["value_head"] = PPO_KEYS["value_head"]
+    if full:
+        knobs["adapter"] = PPO_KEYS["adapter"]
     return knobs
 
 
@@ -257,7 +277,7 @@ def eval_view(cfg: BaseModel) -> EvalView:
         try:
             judge = TeacherConfig.model_validate(cfg.llm_judge)
         except ValidationError as exc:
-            raise AlignError(f"eval.llm_judge: {exc}") from None
+            raise AlignError(f"eval.llm_judge: {problems(exc)}") from None
     loads = ModelConfig(name="-", **(cfg.model.model_dump() if cfg.model else {}))  # align.stages.eval._model_config
     return EvalView(dict(cfg.policies), cfg.reference if cfg.kl_samples > 0 else None, cfg.reward_model,
                     cfg.batch_size, cfg.max_new_tokens, loads.precision, loads.quantization, cfg.model is not None,
@@ -267,8 +287,11 @@ def eval_view(cfg: BaseModel) -> EvalView:
 EVAL_KNOBS = {"quantization": ["model.quantization"], "gen_batch": "batch_size", "max_new_tokens": "max_new_tokens"}
 
 
-def reward_stage_scoring(cfg: BaseModel) -> tuple[int, str]:
-    """(max_length, base quantization) a reward stage trained with: how eval loads and scores its model."""
+def trained_scoring(stage: str, cfg: BaseModel) -> tuple[int, str] | None:
+    """(train.max_length, model.quantization) of a stage that trains with `train` settings: how eval loads and
+    scores a reward model it produced. None for a stage without them."""
+    if stage not in ("sft", "reward", "dpo"):
+        return None
     return cfg.train.max_length, cfg.model.quantization
 
 
@@ -305,4 +328,4 @@ def adapter_from_peft(cfg: dict[str, Any]) -> AdapterConfig:
     try:
         return AdapterConfig.model_validate({k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
-        raise AlignError(f"adapter_config.json: {exc}") from None
+        raise AlignError(f"adapter_config.json: {problems(exc)}") from None

@@ -28,6 +28,7 @@ from align.plan.memory import (
     weights_term,
 )
 from align.plan.settings import (
+    PPO_KEYS,
     PPOView,
     TrainView,
     dpo_view,
@@ -166,19 +167,16 @@ def ppo(planner: Planner, name: str, cfg: BaseModel) -> StageEstimate:
         adapted = sum(a * b * (min(c, top) if top and c > 1 else c)
                       for a, b, c in lora_targets(arch, adapter.target_modules).values())
         terms.append(Term("merged policy weights (sampling)", adapted * d.weight, "rollout",
-                          "a merged copy of each adapted weight while sampling (ppo.merge_for_sampling)"))
+                          f"a merged copy of each adapted weight while sampling ({PPO_KEYS['merge_for_sampling']})"))
     fwd = v.forward_batch_size
     scoring = fwd * new * arch.vocab_size * (2 * d.act) + 2 * new * arch.vocab_size * 4
     layer = fwd * (prompt + new) * (3 * arch.intermediate_size + 4 * arch.hidden_size) * d.act
     terms.append(Term("old + ref log-probs (no grad)", scoring + layer, "scoring",
-                      f"policy and ref logits over {new} response tokens x {fwd} rollouts (ppo.forward_batch_size)"))
+                      f"policy and ref logits over {new} response tokens x {fwd} rollouts ({PPO_KEYS['forward_batch_size']})"))
     terms += overhead_term(planner.device)
     notes.append(f"{v.rollouts} rollouts per step, generated {v.generation_batch_size} at a time; updates of "
                  f"{v.mini_batch_size} x {v.grad_accum}; {prompt} prompt + {new} response tokens")
-    knobs = ppo_knobs(v)
-    if setup.full:
-        knobs["adapter"] = "adapter"
-    return StageEstimate(name, "ppo", terms, notes, knobs=knobs)
+    return StageEstimate(name, "ppo", terms, notes, knobs=ppo_knobs(v, setup.full))
 
 
 def _ppo_reward(planner: Planner, v: PPOView, arch: Arch, setup: TrainSetup, seq: int,
