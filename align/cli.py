@@ -100,7 +100,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     budget = parse_size(args.gpu_memory) if args.gpu_memory else None
-    render(plan_recipe(recipe.model_dump(), args.device, budget), budget, args.device)
+    render(plan_recipe(recipe, args.device, budget), budget, args.device)
     return 0
 
 

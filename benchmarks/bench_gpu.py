@@ -463,7 +463,9 @@ def run_worker_main(kind: str, job_file: str) -> None:
 def plan_sft(model_dir: str, quantization: str, sft: dict, device: str, plain: bool) -> dict:
     """`align plan` for the SFT stage with these settings; for the plain path, the planner's own-trainer
     variant (peft's fp32 adapters, full logits, non-quantized weights upcast to fp32)."""
-    from align.plan import Planner, StageEstimate, find_roles, overhead_term, plan_recipe, training_terms
+    from align.plan import Planner, StageEstimate, overhead_term, plan_recipe, training_terms
+    from align.plan.settings import sft_view
+    from align.plan.training_stages import trained_setup
 
     section = {"model": {"name": model_dir, "quantization": quantization}, "data": "bench.jsonl",
                "adapter": dict(LORA), "train": train_settings(sft), "packing": False}
@@ -471,9 +473,8 @@ def plan_sft(model_dir: str, quantization: str, sft: dict, device: str, plain: b
         est = plan_recipe({"sft": section}, device=device)[0]
     else:
         planner = Planner({"sft": section}, device)
-        role = next(r for r in find_roles(section) if r.key == "model")
-        setup, extra, _ = planner.train_setup(section, role, head="lm-full", trainer="own",
-                                              upcast_non_quantized=quantization != "none")
+        setup, extra, _ = trained_setup(planner, sft_view(planner.sections["sft"]), head="lm-full", trainer="own",
+                                        upcast_non_quantized=quantization != "none")
         est = StageEstimate("sft_plain", "training", training_terms(setup) + extra + overhead_term(device))
     return {"total_bytes": est.total, "peak_phase": est.peak_phase, "terms": {t.name: t.bytes for t in est.terms}}
 
