@@ -83,7 +83,7 @@ def eval_stage(planner: Planner, name: str, cfg: BaseModel) -> StageEstimate:
     scoring forward; the reward model scores after every policy is freed. `model` (precision,
     quantization) applies to all of them; without it the reward model loads as trained: its base in the
     reward stage's quantization, in fp32 (align.reward_model.load_reward_model)."""
-    from align.stages.eval import KL_LOGITS_ELEMENTS
+    from align.eval.kl import KL_LOGITS_ELEMENTS
 
     v = eval_view(cfg)
     quant = v.quantization

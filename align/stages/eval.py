@@ -29,7 +29,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from align.errors import AlignError
 from align.eval.harness import LmEvalConfig
-from align.eval.kl import KL_LOGITS_ELEMENTS  # noqa: F401  (align.plan reads it from here)
 from align.eval.loading import ModelSettings
 from align.stages import StageContext, StageResult
 
