@@ -23,6 +23,8 @@ adapters on the same base (e.g. ``@sft``, ``@ppo``) share ONE copy of the base (
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,6 +33,8 @@ from align.errors import AlignError
 from align.eval.harness import LmEvalConfig
 from align.eval.loading import ModelSettings
 from align.stages import StageContext, StageResult
+
+log = logging.getLogger("align.eval")
 
 if TYPE_CHECKING:
     from align.eval.loading import ModelView
@@ -70,6 +74,8 @@ class Config(BaseModel):
 
 
 def run(cfg: Config, ctx: StageContext) -> StageResult:
+    from tqdm.auto import tqdm
+
     from align.eval.gold import gold_score, load_prompt_set, strict_accuracy
     from align.eval.harness import run_lm_eval
     from align.eval.kl import kl_estimate
@@ -86,20 +92,30 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     policies: dict[str, dict[str, Any]] = {name: {} for name in cfg.policies}
 
     # ---- each policy in turn, one copy of each base: greedy responses, gold metrics, KL on sampled responses
+    bar = tqdm(total=len(cfg.policies), desc="eval policies", unit="policy")
+
     def evaluate(name: str, policy: ModelView, reference: ModelView | None) -> None:
+        started = time.perf_counter()
         with policy.active() as model:
             responses[name] = generate_chat(model, policy.tokenizer, conversations, max_new_tokens=cfg.max_new_tokens,
                                             temperature=0.0, batch_size=cfg.batch_size, seed=ctx.seed)
         policies[name].update(gold_metrics(prompts, responses[name]))
+        log.info("eval: %s: greedy responses to %d prompts in %.0f s, gold %.3f", name, len(prompts),
+                 time.perf_counter() - started, policies[name]["gold_score"])
         if reference is policy:  # the reference itself: 0, exactly, without sampling
             policies[name].update({"kl": 0.0, "kl_stderr": 0.0, "kl_samples": 0})
         elif reference is not None:
+            started = time.perf_counter()
             policies[name].update(kl_estimate(policy, reference, conversations, cfg.kl_samples, cfg.max_new_tokens,
                                               cfg.kl_batch_size, ctx.seed))
+            log.info("eval: %s: KL to the reference from %d sampled responses in %.0f s: %.2f", name,
+                     policies[name]["kl_samples"], time.perf_counter() - started, policies[name]["kl"])
+        bar.update(1)
 
     specs = {name: describe_model(path) for name, path in cfg.policies.items()}
     ref_spec = describe_model(cfg.reference) if cfg.reference and cfg.kl_samples else None
     loads = for_each_policy(specs, ref_spec, cfg.model, evaluate)
+    bar.close()
     responses = {name: responses[name] for name in cfg.policies}  # the recipe's order, whatever the loading order
 
     # ---- reward model scores of the same greedy responses
