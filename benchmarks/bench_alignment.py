@@ -51,10 +51,10 @@ ARMS: dict[str, dict] = {
             "overrides": ["ppo.ppo.advantage=gae", "ppo.ppo.group_size=1"]},
     "rloo-gold": {"label": "RLOO, group 4", "reward": "gold checker (RLVR)", "stage": "ppo",
                   "overrides": ["ppo.reward=align.eval.labeler:gold_score_fn"]},
-    "dpo": {"label": "DPO (sigmoid, beta 0.1, best vs each, 3 epochs)", "reward": "rankings (offline)",
+    "dpo": {"label": "DPO (sigmoid, beta 0.1, best vs each, 1 epoch, lr 1e-4)", "reward": "rankings (offline)",
             "stage": "dpo",
             "overrides": ["dpo.model='@sft'", "dpo.data='@rank'", "dpo.pairs=best_vs_each", "dpo.eval_fraction=0.2",
-                          "dpo.loss_type=sigmoid", "dpo.beta=0.1", "dpo.train.lr=5e-5", "dpo.train.epochs=3",
+                          "dpo.loss_type=sigmoid", "dpo.beta=0.1", "dpo.train.lr=1e-4", "dpo.train.epochs=1",
                           "dpo.train.batch_size=4", "dpo.train.max_length=256", "dpo.train.logging_steps=2",
                           "dpo.train.save_steps=1000", "dpo.train.warmup_ratio=0.1"]},
 }
