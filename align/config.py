@@ -19,37 +19,16 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from align.errors import AlignError
 from align.stages import STAGE_ORDER, stage_config_classes
+from align.training import TrainConfig  # noqa: F401  (its home is align.training; this import path keeps working)
 
 _REF = re.compile(r"\$\{([^}]+)\}")
-
-
-class TrainConfig(BaseModel):
-    """Optimisation settings shared by the training stages (mapped to TRL/transformers in one place)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
-    epochs: float = Field(1.0, gt=0, description="Passes over the data (ignored when max_steps > 0).")
-    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
-    batch_size: int = Field(4, gt=0, description="Per-device micro-batch size.")
-    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
-    max_length: int = Field(512, gt=8, description="Truncate tokenized examples to this many tokens.")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps for linear warm-up.")
-    weight_decay: float = Field(0.0, ge=0)
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
-    max_grad_norm: float = Field(1.0, gt=0)
-    optim: str = Field("adamw_torch", description="transformers optimizer name, e.g. adamw_torch, paged_adamw_8bit.")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
-    logging_steps: int = Field(5, gt=0)
-    save_steps: int = Field(50, gt=0, description="Checkpoint every N optimizer steps (resume point after a kill).")
-    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description="tensorboard, wandb, none...")
 
 
 def recipe_model() -> type[BaseModel]:

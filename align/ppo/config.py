@@ -8,11 +8,12 @@ The advantage estimator is GAE with a value model by default; rloo and grpo are 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from align.data import DataConfig
+from align.sections import Shorthand
 
 
 class RewardTerm(BaseModel):
@@ -32,7 +33,7 @@ class RewardTerm(BaseModel):
         return value
 
 
-class RewardConfig(BaseModel):
+class RewardConfig(Shorthand):
     """Where scores come from: a reward model directory or a Python function, plus weighted functions.
 
     score = weight * source(prompt, response) + sum(term.weight * term.function(prompt, response)):
@@ -41,6 +42,7 @@ class RewardConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
+    shorthand_key: ClassVar[str] = "source"  # a plain string stands for the source
 
     source: str = Field(
         description="@reward, a reward model directory, or `module:function` / `path/file.py:function` "
@@ -56,11 +58,6 @@ class RewardConfig(BaseModel):
                           "of the base weights (one copy in memory). False: load it as a separate model."
     )
     batch_size: int = Field(16, gt=0, description="Responses per reward-model forward pass.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_string(cls, value: Any) -> Any:
-        return {"source": value} if isinstance(value, str) else value
 
 
 class PPOSettings(BaseModel):
