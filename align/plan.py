@@ -759,15 +759,16 @@ class Planner:
 
     def ppo(self, name: str, section: dict[str, Any]) -> StageEstimate:
         """align.ppo: every role on one base for LoRA policies; a full policy keeps a frozen copy as ref_policy."""
-        s = section.get("ppo") or {}
+        s = section.get("train") or {}
+        ro = s.get("rollout") or {}
         policy = next(r for r in find_roles(section) if r.key == "policy")
         arch, upstream = self.resolve(policy.name)
         adapter = dict(upstream or section.get("adapter") or {"type": "lora", "r": 16, "target_modules": "all-linear"})
         adapter["dropout"] = 0.0  # the PPO model never enters train mode
         mini, accum = int(s.get("mini_batch_size", 4)), int(s.get("grad_accum", 1))
-        rollouts = int(s.get("batch_size", 16))
-        gen_batch = int(s.get("generation_batch_size") or rollouts)
-        prompt, new = int(s.get("max_prompt_length", 256)), int(s.get("max_new_tokens", 64))
+        rollouts = int(ro.get("batch_size", 16))
+        gen_batch = int(ro.get("generation_batch_size") or rollouts)
+        prompt, new = int(ro.get("max_prompt_length", 256)), int(ro.get("max_new_tokens", 64))
         setup = TrainSetup(arch=arch, device=self.device, precision=policy.precision, quantization=policy.quantization,
                            adapter=adapter, batch_size=mini, seq_len=prompt + new, grad_accum=accum,
                            optim="adamw_torch", attn=policy.attn or "sdpa", padded=True, head="ppo",
@@ -785,10 +786,11 @@ class Planner:
             terms.append(Term("ref_policy adapter (frozen copy)", ref * 4, note="the starting adapter, on the shared base"))
         else:
             notes.append("ref_policy: the shared base with the adapter disabled (no extra weights)")
-        critic_free = s.get("advantage", "gae") != "gae"
+        estimator = (s.get("advantage") or {}).get("estimator", "gae")
+        critic_free = estimator != "gae"
         if critic_free:
-            notes.append(f"value_model: none (advantage {s.get('advantage')})")
-        elif s.get("value_model", "head") == "adapter" and not setup.full:
+            notes.append(f"value_model: none (advantage {estimator})")
+        elif (s.get("value") or {}).get("model", "head") == "adapter" and not setup.full:
             value = replace(setup, head="classifier")
             terms += [replace(t, phase="ppo update") if t.phase == "forward/backward" else t
                       for t in training_terms(value, "value_model ", with_weights=False)]
@@ -797,26 +799,26 @@ class Planner:
             terms.append(Term("value head", (arch.hidden_size + 1) * 16, note="fp32 weights, grads, Adam state"))
         terms += self._ppo_reward(section, arch, setup, prompt + new, notes)
         terms += generation_terms(arch, d, gen_batch, prompt, new, "rollout", "rollout ")
-        if (not setup.full and setup.quantization == "none" and s.get("merge_for_sampling", True)
+        if (not setup.full and setup.quantization == "none" and ro.get("merge_for_sampling", True)
                 and adapter.get("type", "lora") == "lora"):
             top = adapter.get("top_layers")
             adapted = sum(a * b * (min(c, top) if top and c > 1 else c)
                           for a, b, c in lora_targets(arch, adapter.get("target_modules", "all-linear")).values())
             terms.append(Term("merged policy weights (sampling)", adapted * d.weight, "rollout",
-                              "a merged copy of each adapted weight while sampling (ppo.merge_for_sampling)"))
-        fwd = int(s.get("forward_batch_size", 16))
+                              "a merged copy of each adapted weight while sampling (ppo.train.rollout.merge_for_sampling)"))
+        fwd = int(ro.get("forward_batch_size", 16))
         scoring = fwd * new * arch.vocab_size * (2 * d.act) + 2 * new * arch.vocab_size * 4
         layer = fwd * (prompt + new) * (3 * arch.intermediate_size + 4 * arch.hidden_size) * d.act
         terms.append(Term("old + ref log-probs (no grad)", scoring + layer, "scoring",
-                          f"policy and ref logits over {new} response tokens x {fwd} rollouts (ppo.forward_batch_size)"))
+                          f"policy and ref logits over {new} response tokens x {fwd} rollouts (ppo.train.rollout.forward_batch_size)"))
         terms += overhead_term(self.device)
         notes.append(f"{rollouts} rollouts per step, generated {gen_batch} at a time; updates of {mini} x {accum}; "
                      f"{prompt} prompt + {new} response tokens")
-        knobs = {"quantization": f"{policy.path}.quantization", "batch_size": "ppo.mini_batch_size",
-                 "grad_accum": "ppo.grad_accum", "gen_batch": "ppo.generation_batch_size",
-                 "gen_batch_default": gen_batch, "max_new_tokens": "ppo.max_new_tokens"}
-        if s.get("value_model") == "adapter":
-            knobs["value_head"] = "ppo.value_model"
+        knobs = {"quantization": f"{policy.path}.quantization", "batch_size": "train.mini_batch_size",
+                 "grad_accum": "train.grad_accum", "gen_batch": "train.rollout.generation_batch_size",
+                 "gen_batch_default": gen_batch, "max_new_tokens": "train.rollout.max_new_tokens"}
+        if (s.get("value") or {}).get("model") == "adapter":
+            knobs["value_head"] = "train.value.model"
         if setup.full:
             knobs["adapter"] = "adapter"
         return StageEstimate(name, "ppo", terms, notes, knobs=knobs)
@@ -1047,9 +1049,10 @@ class Planner:
                                                     "nothing on this machine's accelerator"])
         sampling = section.get("sampling") or {}
         if section.get("method") == "alpaca":
-            new = int(sampling.get("alpaca_max_tokens", 3072))
+            new = int((sampling.get("alpaca") or {}).get("max_tokens", 3072))
         else:
-            new = max(int(sampling.get("bootstrap_max_tokens", 512)), int(sampling.get("instance_max_tokens", 300)))
+            new = max(int((sampling.get("bootstrap") or {}).get("max_tokens", 512)),
+                      int((sampling.get("instances") or {}).get("max_tokens", 300)))
         role = Role("teacher", "teacher.model", teacher["model"])
         terms, notes = self._generator(role, int(teacher.get("batch_size", 8)), 2 * PROMPT_GUESS, new,
                                        "generation", resident=True)
