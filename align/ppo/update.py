@@ -2,7 +2,7 @@
 
 Advantages come from GAE with the value model, or critic-free from the other samples of the same
 query (rloo, grpo). Losses are token-level means over each optimizer batch (mini_batch_size *
-grad_accum rollouts) unless ppo.loss_aggregation says otherwise. A micro-batch's loss is weighted
+grad_accum rollouts) unless ppo.train.loss_aggregation says otherwise. A micro-batch's loss is weighted
 by its share of the optimizer batch (of response tokens, or of rollouts for per-response and
 constant aggregation), so 8 rollouts x 1 micro-batch and 4 x 2 accumulated give the same gradient.
 
@@ -188,8 +188,8 @@ def step_with_rollouts(
     world, rank = distributed.world_size(), distributed.rank()
     local = rows_per_process(s, world)
     if world > 1 and B % per_update:
-        raise AlignError(f"ppo: {B} rollouts do not split into optimizer batches of ppo.mini_batch_size * "
-                         f"ppo.grad_accum = {per_update} (needed with {world} processes)")
+        raise AlignError(f"ppo: {B} rollouts do not split into optimizer batches of ppo.train.mini_batch_size * "
+                         f"ppo.train.grad_accum = {per_update} (needed with {world} processes)")
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)  # same shuffles on resume
     device = roles.device
     totals: dict[str, float] = defaultdict(float)

@@ -9,11 +9,11 @@ Details of RLHF with PPO" (Huang et al. 2024) and alpaca_farm's split. Each step
     record_step_stats(...); kl_ctl.update(kl)        # stats.jsonl / tensorboard, adapt beta
 
 With a LoRA policy one copy of the base weights serves every role (see align.ppo.policy).
-With ``advantage: rloo`` or ``grpo`` each query is sampled group_size times, the group is its
-own baseline, and no value model is loaded or trained (REINFORCE leave-one-out, GRPO, Dr. GRPO).
-Under torchrun / accelerate launch the loop is data-parallel (see align.ppo.distributed): each
-process rolls out its shard of the step's batch_size queries, the rollouts are gathered, and
-every process takes the same update; rank 0 alone writes logs, checkpoints and outputs.
+With ``train.advantage.estimator: rloo`` or ``grpo`` each query is sampled rollout.group_size
+times, the group is its own baseline, and no value model is loaded or trained (REINFORCE
+leave-one-out, GRPO, Dr. GRPO). Under torchrun / accelerate launch the loop is data-parallel (see
+align.ppo.distributed): each process rolls out its shard of the step's queries, the rollouts are
+gathered, and every process takes the same update; rank 0 alone writes logs, checkpoints and outputs.
 Outputs: ``model/`` (the policy as a PEFT adapter or full checkpoint, plus tokenizer),
 ``value_head.safetensors`` (gae only), ``stats.jsonl``, ``samples.jsonl``, ``checkpoints/step-N/``.
 """
