@@ -11,6 +11,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def merged(base: dict, changes: dict) -> dict:
+    """`base` with `changes` applied, section by section (a nested dict updates the section's keys)."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = merged(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
 @pytest.fixture(scope="session", autouse=True)
 def align_cache(tmp_path_factory) -> Path:
     """Keep built/converted models out of the user's cache; reuse ALIGN_TEST_CACHE across runs if set."""
