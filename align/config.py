@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from align.errors import AlignError
 from align.moved_keys import moved_keys_in, moved_message, moved_to
-from align.sections import shorthand_key, walk
+from align.sections import section_model, shorthand_key, walk
 from align.stages import STAGE_ORDER, stage_config_classes
 from align.training import TrainConfig  # noqa: F401  (its home is align.training; this import path keeps working)
 
@@ -115,7 +115,7 @@ def apply_override(raw: dict, item: str, source: str) -> None:
     model = recipe_model()
 
     def expand(i: int) -> str | None:  # `model: x` written out as `model: {name: x}` to override a key under it
-        return shorthand_key(_model_at(model, tuple(parts[:i])))
+        return shorthand_key(section_model(model, parts[:i]))
 
     try:
         node = walk(raw, parts, create=True, expand=expand)

@@ -10,7 +10,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import types
+from typing import Any, ClassVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, model_validator
 
@@ -30,6 +31,31 @@ def shorthand_key(model: Any) -> str | None:
     """The key a plain string fills for this section model, or None when a string cannot stand for it."""
     if isinstance(model, type) and issubclass(model, Shorthand):
         return model.shorthand_key
+    return None
+
+
+def section_model(annotation: Any, parts: list[str] | tuple[str, ...]) -> type[BaseModel] | None:
+    """The section model at the dotted path `parts` below a model (or type annotation), or None.
+
+    Follows model fields, dict values and list items (a numeric part), and tries each arm of a union
+    (``judge: GoldJudgeConfig | LLMJudgeConfig``, ``data: DataConfig | None``) until one has the path.
+    """
+    origin = get_origin(annotation)
+    if origin is Union or origin is types.UnionType:
+        for arm in get_args(annotation):
+            if (found := section_model(arm, parts)) is not None:
+                return found
+        return None
+    if not parts:
+        return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    part, rest = parts[0], parts[1:]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(part)
+        return section_model(field.annotation, rest) if field is not None else None
+    if origin is dict:
+        return section_model(get_args(annotation)[1], rest)
+    if origin in (list, tuple) and part.isdigit():
+        return section_model(get_args(annotation)[0], rest)
     return None
 
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from align.config import _model_at, load_recipe, recipe_model
+from align.config import load_recipe, recipe_model
 from align.errors import AlignError
 from align.moved_keys import MOVED_KEYS, moved_keys_in, moved_to
+from align.sections import section_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,7 +45,7 @@ def write(tmp_path, text: str) -> Path:
 def has_key(dotted: str) -> bool:
     """Whether the recipe schema has this dotted key (a field of the section model above it)."""
     *parents, last = dotted.split(".")
-    owner = _model_at(recipe_model(), tuple(parents))
+    owner = section_model(recipe_model(), parents)
     return owner is not None and last in owner.model_fields
 
 
