@@ -4,6 +4,9 @@ Defaults follow "The N+ Implementation Details of RLHF with PPO" (Huang et al. 2
 gives one (k1 KL in the reward, gamma 1, lam 0.95, clip 0.2, Adam eps 1e-5, no dropout).
 The advantage estimator is GAE with a value model by default; rloo and grpo are critic-free
 (a group of samples per query is its own baseline) and run in the same loop.
+
+The loop's settings (`ppo.train`) keep the update's optimisation knobs at the top and group the rest
+by concern: ``rollout``, ``advantage``, ``kl``, ``value``, ``ptx``, ``log``.
 """
 
 from __future__ import annotations

@@ -47,7 +47,8 @@ class Config(BaseModel):
         default_factory=AdapterConfig,
         description="Adapter to train when the policy is not already one (type: full trains every weight).",
     )
-    train: PPOSettings = Field(default_factory=PPOSettings, description="The PPO loop: optimisation, rollouts, advantages, KL, value model, PPO-ptx, logs.")
+    train: PPOSettings = Field(default_factory=PPOSettings, description="The PPO loop: optimisation here; rollout, "
+                               "advantage, kl, value, ptx and log in their sections.")
 
     @model_validator(mode="after")
     def _adapter_fits_model(self) -> Config:
