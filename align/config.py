@@ -19,37 +19,18 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from align.errors import AlignError
+from align.moved_keys import moved_keys_in, moved_message, moved_to
+from align.sections import section_model, shorthand_key, walk
 from align.stages import STAGE_ORDER, stage_config_classes
+from align.training import TrainConfig  # noqa: F401  (its home is align.training; this import path keeps working)
 
 _REF = re.compile(r"\$\{([^}]+)\}")
-
-
-class TrainConfig(BaseModel):
-    """Optimisation settings shared by the training stages (mapped to TRL/transformers in one place)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
-    epochs: float = Field(1.0, gt=0, description="Passes over the data (ignored when max_steps > 0).")
-    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
-    batch_size: int = Field(4, gt=0, description="Per-device micro-batch size.")
-    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
-    max_length: int = Field(512, gt=8, description="Truncate tokenized examples to this many tokens.")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps for linear warm-up.")
-    weight_decay: float = Field(0.0, ge=0)
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
-    max_grad_norm: float = Field(1.0, gt=0)
-    optim: str = Field("adamw_torch", description="transformers optimizer name, e.g. adamw_torch, paged_adamw_8bit.")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
-    logging_steps: int = Field(5, gt=0)
-    save_steps: int = Field(50, gt=0, description="Checkpoint every N optimizer steps (resume point after a kill).")
-    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description="tensorboard, wandb, none...")
 
 
 def recipe_model() -> type[BaseModel]:
@@ -80,6 +61,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> BaseMod
         raise AlignError(f"{yaml_error_where(exc, path)}: not valid YAML: {yaml_error_text(exc)}") from None
     if not isinstance(raw, dict):
         raise AlignError(f"{path}: a recipe must be a mapping of keys to values, got {type(raw).__name__}")
+    check_moved_keys(raw, str(path), text)
     for item in overrides or []:
         apply_override(raw, item, source=str(path))
     raw = resolve_references(raw, source=str(path))
@@ -103,6 +85,7 @@ def yaml_error_text(exc: yaml.YAMLError) -> str:
 
 
 def validate_recipe(raw: dict, source: str = "<recipe>", text: str | None = None) -> BaseModel:
+    check_moved_keys(raw, source, text)
     model = recipe_model()
     try:
         recipe = model.model_validate(raw)
@@ -123,46 +106,38 @@ def apply_override(raw: dict, item: str, source: str) -> None:
     parts = key.strip().split(".")
     if not all(parts):
         raise AlignError(f"override {item!r}: empty part in key {key!r}")
+    if moved := moved_to(key.strip()):
+        raise AlignError(f"override {item!r}: {moved_message(*moved)}")
     try:
         value = yaml.safe_load(value_text) if value_text.strip() else ""
     except yaml.YAMLError as exc:
         raise AlignError(f"override {item!r}: value is not valid YAML: {yaml_error_text(exc)}") from None
-    node = raw
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if isinstance(child, str) and (key_for := _shorthand_key(parts[i + 1])):
-            child = node[part] = {key_for: child}  # `model: x` written out as `model: {name: x}`
-        if not isinstance(child, dict):
-            where = ".".join(parts[: i + 1])
-            raise AlignError(f"override {item!r}: {where} is a {type(child).__name__} in {source}, not a section")
-        node = child
+    model = recipe_model()
+
+    def expand(i: int) -> str | None:  # `model: x` written out as `model: {name: x}` to override a key under it
+        return shorthand_key(section_model(model, parts[:i]))
+
+    try:
+        node = walk(raw, parts, create=True, expand=expand)
+    except TypeError as exc:
+        where = ".".join(parts[: exc.args[0]])
+        kind = type(walk(raw, parts[: exc.args[0]])).__name__
+        raise AlignError(f"override {item!r}: {where} is a {kind} in {source}, not a section") from None
     node[parts[-1]] = value
 
 
-def _shorthand_key(next_part: str) -> str | None:
-    """The key a string shorthand stands for, judged by the setting being overridden under it."""
-    from align.data import DataConfig
-    from align.models import ModelConfig
-
-    if next_part in ModelConfig.model_fields:
-        return "name"
-    if next_part in DataConfig.model_fields:
-        return "path"
-    return None
-
-
-def _lookup(raw: dict, dotted: str) -> Any:
-    node: Any = raw
-    for part in dotted.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            raise KeyError(dotted)
-    return node
+def check_moved_keys(raw: dict, source: str = "<recipe>", text: str | None = None) -> None:
+    """A recipe that still uses keys which moved (align.moved_keys) fails with each key's new place."""
+    moved = moved_keys_in(raw)
+    if not moved:
+        return
+    lines = []
+    for old, new in moved:
+        line = _line_of(text, tuple(old.split(".")))
+        lines.append(f"{source}:{line}: {moved_message(old, new)}" if line else f"{source}: {moved_message(old, new)}")
+    if len(lines) == 1:
+        raise AlignError(lines[0])
+    raise AlignError(f"{source}: {len(lines)} keys moved:\n" + "\n".join(f"  {line}" for line in lines))
 
 
 def resolve_references(raw: dict, source: str = "<recipe>") -> dict:
@@ -188,7 +163,7 @@ def resolve_references(raw: dict, source: str = "<recipe>") -> dict:
             if ref in stack:
                 raise AlignError(f"{source}: {where}: circular reference ${{{ref}}} ({' -> '.join(stack + (ref,))})")
             try:
-                target = _lookup(raw, ref)
+                target = walk(raw, ref.split("."))
             except KeyError:
                 raise AlignError(f"{source}: {where}: reference ${{{ref}}} points to no key in the recipe") from None
             return resolve_value(target, ref, stack + (ref,))

@@ -15,19 +15,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
 from align.errors import AlignError
+from align.sections import Shorthand
 
 DataFormat = Literal["auto", "alpaca", "self_instruct", "chat", "prompt_completion"]
 
 
-class DataConfig(BaseModel):
+class DataConfig(Shorthand):
     """Where training examples come from."""
 
     model_config = ConfigDict(extra="forbid")
+    shorthand_key: ClassVar[str] = "path"  # a plain string stands for the path
 
     path: str = Field(description="JSON/JSONL file, directory, datasets hub id, gold:train|gold:heldout, or @stage.")
     format: DataFormat = Field("auto", description="Record format; auto detects it per record.")
@@ -38,11 +40,6 @@ class DataConfig(BaseModel):
     where: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="Keep only records whose fields have these values, e.g. {split: train} "
         "(local JSON/JSONL files).")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_string(cls, value: Any) -> Any:
-        return {"path": value} if isinstance(value, str) else value
 
 
 class EmptyFileError(AlignError):

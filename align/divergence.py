@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from transformers import LogitsProcessor
+from transformers import LogitsProcessor, TrainerCallback
 
 from align.errors import TrainingDiverged
 
@@ -97,3 +97,53 @@ def in_step(stage: str, step: int, last_loss: tuple[int, float] | None, hint: st
         if exc.stage is not None:
             raise
         raise exc.at(stage, step, last_loss, exc.hint or hint) from None
+
+
+# fp16 loss scaling skips a step whose gradients overflowed and halves the scale (from 2**16): a few
+# non-finite gradient norms in a row are normal there, more than this many are divergence.
+FP16_SKIPPED_STEPS = 24
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Stops a Trainer at the first NaN/inf gradient norm or loss, before the optimizer applies it.
+
+    The gradients are checked after clipping, before `optimizer.step()` (a NaN loss makes them NaN
+    too), so the weights stay those of the last finite step; the trainable weights are checked again
+    before every checkpoint, so no checkpoint holding NaN/inf is written and resume never picks one.
+    """
+
+    def __init__(self, stage: str, hint: str | None = None):
+        self.stage, self.hint, self.skipped = stage, hint, 0
+
+    def _diverged(self, args, state, step: int, what: str) -> TrainingDiverged:
+        last = [(int(e["step"]), float(e["loss"])) for e in state.log_history
+                if "loss" in e and "step" in e and is_finite(e["loss"])]
+        hint = self.hint or f"lower {self.stage}.train.lr (now {args.learning_rate:g})"
+        return TrainingDiverged(what, self.stage, step, last[-1] if last else None, hint)
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        norm = grad_norm(p for p in model.parameters() if p.requires_grad) if model is not None else None
+        if is_finite(norm):
+            self.skipped = 0
+            return
+        if getattr(optimizer, "scaler", None) is not None and self.skipped < FP16_SKIPPED_STEPS:
+            self.skipped += 1  # the fp16 grad scaler skips this step itself and lowers its scale
+            return
+        raise self._diverged(args, state, state.global_step + 1, f"gradient norm is {describe(norm)}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if isinstance(loss, (int, float)) and not is_finite(loss):
+            raise self._diverged(args, state, state.global_step, f"loss is {describe(loss)}")
+
+    def _check_weights(self, args, state, control, model) -> None:
+        if control.should_save and model is not None:
+            name = non_finite_parameter(model.named_parameters())
+            if name is not None:
+                raise self._diverged(args, state, state.global_step, f"weight {name} became non-finite")
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self._check_weights(args, state, control, model)
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        self._check_weights(args, state, control, model)

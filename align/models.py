@@ -20,11 +20,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from align.errors import AlignError
+from align.sections import Shorthand
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,11 @@ CHATML_TEMPLATE = (
 )
 
 
-class ModelConfig(BaseModel):
+class ModelConfig(Shorthand):
     """How to load a model: which one, in what precision, quantized or not."""
 
     model_config = ConfigDict(extra="forbid")
+    shorthand_key: ClassVar[str] = "name"  # a plain string stands for the name
 
     name: str = Field(description="Model reference: built-in alias, local dir, .gguf file, hub id, or @stage.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
@@ -65,11 +67,6 @@ class ModelConfig(BaseModel):
     )
     attn_implementation: str | None = Field(None, description="e.g. sdpa, eager, flash_attention_2; None = default.")
     trust_remote_code: bool = False
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_string(cls, value: Any) -> Any:
-        return {"name": value} if isinstance(value, str) else value
 
 
 class AdapterConfig(BaseModel):

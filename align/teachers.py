@@ -24,12 +24,13 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from align.errors import AlignError
 from align.generation import Generated
+from align.sections import Shorthand
 
 log = logging.getLogger("align.teachers")
 
@@ -37,10 +38,11 @@ log = logging.getLogger("align.teachers")
 NO_KEY = "no-key"
 
 
-class TeacherConfig(BaseModel):
+class TeacherConfig(Shorthand):
     """Which model writes the data, and how to reach it."""
 
     model_config = ConfigDict(extra="forbid")
+    shorthand_key: ClassVar[str] = "model"  # a plain string stands for the model
 
     type: Literal["local", "openai"] = Field("local", description="local: load the model here; openai: an "
                                              "OpenAI-compatible HTTP API.")
@@ -63,11 +65,6 @@ class TeacherConfig(BaseModel):
                             "prompts per request.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (used when temperature > 0).")
     seed: int = Field(0, description="local: sampling seed (each call advances it).")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_string(cls, value: Any) -> Any:
-        return {"model": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check(self) -> TeacherConfig:

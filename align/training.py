@@ -9,14 +9,36 @@ at the first NaN/inf gradient or loss (NonFiniteGuard) instead of finishing with
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from transformers import TrainerCallback
+from pydantic import BaseModel, ConfigDict, Field
 
-from align.config import TrainConfig
-from align.divergence import describe, grad_norm, is_finite, non_finite_parameter
 from align.errors import TrainingDiverged
-from align.models import Precision
+
+if TYPE_CHECKING:
+    from align.models import Precision
+
+
+class TrainConfig(BaseModel):
+    """Optimisation settings shared by the training stages (mapped to TRL/transformers in one place)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the data (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    batch_size: int = Field(4, gt=0, description="Per-device micro-batch size.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    max_length: int = Field(512, gt=8, description="Truncate tokenized examples to this many tokens.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps for linear warm-up.")
+    weight_decay: float = Field(0.0, ge=0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    max_grad_norm: float = Field(1.0, gt=0)
+    optim: str = Field("adamw_torch", description="transformers optimizer name, e.g. adamw_torch, paged_adamw_8bit.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    logging_steps: int = Field(5, gt=0)
+    save_steps: int = Field(50, gt=0, description="Checkpoint every N optimizer steps (resume point after a kill).")
+    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description="tensorboard, wandb, none...")
 
 
 def trainer_args(args_cls: type, train: TrainConfig, output_dir: Path, precision: Precision, seed: int,
@@ -98,60 +120,12 @@ def loss_history(log_history: list[dict], key: str = "loss") -> list[tuple[int, 
     return [(int(e["step"]), float(e[key])) for e in log_history if key in e and "step" in e]
 
 
-# fp16 loss scaling skips a step whose gradients overflowed and halves the scale (from 2**16): a few
-# non-finite gradient norms in a row are normal there, more than this many are divergence.
-FP16_SKIPPED_STEPS = 24
-
-
-class NonFiniteGuard(TrainerCallback):
-    """Stops a Trainer at the first NaN/inf gradient norm or loss, before the optimizer applies it.
-
-    The gradients are checked after clipping, before `optimizer.step()` (a NaN loss makes them NaN
-    too), so the weights stay those of the last finite step; the trainable weights are checked again
-    before every checkpoint, so no checkpoint holding NaN/inf is written and resume never picks one.
-    """
-
-    def __init__(self, stage: str, hint: str | None = None):
-        self.stage, self.hint, self.skipped = stage, hint, 0
-
-    def _diverged(self, args, state, step: int, what: str) -> TrainingDiverged:
-        last = [(int(e["step"]), float(e["loss"])) for e in state.log_history
-                if "loss" in e and "step" in e and is_finite(e["loss"])]
-        hint = self.hint or f"lower {self.stage}.train.lr (now {args.learning_rate:g})"
-        return TrainingDiverged(what, self.stage, step, last[-1] if last else None, hint)
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
-        norm = grad_norm(p for p in model.parameters() if p.requires_grad) if model is not None else None
-        if is_finite(norm):
-            self.skipped = 0
-            return
-        if getattr(optimizer, "scaler", None) is not None and self.skipped < FP16_SKIPPED_STEPS:
-            self.skipped += 1  # the fp16 grad scaler skips this step itself and lowers its scale
-            return
-        raise self._diverged(args, state, state.global_step + 1, f"gradient norm is {describe(norm)}")
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
-        if isinstance(loss, (int, float)) and not is_finite(loss):
-            raise self._diverged(args, state, state.global_step, f"loss is {describe(loss)}")
-
-    def _check_weights(self, args, state, control, model) -> None:
-        if control.should_save and model is not None:
-            name = non_finite_parameter(model.named_parameters())
-            if name is not None:
-                raise self._diverged(args, state, state.global_step, f"weight {name} became non-finite")
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        self._check_weights(args, state, control, model)
-
-    def on_epoch_end(self, args, state, control, model=None, **kwargs):
-        self._check_weights(args, state, control, model)
-
-
 def train(trainer: Any, stage: str, hint: str | None = None) -> tuple[Any, str | None, int]:
     """`trainer.train()` for a stage: guarded by NonFiniteGuard, resumed from the newest complete checkpoint
     under its output_dir. Returns (TrainOutput, the checkpoint it resumed from or None, that checkpoint's
     step: read before training, since checkpoint rotation may delete the folder while training)."""
+    from align.divergence import NonFiniteGuard
+
     trainer.add_callback(NonFiniteGuard(stage, hint))
     resume = last_checkpoint(Path(trainer.args.output_dir))
     resumed_step = checkpoint_step(resume)
@@ -191,3 +165,13 @@ def mean_train_loss(log_history: list[dict], run_loss: float, resumed_step: int,
         total, counted, last = total + loss * (step - last), counted + step - last, step
     this_run = global_step - resumed_step
     return (total + run_loss * this_run) / (counted + this_run) if counted + this_run > 0 else run_loss
+
+
+def __getattr__(name: str) -> Any:
+    """NonFiniteGuard lives in align.divergence (it needs torch and transformers, which the recipe schema here
+    must not import); the old import path keeps working."""
+    if name in ("NonFiniteGuard", "FP16_SKIPPED_STEPS"):
+        from align import divergence
+
+        return getattr(divergence, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

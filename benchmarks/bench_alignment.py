@@ -46,9 +46,9 @@ UPSTREAM = ("self_instruct", "sft", "rank", "reward")  # copied from the base ru
 ARMS: dict[str, dict] = {
     "rloo": {"label": "RLOO, group 4 (quickstart)", "reward": "reward model", "stage": "ppo", "overrides": []},
     "grpo": {"label": "GRPO, group 4", "reward": "reward model", "stage": "ppo",
-             "overrides": ["ppo.ppo.advantage=grpo", "ppo.ppo.group_size=4"]},
+             "overrides": ["ppo.train.advantage.estimator=grpo", "ppo.train.rollout.group_size=4"]},
     "gae": {"label": "PPO-GAE, value head", "reward": "reward model", "stage": "ppo",
-            "overrides": ["ppo.ppo.advantage=gae", "ppo.ppo.group_size=1"]},
+            "overrides": ["ppo.train.advantage.estimator=gae", "ppo.train.rollout.group_size=1"]},
     "rloo-gold": {"label": "RLOO, group 4", "reward": "gold checker (RLVR)", "stage": "ppo",
                   "overrides": ["ppo.reward=align.eval.labeler:gold_score_fn"]},
     "dpo": {"label": "DPO (sigmoid, beta 0.1, best vs each, 1 epoch, lr 1e-4)", "reward": "rankings (offline)",
@@ -82,7 +82,7 @@ def train_arm(arm: str, arm_dir: Path, minutes: float, steps: int, threads: int)
     spec = ARMS[arm]
     overrides = list(spec["overrides"])
     if spec["stage"] == "ppo":
-        overrides += [f"ppo.ppo.steps={steps}", "ppo.ppo.save_steps=2", "ppo.ppo.save_total_limit=1000"]
+        overrides += [f"ppo.train.steps={steps}", "ppo.train.save_steps=2", "ppo.train.save_total_limit=1000"]
     cmd = align_cmd("run", str(RECIPE), "--out", str(arm_dir), "--only", spec["stage"], *overrides)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     print(f"[{arm}] {' '.join(cmd[2:])}", flush=True)
@@ -173,6 +173,12 @@ def summarize(arm: str, points: list[dict], metrics: dict, wall_s: float, thread
             "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
 
 
+def ordered(res: dict) -> list[tuple[str, dict]]:
+    """The measured arms in ARMS order (a user compares algorithms, not run order)."""
+    names = sorted(res.get("arms", {}), key=lambda n: list(ARMS).index(n) if n in ARMS else len(ARMS))
+    return [(name, res["arms"][name]) for name in names]
+
+
 def render(res: dict) -> None:
     lines = [
         "# Alignment on 2 CPU cores: held-out gold gain over SFT, per algorithm and wall-clock",
@@ -187,7 +193,7 @@ def render(res: dict) -> None:
         "| arm | reward | RL time (min) | steps | gold SFT → RL | gain [95% CI] | strict SFT → RL | KL(RL‖SFT) | win rate |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for arm in res.get("arms", {}).values():
+    for _, arm in ordered(res):
         for p in arm["points"]:
             kl = "" if p.get("kl") is None else f"{p['kl']:.2f} ± {p.get('kl_stderr') or 0:.2f}"
             win = "" if p.get("win_rate") is None else f"{p['win_rate']:.2f}"
@@ -197,7 +203,7 @@ def render(res: dict) -> None:
                 f"{p['strict_sft']:.3f} → {p['strict']:.3f} | {kl} | {win} |")
     lines += ["", "Per arm: threads, date, and the command that reproduces it (after "
               "`align run recipes/quickstart.yaml --out runs/quickstart`).", ""]
-    for name, arm in res.get("arms", {}).items():
+    for name, arm in ordered(res):
         lines.append(f"- **{name}** ({arm['threads']} thread(s), {arm['date']}, {arm['machine']}, "
                      f"whole arm incl. eval {arm['wall_seconds'] / 60:.0f} min): `{arm['command']}`")
     notes = res.get("notes", [])
@@ -218,7 +224,7 @@ def plot(res: dict) -> None:
     except ImportError:
         return
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for i, arm in enumerate(res.get("arms", {}).values()):
+    for i, (_, arm) in enumerate(ordered(res)):
         pts = arm["points"]
         x = [p["rl_seconds"] / 60 + 0.08 * i for p in pts]  # a small offset keeps error bars apart
         y = [p["gain"] for p in pts]
@@ -244,10 +250,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="Upper bound on RL steps (the time limit stops first).")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--render", action="store_true", help="Only rewrite alignment.md/png from alignment.json.")
+    parser.add_argument("--store", default=str(RESULTS / "alignment.json"),
+                        help="Results JSON the arms merge into (arms measured elsewhere: merge with --merge).")
+    parser.add_argument("--merge", nargs="*", default=[], help="Other results JSONs whose arms to merge in.")
     args = parser.parse_args()
 
-    store = RESULTS / "alignment.json"
+    store = Path(args.store)
     res = json.loads(store.read_text()) if store.exists() else {"arms": {}}
+    for other in args.merge:
+        res["arms"].update(json.loads(Path(other).read_text())["arms"])
     if not args.render:
         import torch
         import transformers
@@ -269,12 +280,16 @@ def main() -> None:
                 sys.exit(f"[{arm}] no checkpoint within the marks; see {arm_dir}")
             metrics = evaluate(arm_dir, points, args.threads)
             res["arms"][arm] = summarize(arm, points, metrics, time.time() - t0, args.threads)
-            RESULTS.mkdir(exist_ok=True)
+            if store.exists():  # arms another process wrote meanwhile stay
+                res["arms"] = {**json.loads(store.read_text())["arms"], **res["arms"]}
+            store.parent.mkdir(parents=True, exist_ok=True)
             store.write_text(json.dumps(res, indent=2) + "\n")
             render(res)
             print(f"[{arm}] " + "; ".join(f"{p['rl_seconds'] / 60:.1f} min: {p['gain']:+.3f} "
                                           f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]" for p in res["arms"][arm]["points"]),
                   flush=True)
+    if args.merge:
+        store.write_text(json.dumps(res, indent=2) + "\n")
     render(res)
 
 

@@ -391,28 +391,29 @@ def worker_ppo(job: dict) -> dict:
 
     meter = Meter()
     p = job["ppo"]
-    s = PPOSettings(steps=p["steps"], batch_size=p["batch_size"], mini_batch_size=p["mini_batch_size"],
-                    ppo_epochs=p["ppo_epochs"], max_new_tokens=p["max_new_tokens"], temperature=1.0,
-                    max_prompt_length=max(p["prompt_tokens"] * 2, 8), report_to=["none"], progress=False)
+    s = PPOSettings(steps=p["steps"], mini_batch_size=p["mini_batch_size"], ppo_epochs=p["ppo_epochs"],
+                    rollout={"batch_size": p["batch_size"], "max_new_tokens": p["max_new_tokens"], "temperature": 1.0,
+                             "max_prompt_length": max(p["prompt_tokens"] * 2, 8)},
+                    log={"report_to": ["none"], "progress": False})
     set_seed(0)
     roles = load_roles(ModelConfig(name=job["model_dir"], quantization=job["quantization"]),
-                       AdapterConfig(**LORA), s.value_model)
+                       AdapterConfig(**LORA), s.value.model)
     reward = RewardConfig(source=job["reward"])
     scorer = load_scorer(reward, reward.source, roles)
     optimizer = torch.optim.AdamW(roles.trainable_parameters(), lr=s.lr, eps=s.adam_eps, weight_decay=s.weight_decay)
-    queries = make_queries(roles.tokenizer, s.batch_size * s.steps, p["prompt_tokens"])
+    queries = make_queries(roles.tokenizer, s.rollout.batch_size * s.steps, p["prompt_tokens"])
     tokens = encode_queries(roles.tokenizer, queries)
     loaded = meter.now()
     steps = []
     for step in range(s.steps):
-        batch = list(range(step * s.batch_size, (step + 1) * s.batch_size))
+        batch = list(range(step * s.rollout.batch_size, (step + 1) * s.rollout.batch_size))
         meter.reset_peak()
         t0 = time.perf_counter()
         r = rollout(roles, scorer, [queries[i] for i in batch], [tokens[i] for i in batch], s)
         meter.sync()
         t1 = time.perf_counter()
         peak_rollout = meter.peak()
-        adv = estimate_advantages(r, s.init_kl_coef, s)
+        adv = estimate_advantages(r, s.kl.init_coef, s)
         meter.reset_peak()
         t2 = time.perf_counter()
         update = step_with_rollouts(roles, optimizer, r, adv, s, 0, step)
@@ -484,9 +485,9 @@ def plan_ppo(model_dir: str, quantization: str, ppo: dict, prompt_tokens: int, r
 
     section = {"policy": {"name": model_dir, "quantization": quantization}, "reward": {"source": reward},
                "prompts": "prompts.jsonl", "adapter": dict(LORA),
-               "ppo": {"batch_size": ppo["batch_size"], "mini_batch_size": ppo["mini_batch_size"],
-                       "ppo_epochs": ppo["ppo_epochs"], "max_new_tokens": ppo["max_new_tokens"],
-                       "max_prompt_length": prompt_tokens}}
+               "train": {"mini_batch_size": ppo["mini_batch_size"], "ppo_epochs": ppo["ppo_epochs"],
+                         "rollout": {"batch_size": ppo["batch_size"], "max_new_tokens": ppo["max_new_tokens"],
+                                     "max_prompt_length": prompt_tokens}}}
     est = plan_recipe({"ppo": section}, device=device)[0]
     resident = sum(t.bytes for t in est.terms if t.phase == "resident")
     phases = {name: resident + b for name, b in est.phase_totals().items()}

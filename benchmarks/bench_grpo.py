@@ -84,10 +84,12 @@ def run_align(kind: str, steps: int) -> dict:
     cfg = Config.model_validate({
         "policy": str(sft_model()), "reward": f"{Path(__file__).resolve()}:frac_blue", "prompts": str(prompts),
         "adapter": {"type": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": LORA_TARGETS},
-        "ppo": {"advantage": kind, "group_size": G, "steps": steps, "batch_size": G * QUERIES, "mini_batch_size": 8,
-                "grad_accum": 2, "ppo_epochs": 1, "lr": LR, "adam_eps": 1e-8, "init_kl_coef": 0.0,
-                "temperature": 1.0, "max_new_tokens": NEW_TOKENS, "whiten_advantages": False,
-                "loss_aggregation": "sequence", "save_steps": 10_000, "report_to": ["none"], "progress": False},
+        "train": {"steps": steps, "mini_batch_size": 8, "grad_accum": 2, "ppo_epochs": 1, "lr": LR, "adam_eps": 1e-8,
+                  "loss_aggregation": "sequence", "save_steps": 10_000,
+                  "rollout": {"batch_size": G * QUERIES, "group_size": G, "temperature": 1.0,
+                              "max_new_tokens": NEW_TOKENS},
+                  "advantage": {"estimator": kind, "whiten_advantages": False}, "kl": {"init_coef": 0.0},
+                  "log": {"report_to": ["none"], "progress": False}},
     })
     result = run(cfg, StageContext("ppo", stage_dir, CACHE, seed=0, upstream={}))
     stats = [json.loads(line) for line in (stage_dir / "stats.jsonl").read_text().splitlines()]

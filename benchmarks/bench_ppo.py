@@ -138,9 +138,10 @@ def worker_align(paths: dict[str, str], steps: int) -> dict:
     cfg = Config.model_validate({
         "policy": paths["base"], "reward": paths["reward_adapter"], "prompts": paths["prompts"],
         "adapter": {"type": "lora", "r": LORA["r"], "alpha": LORA["lora_alpha"], "dropout": 0.0},
-        "ppo": {"steps": steps, "batch_size": BATCH, "mini_batch_size": MINI_BATCH, "grad_accum": 1,
-                "ppo_epochs": EPOCHS, "lr": LR, "init_kl_coef": KL_COEF, "temperature": 1.0, "top_p": 1.0,
-                "max_new_tokens": RESPONSE_LEN, "save_steps": 10_000, "report_to": ["none"], "progress": False},
+        "train": {"steps": steps, "mini_batch_size": MINI_BATCH, "grad_accum": 1, "ppo_epochs": EPOCHS, "lr": LR,
+                  "save_steps": 10_000, "kl": {"init_coef": KL_COEF},
+                  "rollout": {"batch_size": BATCH, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": RESPONSE_LEN},
+                  "log": {"report_to": ["none"], "progress": False}},
     })
     result = run(cfg, StageContext("ppo", out, WORK, seed=0, upstream={}))
     stats = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]

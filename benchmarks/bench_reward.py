@@ -295,10 +295,10 @@ def long_worker(spec: dict) -> dict:
     from functools import partial
 
     import align.reward_model as rm_mod
-    from align.config import TrainConfig
     from align.models import pick_precision, resolve_model_ref
     from align.rankings import group_by_prompt, read_rankings_checked
     from align.reward_model import RewardModel
+    from align.training import TrainConfig
 
     torch.set_num_threads(spec["threads"])
     model_dir = resolve_model_ref(spec["model"])
@@ -564,7 +564,7 @@ def time_loss_alone(k: int = 8, prompts: int = 4, repeats: int = 300) -> dict:
 
 def bench_losses(model_dir: str, work: Path, common: dict, n_train: int, seeds: int) -> dict:
     """Pairwise vs Plackett–Luce on the same rankings, init, batches and steps, for `seeds` data seeds."""
-    from align.config import TrainConfig
+    from align.training import TrainConfig
 
     cases = {
         "k4_no_ties": lambda n, seed: make_rankings(n, 4, seed),
@@ -699,7 +699,7 @@ def main() -> None:
     import transformers
     import trl
 
-    from align.config import TrainConfig
+    from align.training import TrainConfig
 
     load_before = start_bench(args)
     work = Path(tempfile.mkdtemp(prefix="bench-reward-"))

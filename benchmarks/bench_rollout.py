@@ -7,7 +7,7 @@
    temperature 0.8, LoRA r=16 on the top 8 layers, a LoRA reward adapter on the shared base):
    - before: merge_for_sampling off, forward_batch_size = mini_batch_size, reuse_frozen_layers off
      (the loop as it was);
-   - after: the defaults; after + bf16: rollout_precision bf16; grpo: advantage grpo, 4 samples per
+   - after: the defaults; after + bf16: rollout.precision bf16; grpo: advantage.estimator grpo, 4 samples per
      query, no value head (same batch of 8 rollouts).
    Phase breakdown from stats.jsonl (generate, reward score, old/ref log-probs, update).
 3. bf16 for the no-grad phases: old/ref log-probs of one batch of rollouts under bf16 autocast
@@ -42,14 +42,22 @@ CACHE = HERE / ".cache" / "bench-rollout"
 RESULTS = HERE / "results"
 BASE = "smollm2-135m-instruct"
 # the earlier recipes/quickstart.yaml's PPO-GAE settings (and its sft/reward adapters: r 16, alpha 32, top 8 layers)
-QUICKSTART = dict(batch_size=8, mini_batch_size=4, ppo_epochs=2, lr=1e-4, init_kl_coef=0.05, temperature=0.8,
-                  max_new_tokens=48)
-VARIANTS = {
-    "before": dict(merge_for_sampling=False, forward_batch_size=4, reuse_frozen_layers=False),
+QUICKSTART = dict(mini_batch_size=4, ppo_epochs=2, lr=1e-4, kl={"init_coef": 0.05},
+                  rollout={"batch_size": 8, "temperature": 0.8, "max_new_tokens": 48})
+VARIANTS = {  # changes to QUICKSTART, section by section
+    "before": dict(rollout={"merge_for_sampling": False, "forward_batch_size": 4, "reuse_frozen_layers": False}),
     "after": {},
-    "after + bf16 no-grad": dict(rollout_precision="bf16"),
-    "grpo (G=4, no value head)": dict(advantage="grpo", group_size=4),
+    "after + bf16 no-grad": dict(rollout={"precision": "bf16"}),
+    "grpo (G=4, no value head)": dict(advantage={"estimator": "grpo"}, rollout={"group_size": 4}),
 }
+
+
+def merged(base: dict, changes: dict) -> dict:
+    """`base` with `changes` applied, section by section (a nested dict updates the section's keys)."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = merged(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
 
 
 def build_assets(base_dir: str) -> dict[str, str]:
@@ -120,21 +128,22 @@ def bench_sampling(assets: dict[str, str], rounds: int) -> dict:
     eos = eos_ids(tok, roles.model)
     s = PPOSettings(**QUICKSTART)
     config = GenerationConfig(  # the rollout's sampling settings
-        do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=0, max_new_tokens=s.max_new_tokens,
+        do_sample=True, temperature=s.rollout.temperature, top_p=s.rollout.top_p, top_k=0,
+        max_new_tokens=s.rollout.max_new_tokens,
         min_new_tokens=1, eos_token_id=eos, pad_token_id=tok.pad_token_id, use_cache=True, repetition_penalty=1.0)
     arms = {
         "plain generate (merged copy)": None,
         "rollout, LoRA merged (after)": PPOSettings(**QUICKSTART),
-        "rollout, LoRA unmerged (before)": PPOSettings(**QUICKSTART, merge_for_sampling=False),
-        "rollout, merged + bf16": PPOSettings(**QUICKSTART, rollout_precision="bf16"),
+        "rollout, LoRA unmerged (before)": PPOSettings(**merged(QUICKSTART, {"rollout": {"merge_for_sampling": False}})),
+        "rollout, merged + bf16": PPOSettings(**merged(QUICKSTART, {"rollout": {"precision": "bf16"}})),
     }
     totals = {name: [0, 0.0] for name in arms}
-    B = QUICKSTART["batch_size"]
+    B = QUICKSTART["rollout"]["batch_size"]
     for r in range(rounds + 1):  # round 0 warms up and is not counted
         batch = tokens[r * B : (r + 1) * B]
         ids, mask = left_pad(batch, tok.pad_token_id)
         for name, settings in arms.items():
-            roles.rollout_bf16 = settings is not None and settings.rollout_precision == "bf16"
+            roles.rollout_bf16 = settings is not None and settings.rollout.precision == "bf16"
             torch.manual_seed(1000 + r)
             t0 = time.perf_counter()
             with torch.no_grad():
@@ -172,8 +181,8 @@ def bench_ppo(assets: dict[str, str], steps: int, variants: list[str]) -> dict:
         stage_dir.mkdir(parents=True)
         cfg = Config.model_validate({
             "policy": assets["sft"], "reward": assets["reward"], "prompts": assets["prompts"],
-            "ppo": {**QUICKSTART, **extra, "steps": steps, "save_steps": 10_000, "report_to": ["none"],
-                    "progress": False, "sample_every": 10_000},
+            "train": merged(QUICKSTART, {**extra, "steps": steps, "save_steps": 10_000,
+                                         "log": {"report_to": ["none"], "progress": False, "sample_every": 10_000}}),
         })
         result = run(cfg, StageContext("ppo", stage_dir, stage_dir.parent, seed=0, upstream={}))
         stats = [json.loads(line) for line in (stage_dir / "stats.jsonl").read_text().splitlines()]
@@ -207,7 +216,7 @@ def bench_bf16_drift(assets: dict[str, str]) -> dict:
     for precision in ("fp32", "bf16", "fp32 ", "bf16 "):  # twice each, the second timing counts
         roles.rollout_bf16 = precision.strip() == "bf16"
         t0 = time.perf_counter()
-        score_logprobs_values(roles, r, s.temperature, s.forward_batch_size)
+        score_logprobs_values(roles, r, s.rollout.temperature, s.rollout.forward_batch_size)
         seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
         scores = torch.tensor(scorer.score(r.queries, r.responses))
@@ -272,7 +281,7 @@ def write_results(res: dict) -> None:
         "",
         "Responses are sampled, so their lengths differ between variants (last column); the phases scale with them.",
         "",
-        "## bf16 autocast for the no-grad phases (`ppo.rollout_precision: bf16`)",
+        "## bf16 autocast for the no-grad phases (`ppo.train.rollout.precision: bf16`)",
         "",
         f"One batch of 8 rollouts ({drift['tokens']} response tokens): old and ref log-probs recomputed under bf16 "
         "autocast vs fp32, same weights.",

@@ -1,4 +1,4 @@
-"""Does starting the value model as the reward model help? `ppo.ppo.value_init: zero` vs `reward`.
+"""Does starting the value model as the reward model help? `ppo.train.value.init: zero` vs `reward`.
 
 Runs recipes/ppo-tiny.yaml (tiny-llama: SFT -> rank -> reward -> PPO, 20 PPO steps) with
 value_model: adapter, once per seed for the upstream stages and once per arm for PPO, and compares
@@ -26,7 +26,8 @@ ARMS = ("zero", "reward")
 
 def run_arm(out: Path, seed: int, init: str) -> list[dict]:
     command = [sys.executable, "-m", "align.cli", "run", str(REPO / "recipes" / "ppo-tiny.yaml"), "--out", str(out),
-               f"seed={seed}", "ppo.ppo.value_model=adapter", f"ppo.ppo.value_init={init}", "ppo.ppo.progress=false"]
+               f"seed={seed}", "ppo.train.value.model=adapter", f"ppo.train.value.init={init}",
+               "ppo.train.log.progress=false"]
     subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return [json.loads(line) for line in (out / "ppo" / "stats.jsonl").read_text().splitlines()]
 
@@ -47,8 +48,8 @@ def summary(history: list[dict]) -> dict:
 def render(results: dict) -> str:
     lines = [
         "# Value model start: zero head vs the reward model", "",
-        "`recipes/ppo-tiny.yaml` (tiny-llama, 2 layers; 20 PPO steps of 8 rollouts) with `ppo.ppo.value_model: adapter`, "
-        "`value_init: zero` vs `reward`; same upstream stages per seed. val/error: mean squared error of the value "
+        "`recipes/ppo-tiny.yaml` (tiny-llama, 2 layers; 20 PPO steps of 8 rollouts) with `ppo.train.value.model: adapter`, "
+        "`value.init: zero` vs `reward`; same upstream stages per seed. val/error: mean squared error of the value "
         "predictions against the returns (before clipping), averaged over steps. CPU, 2 cores shared with other jobs, "
         "OMP_NUM_THREADS=1. Produced by `benchmarks/bench_value_init.py`.", "",
         "| seed | value_init | val/error, steps 1-5 | val/error, all steps | val/clipfrac, steps 1-5 | RM score, steps 1-5 "

@@ -16,7 +16,7 @@ output) in one prompt and runs the same heuristic (with Alpaca's longer blacklis
 filters.
 
 A teacher text cut at the token limit (finish_reason "length") loses what the originals drop: a whole
-bootstrap continuation (``bootstrap_on_length``), the last instance of a task, the last Alpaca task.
+bootstrap continuation (``bootstrap.on_length``), the last instance of a task, the last Alpaca task.
 
 Resuming: ``machine_generated.jsonl`` is the source of truth. A restarted run reads it back, rebuilds the
 similarity pool from seeds + kept tasks, and continues to the target; each kept task is one atomic line,
@@ -80,38 +80,64 @@ Method = Literal["self_instruct", "alpaca"]
 ExportFormat = Literal["alpaca", "self_instruct", "chat"]
 
 
+class BootstrapSettings(BaseModel):
+    """self_instruct: the prompts that ask the teacher for new instructions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_prompt_instructions: int = Field(8, gt=1, description="In-context instructions per bootstrap prompt.")
+    num_machine_in_prompt: int = Field(2, ge=0, description="How many of them are machine-generated (once "
+                                       "available); the rest are seeds.")
+    prompt: BootstrapStyle = Field("original", description="original: the Self-Instruct code's prompt "
+                                   "('Come up with a series of tasks:', '1.' numbering); guided: a "
+                                   "paraphrase with guidance sentences and 'Task N:' numbering.")
+    on_length: Literal["drop", "drop_last"] = Field(
+        "drop", description="A bootstrap continuation cut at max_tokens: drop: discard all of it (the "
+        "original); drop_last: keep its complete items, drop the cut-off last one.")
+    max_tokens: int = Field(256, gt=0, description="Token budget of one bootstrap continuation (7 "
+                            "new instructions of up to ~30 tokens; the original's 1024 mostly pays for "
+                            "rambling past the stop).")
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature for new instructions.")
+    stop: list[str] | None = Field(None, description="Stop strings for bootstrap calls. None: a blank "
+                                   "line and item 2n (n in-context: '\\n16', '16.', '16 .' as the "
+                                   "original, or 'Task 16'); the stage drops the blank line for chat "
+                                   "teachers, which space items out.")
+
+
+class InstanceSettings(BaseModel):
+    """self_instruct: the classification question and the instances (input, output) of each new task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    classification_max_tokens: int = Field(5, gt=0, description="Token budget of the yes/no answer.")
+    max_tokens: int = Field(200, gt=0, description="Token budget of one task's instances (original: 300).")
+    temperature: float = Field(0.0, ge=0, description="Temperature for classification and instances.")
+    max_per_task: int = Field(3, gt=0, description="Keep at most this many instances per task (the "
+                              "paper's data has 1.6 on average); generation stops after them.")
+
+
+class AlpacaSettings(BaseModel):
+    """alpaca: the prompts that ask for whole tasks (instruction, input, output) at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_tasks: int = Field(20, gt=1, description="alpaca: list length per prompt, demos included.")
+    prompt_tasks: int = Field(3, gt=0, description="alpaca: seed tasks shown per prompt.")
+    max_tokens: int = Field(3072, gt=0, description="alpaca: token budget of one continuation.")
+    temperature: float = Field(1.0, ge=0, description="alpaca: sampling temperature.")
+
+
 class GenerationConfig(BaseModel):
     """How the teacher is prompted and how hard the loop tries (defaults follow the Self-Instruct code)."""
 
     model_config = ConfigDict(extra="forbid")
 
     request_batch_size: int = Field(5, gt=0, description="Bootstrap (or Alpaca) prompts per teacher call.")
-    num_prompt_instructions: int = Field(8, gt=1, description="In-context instructions per bootstrap prompt.")
-    num_machine_in_prompt: int = Field(2, ge=0, description="How many of them are machine-generated (once "
-                                       "available); the rest are seeds.")
-    bootstrap_prompt: BootstrapStyle = Field("original", description="original: the Self-Instruct code's prompt "
-                                             "('Come up with a series of tasks:', '1.' numbering); guided: a "
-                                             "paraphrase with guidance sentences and 'Task N:' numbering.")
-    bootstrap_on_length: Literal["drop", "drop_last"] = Field(
-        "drop", description="A bootstrap continuation cut at bootstrap_max_tokens: drop: discard all of it (the "
-        "original); drop_last: keep its complete items, drop the cut-off last one.")
-    bootstrap_max_tokens: int = Field(256, gt=0, description="Token budget of one bootstrap continuation (7 "
-                                      "new instructions of up to ~30 tokens; the original's 1024 mostly pays for "
-                                      "rambling past the stop).")
-    bootstrap_temperature: float = Field(0.7, ge=0, description="Sampling temperature for new instructions.")
-    bootstrap_stop: list[str] | None = Field(None, description="Stop strings for bootstrap calls. None: a blank "
-                                             "line and item 2n (n in-context: '\\n16', '16.', '16 .' as the "
-                                             "original, or 'Task 16'); the stage drops the blank line for chat "
-                                             "teachers, which space items out.")
-    classification_max_tokens: int = Field(5, gt=0, description="Token budget of the yes/no answer.")
-    instance_max_tokens: int = Field(200, gt=0, description="Token budget of one task's instances (original: 300).")
-    instance_temperature: float = Field(0.0, ge=0, description="Temperature for classification and instances.")
-    max_instances_per_task: int = Field(3, gt=0, description="Keep at most this many instances per task (the "
-                                        "paper's data has 1.6 on average); generation stops after them.")
-    alpaca_num_tasks: int = Field(20, gt=1, description="alpaca: list length per prompt, demos included.")
-    alpaca_prompt_tasks: int = Field(3, gt=0, description="alpaca: seed tasks shown per prompt.")
-    alpaca_max_tokens: int = Field(3072, gt=0, description="alpaca: token budget of one continuation.")
-    alpaca_temperature: float = Field(1.0, ge=0, description="alpaca: sampling temperature.")
+    bootstrap: BootstrapSettings = Field(default_factory=BootstrapSettings,
+                                         description="self_instruct: prompts for new instructions.")
+    instances: InstanceSettings = Field(default_factory=InstanceSettings,
+                                        description="self_instruct: classification and instances of each task.")
+    alpaca: AlpacaSettings = Field(default_factory=AlpacaSettings, description="alpaca: prompts for whole tasks.")
     rouge_threshold: float = Field(0.7, ge=0, le=1, description="Drop an instruction whose ROUGE-L F with a "
                                    "pool member is above this.")
     min_words: int = Field(filters.MIN_WORDS, gt=0, description="Drop instructions with fewer words than this "
@@ -194,8 +220,8 @@ class _Loop:
                                    threshold=cfg.rouge_threshold)
         self.calls = 0  # this invocation
         self.raw_log: RecordWriter | None = None
-        self.bootstrap_stop = (cfg.bootstrap_stop if cfg.bootstrap_stop is not None
-                               else bootstrap_stop(cfg.num_prompt_instructions, cfg.bootstrap_prompt))
+        self.bootstrap_stop = (cfg.bootstrap.stop if cfg.bootstrap.stop is not None
+                               else bootstrap_stop(cfg.bootstrap.num_prompt_instructions, cfg.bootstrap.prompt))
         self.blacklist = filters.ALPACA_BLACKLIST if method == "alpaca" else filters.BLACKLIST
 
     @property
@@ -224,28 +250,30 @@ class _Loop:
     def _bootstrap(self, rnd: _Round, rng: random.Random) -> list[dict]:
         cfg = self.cfg
         prompts = [build_bootstrap_prompt(self.seed_instructions, self.machine_instructions,
-                                          cfg.num_prompt_instructions, rng=rng, num_machine=cfg.num_machine_in_prompt,
-                                          style=cfg.bootstrap_prompt)
+                                          cfg.bootstrap.num_prompt_instructions, rng=rng,
+                                          num_machine=cfg.bootstrap.num_machine_in_prompt,
+                                          style=cfg.bootstrap.prompt)
                    for _ in range(cfg.request_batch_size)]
-        texts = self._call(rnd, "bootstrap", prompts, max_tokens=cfg.bootstrap_max_tokens, temperature=cfg.bootstrap_temperature,
+        texts = self._call(rnd, "bootstrap", prompts, max_tokens=cfg.bootstrap.max_tokens,
+                           temperature=cfg.bootstrap.temperature,
                            stop=self.bootstrap_stop)
         out = []
         for text, truncated in texts:
-            if truncated and cfg.bootstrap_on_length == "drop":
+            if truncated and cfg.bootstrap.on_length == "drop":
                 continue  # as the original's post_process_gpt3_response: a cut-off continuation yields nothing
             # truncated None (teacher did not say): the parser guesses from the last item's punctuation
-            found = parse_bootstrap_output(text, start_index=cfg.num_prompt_instructions + 1, truncated=truncated)
+            found = parse_bootstrap_output(text, start_index=cfg.bootstrap.num_prompt_instructions + 1, truncated=truncated)
             rnd.empty_generations += not found
             out.extend({"instruction": inst} for inst in found)
         return out
 
     def _alpaca(self, rnd: _Round, rng: random.Random) -> list[dict]:
         cfg = self.cfg
-        prompts = [build_alpaca_prompt(self.seed_tasks, cfg.alpaca_num_tasks, rng=rng,
-                                       num_prompt_tasks=cfg.alpaca_prompt_tasks)
+        prompts = [build_alpaca_prompt(self.seed_tasks, cfg.alpaca.num_tasks, rng=rng,
+                                       num_prompt_tasks=cfg.alpaca.prompt_tasks)
                    for _ in range(cfg.request_batch_size)]
-        texts = self._call(rnd, "alpaca", prompts, max_tokens=cfg.alpaca_max_tokens, temperature=cfg.alpaca_temperature,
-                           stop=[f"\n{cfg.alpaca_num_tasks + 1}.", f"{cfg.alpaca_num_tasks + 1}. Instruction"])
+        texts = self._call(rnd, "alpaca", prompts, max_tokens=cfg.alpaca.max_tokens, temperature=cfg.alpaca.temperature,
+                           stop=[f"\n{cfg.alpaca.num_tasks + 1}.", f"{cfg.alpaca.num_tasks + 1}. Instruction"])
         out = []
         for text, truncated in texts:
             found = parse_alpaca_output(text, truncated=bool(truncated))  # drops a cut-off last task, as Alpaca
@@ -277,15 +305,15 @@ class _Loop:
         """Self-Instruct steps 2 and 3: classification label, then instances written by the teacher."""
         cfg = self.cfg
         answers = self._call(rnd, "classification", [build_classification_prompt(t["instruction"]) for t in tasks],
-                             max_tokens=cfg.classification_max_tokens, temperature=cfg.instance_temperature,
+                             max_tokens=cfg.instances.classification_max_tokens, temperature=cfg.instances.temperature,
                              stop=["\n", "Task"])
         for task, (answer, _) in zip(tasks, answers):
             label = parse_classification(answer)
             rnd.classification["unclear" if label is None else "yes" if label else "no"] += 1
             task["is_classification"] = bool(label)
         texts = self._call(rnd, "instances", [build_instance_prompt(t["instruction"], t["is_classification"]) for t in tasks],
-                           max_tokens=cfg.instance_max_tokens, temperature=cfg.instance_temperature,
-                           stop=["\nTask:", f"Example {cfg.max_instances_per_task + 1}"])
+                           max_tokens=cfg.instances.max_tokens, temperature=cfg.instances.temperature,
+                           stop=["\nTask:", f"Example {cfg.instances.max_per_task + 1}"])
         for task, (text, truncated) in zip(tasks, texts):
             # a cut-off last instance is dropped, as in the original's parse_instances_for_*_task
             task["instances"] = parse_instances(text, task["is_classification"], truncated=bool(truncated))
@@ -319,7 +347,7 @@ class _Loop:
             if len(self.records) >= self.target:
                 rnd.report.drop(BEYOND_TARGET)
                 continue
-            self._keep(writer, rnd, task, check.instances[: self.cfg.max_instances_per_task])
+            self._keep(writer, rnd, task, check.instances[: self.cfg.instances.max_per_task])
         rnd.seconds = time.perf_counter() - started
         return rnd
 
@@ -376,9 +404,9 @@ def generate(
         raise AlignError(f"num_instructions must be positive, got {num_instructions}")
     if method not in ("self_instruct", "alpaca"):
         raise AlignError(f"method must be self_instruct or alpaca, got {method!r}")
-    if method == "self_instruct" and len(seed_tasks) < cfg.num_prompt_instructions:
-        raise AlignError(f"self_instruct needs at least {cfg.num_prompt_instructions} seed tasks "
-                         f"(num_prompt_instructions), got {len(seed_tasks)}")
+    if method == "self_instruct" and len(seed_tasks) < cfg.bootstrap.num_prompt_instructions:
+        raise AlignError(f"self_instruct needs at least {cfg.bootstrap.num_prompt_instructions} seed tasks "
+                         f"(sampling.bootstrap.num_prompt_instructions), got {len(seed_tasks)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_run_file(out_dir, method, seed_tasks)

@@ -7,7 +7,7 @@ Name it in a recipe instead of a reward model (the file is imported by path, or 
       # or a reward model plus this function:  reward: {source: "@reward", functions: [{function: ..., weight: 0.5}]}
 
     python examples/custom_reward.py                                # recipes/quickstart.yaml with this reward
-    python examples/custom_reward.py recipes/ppo-tiny.yaml --out runs/custom-reward ppo.ppo.steps=5
+    python examples/custom_reward.py recipes/ppo-tiny.yaml --out runs/custom-reward ppo.train.steps=5
 
 prompt is the last user message of the query, response the sampled answer. Scores should be on a scale
 of about 1 (they are added to a per-token KL penalty of size init_kl_coef).
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> list:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe", nargs="?", default="recipes/quickstart.yaml")
-    parser.add_argument("overrides", nargs="*", help="More dotted overrides, e.g. ppo.ppo.steps=5")
+    parser.add_argument("overrides", nargs="*", help="More dotted overrides, e.g. ppo.train.steps=5")
     parser.add_argument("--out", help="Run directory (default runs/<recipe name>).")
     args = parser.parse_intermixed_args(argv)
     records = run_recipe(args.recipe, args.out, [f"ppo.reward='{SPEC}'", *args.overrides])

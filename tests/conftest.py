@@ -11,6 +11,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def merged(base: dict, changes: dict) -> dict:
+    """`base` with `changes` applied, section by section (a nested dict updates the section's keys)."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = merged(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
 @pytest.fixture(scope="session", autouse=True)
 def align_cache(tmp_path_factory) -> Path:
     """Keep built/converted models out of the user's cache; reuse ALIGN_TEST_CACHE across runs if set."""
@@ -103,8 +111,9 @@ TINY_PIPELINE = [
     "dpo.model='@sft'", "dpo.data='@rank'", "dpo.eval_fraction=0",
     "dpo.train={max_steps: 2, batch_size: 2, max_length: 128, report_to: [none]}",
     "ppo.prompts.max_samples=4",
-    *[f"ppo.ppo.{key}" for key in ("steps=1", "batch_size=2", "mini_batch_size=2", "max_new_tokens=8", "ppo_epochs=1",
-                                   "report_to=[none]", "save_steps=1", "sample_every=1", "progress=false")],
+    *[f"ppo.train.{key}" for key in ("steps=1", "rollout.batch_size=2", "mini_batch_size=2",
+                                     "rollout.max_new_tokens=8", "ppo_epochs=1", "log.report_to=[none]",
+                                     "save_steps=1", "log.sample_every=1", "log.progress=false")],
 ]
 
 

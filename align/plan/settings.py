@@ -185,7 +185,7 @@ def dpo_view(cfg: BaseModel) -> DPOView:
 
 @dataclass(frozen=True)
 class PPOView:
-    """What the PPO estimate reads from the `ppo` stage (its `ppo:` loop settings and `reward:`)."""
+    """What the PPO estimate reads from the `ppo` stage (its `train:` loop settings and `reward:`)."""
 
     policy: Role
     adapter: AdapterConfig
@@ -206,23 +206,26 @@ class PPOView:
 
 
 def ppo_view(cfg: BaseModel) -> PPOView:
-    p, r = cfg.ppo, cfg.reward
+    t, r = cfg.train, cfg.reward
+    rollout = t.rollout
     return PPOView(
-        policy=Role.of("policy", "policy", cfg.policy), adapter=cfg.adapter, rollouts=p.batch_size,
-        mini_batch_size=p.mini_batch_size, grad_accum=p.grad_accum,
-        generation_batch_size=p.generation_batch_size or p.batch_size,
-        max_prompt_length=p.max_prompt_length, max_new_tokens=p.max_new_tokens,
-        forward_batch_size=p.forward_batch_size, advantage=p.advantage, critic_free=not p.needs_value_model,
-        value_adapter=p.value_model == "adapter", merge_for_sampling=p.merge_for_sampling,
+        policy=Role.of("policy", "policy", cfg.policy), adapter=cfg.adapter, rollouts=rollout.batch_size,
+        mini_batch_size=t.mini_batch_size, grad_accum=t.grad_accum,
+        generation_batch_size=rollout.generation_batch_size or rollout.batch_size,
+        max_prompt_length=rollout.max_prompt_length, max_new_tokens=rollout.max_new_tokens,
+        forward_batch_size=rollout.forward_batch_size, advantage=t.advantage.estimator,
+        critic_free=not t.needs_value_model, value_adapter=t.value.model == "adapter",
+        merge_for_sampling=rollout.merge_for_sampling,
         reward_source=r.source, reward_share_base=r.share_base, reward_batch_size=r.batch_size,
     )
 
 
 # Dotted keys of the ppo stage that suggestions change and notes name.
-PPO_KEYS = {"quantization": "policy.quantization", "adapter": "adapter", "batch_size": "ppo.mini_batch_size",
-            "grad_accum": "ppo.grad_accum", "gen_batch": "ppo.generation_batch_size",
-            "max_new_tokens": "ppo.max_new_tokens", "value_head": "ppo.value_model",
-            "forward_batch_size": "ppo.forward_batch_size", "merge_for_sampling": "ppo.merge_for_sampling"}
+PPO_KEYS = {"quantization": "policy.quantization", "adapter": "adapter", "batch_size": "train.mini_batch_size",
+            "grad_accum": "train.grad_accum", "gen_batch": "train.rollout.generation_batch_size",
+            "max_new_tokens": "train.rollout.max_new_tokens", "value_head": "train.value.model",
+            "forward_batch_size": "train.rollout.forward_batch_size",
+            "merge_for_sampling": "train.rollout.merge_for_sampling"}
 
 
 def ppo_knobs(view: PPOView, full: bool) -> dict[str, Any]:
@@ -303,7 +306,7 @@ class SelfInstructView:
 
 def self_instruct_view(cfg: BaseModel) -> SelfInstructView:
     s = cfg.sampling
-    new = s.alpaca_max_tokens if cfg.method == "alpaca" else max(s.bootstrap_max_tokens, s.instance_max_tokens)
+    new = s.alpaca.max_tokens if cfg.method == "alpaca" else max(s.bootstrap.max_tokens, s.instances.max_tokens)
     return SelfInstructView(cfg.teacher, new)
 
 

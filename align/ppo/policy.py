@@ -84,7 +84,7 @@ class ModelRoles:
     ref_model: nn.Module | None = None  # only for ref_kind == "copy"
     value_adapter: bool = False
     autocast_bf16: bool = False
-    rollout_bf16: bool = False  # bf16 autocast for the no-grad phases only (ppo.rollout_precision)
+    rollout_bf16: bool = False  # bf16 autocast for the no-grad phases only (ppo.train.rollout.precision)
     frozen_layers: int = 0  # bottom decoder layers no adapter of any role touches (set by find_frozen_layers)
     notes: list[str] = field(default_factory=list)
 
@@ -146,7 +146,7 @@ def load_roles(policy: ModelConfig, adapter: AdapterConfig, value_model: str | N
         if adapter.type == "full":
             check_adapter_fits("ppo", policy, adapter)
             if value_model == "adapter":
-                raise AlignError("ppo: value_model: adapter needs a LoRA policy; use value_model: head")
+                raise AlignError("ppo: train.value.model: adapter needs a LoRA policy; use value.model: head")
             ref_model = copy.deepcopy(base).eval().requires_grad_(False)
             model = base.requires_grad_(True)
             ref_kind = "copy"
@@ -164,7 +164,7 @@ def load_roles(policy: ModelConfig, adapter: AdapterConfig, value_model: str | N
     trainable = (POLICY_ADAPTER,)
     if value_model == "adapter":
         if not hasattr(model, "peft_config"):
-            raise AlignError("ppo: value_model: adapter needs a LoRA policy; use value_model: head")
+            raise AlignError("ppo: train.value.model: adapter needs a LoRA policy; use value.model: head")
         value_cfg = copy.deepcopy(model.peft_config[POLICY_ADAPTER])
         value_cfg.inference_mode = False
         model.add_adapter(VALUE_ADAPTER, value_cfg)
@@ -199,11 +199,11 @@ def init_value_from_reward(roles: ModelRoles, adapter_config: Any, head: nn.Line
     (normalised, weighted) score of the sequence up to t, as a sequence classifier reads its last token:
     the critic starts from the reward model's judgement instead of from 0.
 
-    Needs value_model: adapter: the score head reads the reward adapter's hidden states, which the
-    policy trunk (value_model: head) does not produce.
+    Needs value.model: adapter: the score head reads the reward adapter's hidden states, which the
+    policy trunk (value.model: head) does not produce.
     """
     if not roles.value_adapter:
-        raise AlignError("ppo: value_init: reward needs value_model: adapter (the reward model's score head reads "
+        raise AlignError("ppo: train.value.init: reward needs value.model: adapter (the reward model's score head reads "
                          "its own adapter's hidden states; on the policy trunk it would not give the reward model's "
                          "scores)")
     config = copy.deepcopy(adapter_config)

@@ -42,7 +42,8 @@ class QuerySampler:
         """Prompt indices for PPO step `step` (0-based): the whole batch, or with `world` processes
         process `rank`'s contiguous share of it (the shards, in rank order, are the whole batch)."""
         if self.batch_size % world:
-            raise AlignError(f"ppo: ppo.batch_size ({self.batch_size}) must be a multiple of the world size ({world})")
+            raise AlignError(f"ppo: {self.batch_size} queries per step (ppo.train.rollout.batch_size / group_size) must be "
+                             f"a multiple of the world size ({world})")
         share = self.batch_size // world
         out: list[int] = []
         start = step * self.batch_size + rank * share

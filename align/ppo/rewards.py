@@ -197,7 +197,7 @@ class SeparateRewardScorer:
 class WeightedSumScorer:
     """weight_0 * scorer_0 + weight_1 * scorer_1 + ...: e.g. a reward model plus a verifiable checker.
 
-    (To watch one part alone during training, also name it as ppo.gold_fn: it is logged as objective/gold.)
+    (To watch one part alone during training, also name it as ppo.train.log.gold_fn: it is logged as objective/gold.)
     """
 
     kind = "weighted_sum"

@@ -111,15 +111,16 @@ def generate(roles: ModelRoles, query_ids: torch.Tensor, query_mask: torch.Tenso
     from align.generation import sampling_config
 
     tok = roles.tokenizer
-    config = sampling_config(temperature=s.temperature, top_p=s.top_p, top_k=0, max_new_tokens=s.max_new_tokens,
-                             min_new_tokens=1, eos_token_id=eos_ids(tok, roles.model), pad_token_id=tok.pad_token_id)
-    chunk = s.generation_batch_size or len(query_ids)
+    config = sampling_config(temperature=s.rollout.temperature, top_p=s.rollout.top_p, top_k=0,
+                             max_new_tokens=s.rollout.max_new_tokens, min_new_tokens=1,
+                             eos_token_id=eos_ids(tok, roles.model), pad_token_id=tok.pad_token_id)
+    chunk = s.rollout.generation_batch_size or len(query_ids)
     # longest prompts first, so each generate() call pads its prompts to similar lengths
     order = torch.argsort(query_mask.sum(dim=1), descending=True, stable=True) if chunk < len(query_ids) else None
     if order is not None:
         query_ids, query_mask = query_ids[order], query_mask[order]
     pieces = []
-    with merged_for_sampling(roles, s.merge_for_sampling), roles.autocast(no_grad=True):
+    with merged_for_sampling(roles, s.rollout.merge_for_sampling), roles.autocast(no_grad=True):
         for start in range(0, len(query_ids), chunk):
             mask = query_mask[start : start + chunk]
             first = int(mask.any(dim=0).long().argmax())  # drop columns that are padding in every row
@@ -200,7 +201,8 @@ def rollout(
     response_ids, response_mask = response_ids[:, :width], response_mask[:, :width]
     responses = decode_responses(tok, response_ids, response_mask, eos)
     raw = torch.tensor(scorer.score(queries, responses), dtype=torch.float32)
-    scores = raw if s.missing_eos_penalty is None else apply_missing_eos_penalty(raw, ended, s.missing_eos_penalty)
+    penalty = s.rollout.missing_eos_penalty
+    scores = raw if penalty is None else apply_missing_eos_penalty(raw, ended, penalty)
     r = Rollouts(
         queries=queries, query_ids=query_ids, query_mask=query_mask, response_ids=response_ids,
         response_mask=response_mask, has_eos=ended, responses=responses, raw_scores=raw, scores=scores,
@@ -208,6 +210,6 @@ def rollout(
         gold=torch.tensor(gold.score(queries, responses)) if gold is not None else None,
     )
     t2 = time.perf_counter()
-    score_logprobs_values(roles, r, s.temperature, s.forward_batch_size, s.reuse_frozen_layers)
+    score_logprobs_values(roles, r, s.rollout.temperature, s.rollout.forward_batch_size, s.rollout.reuse_frozen_layers)
     r.seconds = {"time/generate_s": t1 - t0, "time/score_s": t2 - t1, "time/logprobs_s": time.perf_counter() - t2}
     return r

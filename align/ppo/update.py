@@ -2,7 +2,7 @@
 
 Advantages come from GAE with the value model, or critic-free from the other samples of the same
 query (rloo, grpo). Losses are token-level means over each optimizer batch (mini_batch_size *
-grad_accum rollouts) unless ppo.loss_aggregation says otherwise. A micro-batch's loss is weighted
+grad_accum rollouts) unless ppo.train.loss_aggregation says otherwise. A micro-batch's loss is weighted
 by its share of the optimizer batch (of response tokens, or of rollouts for per-response and
 constant aggregation), so 8 rollouts x 1 micro-batch and 4 x 2 accumulated give the same gradient.
 
@@ -57,28 +57,28 @@ def estimate_advantages(r: Rollouts, kl_coef: float, s: PPOSettings) -> Advantag
     """Score at the last token, -beta * KL on every token (unless the KL is a loss term), then
     GAE with the value model, or one advantage per rollout from its query group (rloo, grpo)."""
     mask = r.response_mask
-    in_reward = kl_coef if s.kl_penalty == "reward" else 0.0
-    rewards, kl = shape_rewards(r.scores, r.logprobs, r.ref_logprobs, mask, in_reward, s.kl_estimator)
-    if s.whiten_rewards:
+    in_reward = kl_coef if s.kl.penalty == "reward" else 0.0
+    rewards, kl = shape_rewards(r.scores, r.logprobs, r.ref_logprobs, mask, in_reward, s.kl.estimator)
+    if s.advantage.whiten_rewards:
         rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
     # A batch whose scores are all equal (common with 0/1 programmatic rewards) carries no preference
     # signal: its advantages are only value-model error and KL noise, and whitening would blow that
     # noise up to unit scale and take a full-size step on it.
     varied = bool(r.scores.max() - r.scores.min() > 1e-8)
     flat = 0.0
-    if s.advantage == "gae":
-        advantages, returns = compute_gae(rewards, r.values, mask, s.gamma, s.lam)
-        whiten = s.whiten_advantages and varied
+    if s.advantage.estimator == "gae":
+        advantages, returns = compute_gae(rewards, r.values, mask, s.advantage.gamma, s.advantage.lam)
+        whiten = s.advantage.whiten_advantages and varied
     else:
         seq_returns = sequence_returns(rewards, mask)  # score - beta * sum of KL (gamma = 1)
-        if s.advantage == "rloo":
-            per_rollout = rloo_advantages(seq_returns, s.group_size)
+        if s.advantage.estimator == "rloo":
+            per_rollout = rloo_advantages(seq_returns, s.rollout.group_size)
         else:
-            per_rollout = grpo_advantages(seq_returns, s.group_size, scale=not s.dr_grpo)
+            per_rollout = grpo_advantages(seq_returns, s.rollout.group_size, scale=not s.advantage.dr_grpo)
         advantages = broadcast_to_tokens(per_rollout, mask)
         returns = broadcast_to_tokens(seq_returns, mask)
-        whiten = s.advantage == "rloo" and s.whiten_advantages and varied
-        groups = r.scores.view(-1, s.group_size)
+        whiten = s.advantage.estimator == "rloo" and s.advantage.whiten_advantages and varied
+        groups = r.scores.view(-1, s.rollout.group_size)
         flat = float(((groups.max(dim=1).values - groups.min(dim=1).values) <= 1e-8).float().mean())
     if whiten:
         advantages = whiten_advantages(advantages, mask)
@@ -136,8 +136,8 @@ def rows_per_process(s: PPOSettings, world: int) -> int:
     all processes, so a recipe means the same on 1 or N of them; both must split evenly, and so must
     the step's queries: a query's group of samples is rolled out on one process."""
     if world > 1:
-        bad = [f"ppo.{key} ({value})" for key, value in (("batch_size", s.batch_size),
-                                                          ("mini_batch_size", s.mini_batch_size)) if value % world]
+        bad = [f"ppo.train.{key} ({value})" for key, value in (("rollout.batch_size", s.rollout.batch_size),
+                                                                ("mini_batch_size", s.mini_batch_size)) if value % world]
         if bad:
             raise AlignError(
                 f"ppo: {' and '.join(bad)} must be a multiple of the world size ({world} processes): both count "
@@ -146,8 +146,9 @@ def rows_per_process(s: PPOSettings, world: int) -> int:
             )
         if s.queries_per_step % world:
             raise AlignError(
-                f"ppo: batch_size / group_size = {s.queries_per_step} queries per step must be a multiple of the "
-                f"world size ({world} processes): each process samples whole groups of {s.group_size}"
+                f"ppo: rollout.batch_size / rollout.group_size = {s.queries_per_step} queries per step must be a "
+                f"multiple of the world size ({world} processes): each process samples whole groups of "
+                f"{s.rollout.group_size}"
             )
     return s.mini_batch_size // world
 
@@ -187,8 +188,8 @@ def step_with_rollouts(
     world, rank = distributed.world_size(), distributed.rank()
     local = rows_per_process(s, world)
     if world > 1 and B % per_update:
-        raise AlignError(f"ppo: {B} rollouts do not split into optimizer batches of ppo.mini_batch_size * "
-                         f"ppo.grad_accum = {per_update} (needed with {world} processes)")
+        raise AlignError(f"ppo: {B} rollouts do not split into optimizer batches of ppo.train.mini_batch_size * "
+                         f"ppo.train.grad_accum = {per_update} (needed with {world} processes)")
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)  # same shuffles on resume
     device = roles.device
     totals: dict[str, float] = defaultdict(float)
@@ -215,35 +216,35 @@ def step_with_rollouts(
                 advantages = adv.advantages[rows, :width].to(device)
 
                 logits, values = policy_forward(roles, ids, attn, width, trunk=r.trunk_rows(rows))
-                logprobs = logprobs_from_logits(logits, ids[:, -width:], s.temperature)
+                logprobs = logprobs_from_logits(logits, ids[:, -width:], s.rollout.temperature)
                 pg_loss, pg_stats = ppo_policy_loss(logprobs, old_logprobs, advantages, mask, s.cliprange,
-                                                    s.aggregation, s.max_new_tokens)
+                                                    s.aggregation, s.rollout.max_new_tokens)
                 loss = pg_loss
                 micro_stats = dict(pg_stats)
                 if values is not None:  # value loss: token mean, weighted like the policy loss
                     old_values = r.values[rows, :width].to(device)
                     returns = adv.returns[rows, :width].to(device)
-                    vf_loss, vf_stats = ppo_value_loss(values.float(), old_values, returns, mask, s.cliprange_value)
-                    loss = loss + s.vf_coef * vf_loss * (token_share / weight if weight else 0.0)
+                    vf_loss, vf_stats = ppo_value_loss(values.float(), old_values, returns, mask, s.value.cliprange)
+                    loss = loss + s.value.coef * vf_loss * (token_share / weight if weight else 0.0)
                     micro_stats.update(vf_stats)
-                if s.kl_penalty == "loss" and adv.kl_coef > 0:  # GRPO: beta * k3 KL to the ref_policy
+                if s.kl.penalty == "loss" and adv.kl_coef > 0:  # GRPO: beta * k3 KL to the ref_policy
                     ref_logprobs = r.ref_logprobs[rows, :width].to(device)
-                    kl_term = kl_loss(logprobs, ref_logprobs, mask, s.aggregation, s.max_new_tokens)
+                    kl_term = kl_loss(logprobs, ref_logprobs, mask, s.aggregation, s.rollout.max_new_tokens)
                     loss = loss + adv.kl_coef * kl_term
                     micro_stats["loss/kl"] = kl_term.detach()
                 with torch.set_grad_enabled(s.entropy_coef > 0):  # a stat only, unless it is a bonus
-                    entropy = masked_mean(entropy_from_logits(logits, s.temperature), mask)
+                    entropy = masked_mean(entropy_from_logits(logits, s.rollout.temperature), mask)
                 loss = loss - s.entropy_coef * entropy
                 (loss * weight).backward()
                 micro_stats.update({"policy/entropy": entropy.detach(), "loss/total": loss.detach()})
                 for k, v in micro_stats.items():
                     update_stats[k] += float(v) * weight
                 del logits
-                if ptx is not None and s.ptx_coef > 0:  # InstructGPT's PPO-ptx: + gamma * log-likelihood
+                if ptx is not None and s.ptx.coef > 0:  # InstructGPT's PPO-ptx: + gamma * log-likelihood
                     key = (((step * s.ppo_epochs + epoch) * 10_000 + u) * 100 + m) * world + rank
                     p_ids, p_mask, p_labels = (t.to(device) for t in ptx.sample(len(rows), key))
                     nll = ptx_loss(roles, p_ids, p_mask, p_labels)
-                    (s.ptx_coef * nll / (s.grad_accum * world)).backward()
+                    (s.ptx.coef * nll / (s.grad_accum * world)).backward()
                     update_stats["loss/ptx"] += float(nll.detach()) / (s.grad_accum * world)
             if world > 1:  # sums: each process's weights already divide by the global token count
                 distributed.reduce_gradients(params)

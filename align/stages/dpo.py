@@ -29,10 +29,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from align.config import TrainConfig
 from align.errors import AlignError
 from align.models import AdapterConfig, ModelConfig
 from align.stages import StageContext, StageResult
+from align.training import TrainConfig
 
 log = logging.getLogger("align.dpo")
 

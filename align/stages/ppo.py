@@ -9,11 +9,11 @@ Details of RLHF with PPO" (Huang et al. 2024) and alpaca_farm's split. Each step
     record_step_stats(...); kl_ctl.update(kl)        # stats.jsonl / tensorboard, adapt beta
 
 With a LoRA policy one copy of the base weights serves every role (see align.ppo.policy).
-With ``advantage: rloo`` or ``grpo`` each query is sampled group_size times, the group is its
-own baseline, and no value model is loaded or trained (REINFORCE leave-one-out, GRPO, Dr. GRPO).
-Under torchrun / accelerate launch the loop is data-parallel (see align.ppo.distributed): each
-process rolls out its shard of the step's batch_size queries, the rollouts are gathered, and
-every process takes the same update; rank 0 alone writes logs, checkpoints and outputs.
+With ``train.advantage.estimator: rloo`` or ``grpo`` each query is sampled rollout.group_size
+times, the group is its own baseline, and no value model is loaded or trained (REINFORCE
+leave-one-out, GRPO, Dr. GRPO). Under torchrun / accelerate launch the loop is data-parallel (see
+align.ppo.distributed): each process rolls out its shard of the step's queries, the rollouts are
+gathered, and every process takes the same update; rank 0 alone writes logs, checkpoints and outputs.
 Outputs: ``model/`` (the policy as a PEFT adapter or full checkpoint, plus tokenizer),
 ``value_head.safetensors`` (gae only), ``stats.jsonl``, ``samples.jsonl``, ``checkpoints/step-N/``.
 """
@@ -47,7 +47,8 @@ class Config(BaseModel):
         default_factory=AdapterConfig,
         description="Adapter to train when the policy is not already one (type: full trains every weight).",
     )
-    ppo: PPOSettings = Field(default_factory=PPOSettings, description="The PPO loop's settings.")
+    train: PPOSettings = Field(default_factory=PPOSettings, description="The PPO loop: optimisation here; rollout, "
+                               "advantage, kl, value, ptx and log in their sections.")
 
     @model_validator(mode="after")
     def _adapter_fits_model(self) -> Config:
@@ -80,7 +81,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     from align.ppo.update import PtxBatches, estimate_advantages, rows_per_process, step_with_rollouts
     from align.rl import AdaptiveKLController, FixedKLController
 
-    s = cfg.ppo
+    s = cfg.train
     distributed.init_from_env()  # before loading models: on CUDA it picks this process's GPU
     rank, world = distributed.rank(), distributed.world_size()
     main = distributed.is_main()
@@ -90,37 +91,37 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     set_seed(ctx.seed)
 
     # ---- models: policy, ref_policy, value_model, reward_model
-    roles = load_roles(policy_cfg, cfg.adapter, s.value_model if s.needs_value_model else None)
+    roles = load_roles(policy_cfg, cfg.adapter, s.value.model if s.needs_value_model else None)
     scorer = load_scorer(cfg.reward, cfg.reward.source, roles)
-    if s.value_init == "reward":
+    if s.value.init == "reward":
         start_value_from_reward(roles, scorer)
-    gold = FunctionScorer(s.gold_fn, "gold_fn") if s.gold_fn else None
+    gold = FunctionScorer(s.log.gold_fn, "gold_fn") if s.log.gold_fn else None
     _speed_notes(roles, s)
     for note in roles.notes:
         log.info("ppo: %s", note)
     if world > 1:
         _check_device(roles.device, rank)
-        log.info("ppo: process %d of %d rolls out %d of %d queries per step", rank, world, s.batch_size // world,
-                 s.batch_size)
+        log.info("ppo: process %d of %d rolls out %d of %d queries per step", rank, world, s.rollout.batch_size // world,
+                 s.rollout.batch_size)
 
     # ---- data: queries (and PPO-ptx demonstrations)
     queries = load_queries(prompts_cfg)
     tokens = encode_queries(roles.tokenizer, queries)
-    kept = [i for i, t in enumerate(tokens) if len(t) <= s.max_prompt_length]
+    kept = [i for i, t in enumerate(tokens) if len(t) <= s.rollout.max_prompt_length]
     if not kept:
-        raise AlignError(f"ppo: every prompt in {prompts_cfg.path} is longer than max_prompt_length={s.max_prompt_length}")
+        raise AlignError(f"ppo: every prompt in {prompts_cfg.path} is longer than rollout.max_prompt_length={s.rollout.max_prompt_length}")
     if len(kept) < len(queries):
-        log.warning("ppo: skipped %d prompts longer than %d tokens", len(queries) - len(kept), s.max_prompt_length)
+        log.warning("ppo: skipped %d prompts longer than %d tokens", len(queries) - len(kept), s.rollout.max_prompt_length)
     queries, tokens = [queries[i] for i in kept], [tokens[i] for i in kept]
     sampler = QuerySampler(len(queries), s.queries_per_step, ctx.seed)
     ptx = None
-    if s.ptx_coef > 0:
-        ptx = PtxBatches(roles.tokenizer, load_examples(s.ptx_data), s.ptx_max_length, ctx.seed)
+    if s.ptx.coef > 0:
+        ptx = PtxBatches(roles.tokenizer, load_examples(s.ptx.data), s.ptx.max_length, ctx.seed)
 
     # ---- optimisation state, resumed from the newest checkpoint if a run was interrupted
     optimizer = torch.optim.AdamW(roles.trainable_parameters(), lr=s.lr, eps=s.adam_eps, weight_decay=s.weight_decay)
-    kl_ctl = (AdaptiveKLController(s.init_kl_coef, s.target_kl, s.kl_horizon) if s.adaptive_kl
-              else FixedKLController(s.init_kl_coef))
+    kl_ctl = (AdaptiveKLController(s.kl.init_coef, s.kl.target, s.kl.horizon) if s.kl.adaptive
+              else FixedKLController(s.kl.init_coef))
     ckpt_root = ctx.stage_dir / "checkpoints"
     start_step, resumed_from = 0, None
     if rank > 0:  # same weights as rank 0 (same seed above), but its own sampling stream
@@ -135,11 +136,11 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     if main:
         for name in ("stats.jsonl", "samples.jsonl"):
             truncate_jsonl(ctx.stage_dir / name, start_step)
-        logger = StatsLog(ctx.stage_dir, "tensorboard" in s.report_to, start_step)
+        logger = StatsLog(ctx.stage_dir, "tensorboard" in s.log.report_to, start_step)
 
     # ---- the loop
     bar = tqdm(range(start_step, s.steps), desc="ppo", initial=start_step, total=s.steps,
-               disable=not s.progress or not main)
+               disable=not s.log.progress or not main)
     started = time.perf_counter()
     last_loss: tuple[int, float] | None = None  # for the message if training diverges
     for step in bar:
@@ -148,8 +149,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         for group in optimizer.param_groups:
             group["lr"] = lr
         # this process's shard of the step's queries, each group_size times in a row (a group)
-        batch = [i for i in sampler.indices(step, rank, world) for _ in range(s.group_size)]
-        hint = f"lower ppo.ppo.lr (now {s.lr:g})"
+        batch = [i for i in sampler.indices(step, rank, world) for _ in range(s.rollout.group_size)]
+        hint = f"lower ppo.train.lr (now {s.lr:g})"
         first = f"check the policy it started from ({resumed_from or policy_cfg.name}) for NaN/inf weights"
         # NaN/inf: one clear error naming this step (a policy that cannot sample at once was broken before)
         with in_step("ppo", step + 1, last_loss, first if step == start_step else hint, bar):
@@ -169,12 +170,12 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         if is_finite(update_stats.get("loss/total")):
             last_loss = (step + 1, update_stats["loss/total"])
         stats = record_step_stats(rollouts, adv, update_stats, kl_coef)
-        kl_ctl.update(stats["objective/kl"], n_steps=s.batch_size)
+        kl_ctl.update(stats["objective/kl"], n_steps=s.rollout.batch_size)
         stats.update({"lr": lr, "time/step_s": time.perf_counter() - t0})
         if logger is not None:
             logger.log(step + 1, stats)
-            if (step + 1) % s.sample_every == 0 or step == 0:
-                logger.samples(step + 1, rollouts, s.num_samples)
+            if (step + 1) % s.log.sample_every == 0 or step == 0:
+                logger.samples(step + 1, rollouts, s.log.num_samples)
         bar.set_postfix(score=f"{stats['objective/scores']:.3f}", kl=f"{stats['objective/kl']:.3f}")
         if (step + 1) % s.save_steps == 0 or step + 1 == s.steps:
             rng_states = distributed.all_gather_object(rng_state()) if world > 1 else None
@@ -204,7 +205,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         "trainable_params": sum(p.numel() for p in roles.trainable_parameters()),
         "prompts": len(queries),
         "world_size": world,
-        "advantage": s.advantage,
+        "advantage": s.advantage.estimator,
     })
     outputs = {"model": str(out_dir)}
     if roles.value_head is not None:
@@ -216,16 +217,17 @@ def _speed_notes(roles: Any, s: PPOSettings) -> None:
     """Decide (and say) how rollouts are made cheaper for this model."""
     from align.ppo.policy import find_frozen_layers, merge_blocker
 
-    blocker = merge_blocker(roles) if s.merge_for_sampling else "ppo.merge_for_sampling is off"
+    blocker = merge_blocker(roles) if s.rollout.merge_for_sampling else "ppo.train.rollout.merge_for_sampling is off"
     roles.notes.append("sampling: the policy's LoRA merged into the base weights (restored exactly after)"
                        if blocker is None else f"sampling: unmerged ({blocker})")
-    roles.frozen_layers = find_frozen_layers(roles) if s.reuse_frozen_layers else 0
+    roles.frozen_layers = find_frozen_layers(roles) if s.rollout.reuse_frozen_layers else 0
     if roles.frozen_layers:
         roles.notes.append(f"the {roles.frozen_layers} lower layers carry no adapter: computed once per rollout and "
                            "reused by the ref_policy and every update")
-    if s.rollout_precision == "bf16":
+    if s.rollout.precision == "bf16":
         roles.rollout_bf16 = True
-        roles.notes.append("sampling, reward scores and old/ref log-probs under bf16 autocast (ppo.rollout_precision)")
+        roles.notes.append("sampling, reward scores and old/ref log-probs under bf16 autocast "
+                           "(ppo.train.rollout.precision)")
 
 
 def check_scores(scores: Any, kind: str) -> None:

@@ -62,10 +62,11 @@ def run(cfg: Config, ctx: StageContext, *, standalone: bool = False) -> StageRes
         updates["seed"] = ctx.seed
     teacher_cfg = teacher_cfg.model_copy(update=updates)
     sampling = cfg.sampling
-    if sampling.bootstrap_stop is None and teacher_cfg.resolved_endpoint == "chat":
+    if sampling.bootstrap.stop is None and teacher_cfg.resolved_endpoint == "chat":
         # Chat models often put blank lines between list items; the parser copes, a "\n\n" stop would not.
-        stops = bootstrap_stop(sampling.num_prompt_instructions, sampling.bootstrap_prompt, chat=True)
-        sampling = sampling.model_copy(update={"bootstrap_stop": stops})
+        boot = sampling.bootstrap
+        stops = bootstrap_stop(boot.num_prompt_instructions, boot.prompt, chat=True)
+        sampling = sampling.model_copy(update={"bootstrap": boot.model_copy(update={"stop": stops})})
 
     seed_tasks = load_seed_tasks(cfg.seeds)
     teacher = make_teacher(teacher_cfg)

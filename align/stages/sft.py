@@ -18,11 +18,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from align.config import TrainConfig
 from align.data import DataConfig, load_examples, split_examples
 from align.errors import AlignError
 from align.models import AdapterConfig, ModelConfig, adapter_problem
 from align.stages import StageContext, StageResult
+from align.training import TrainConfig
 
 log = logging.getLogger("align.sft")
 

@@ -16,9 +16,9 @@ from test_self_instruct_scripted import ScriptedBackend
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
-TINY_PPO = ["ppo.prompts.max_samples=4", *[f"ppo.ppo.{key}" for key in (
-    "steps=1", "batch_size=2", "mini_batch_size=2", "max_new_tokens=8", "ppo_epochs=1", "report_to=[none]",
-    "save_steps=1", "sample_every=1", "progress=false", "gold_fn=null")]]
+TINY_PPO = ["ppo.prompts.max_samples=4", *[f"ppo.train.{key}" for key in (
+    "steps=1", "rollout.batch_size=2", "mini_batch_size=2", "rollout.max_new_tokens=8", "ppo_epochs=1",
+    "log.report_to=[none]", "save_steps=1", "log.sample_every=1", "log.progress=false", "log.gold_fn=null")]]
 
 
 def run_example(name: str, *argv: str):

@@ -76,7 +76,6 @@ def measure(case: dict, tokenizer) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from align.config import TrainConfig
     from align.models import (
         AdapterConfig,
         ModelConfig,
@@ -85,7 +84,7 @@ def measure(case: dict, tokenizer) -> dict:
         peft_config,
         pick_precision,
     )
-    from align.training import trainer_args
+    from align.training import TrainConfig, trainer_args
 
     torch.manual_seed(0)
     words = ["the", "model", "learns", "to", "answer", "questions", "about", "memory", "and", "planning", "in",

@@ -17,8 +17,8 @@ from tests.integration.test_ppo import files, ppo_config, sft_adapter  # noqa: F
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ESTIMATORS = {
-    "rloo": dict(advantage="rloo"),
-    "grpo_kl_loss": dict(advantage="grpo", kl_penalty="loss"),
+    "rloo": dict(advantage={"estimator": "rloo"}),
+    "grpo_kl_loss": dict(advantage={"estimator": "grpo"}, kl={"penalty": "loss"}),
 }
 
 
@@ -26,8 +26,8 @@ ESTIMATORS = {
 def test_critic_free_estimator_raises_the_reward(name, sft_adapter, files, tmp_path):  # noqa: F811
     out = tmp_path / "ppo"
     out.mkdir()
-    cfg = ppo_config(str(sft_adapter), files, steps=24, group_size=4, lr=1e-3, save_steps=24, gold_fn=None,
-                     report_to=["none"], **ESTIMATORS[name])
+    cfg = ppo_config(str(sft_adapter), files, steps=24, rollout={"group_size": 4}, lr=1e-3, save_steps=24,
+                     log={"gold_fn": None, "report_to": ["none"]}, **ESTIMATORS[name])
     result = run(cfg, StageContext("ppo", out, tmp_path, seed=0, upstream={}))
     stats = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
     scores = [s["objective/scores"] for s in stats]
@@ -41,6 +41,6 @@ def test_critic_free_estimator_raises_the_reward(name, sft_adapter, files, tmp_p
     assert not (out / "value_head.safetensors").exists()
     assert not list((out / "checkpoints").glob("*/value_head.safetensors"))
     assert any("value_model = none" in note for note in result.metrics["roles"])
-    assert result.metrics["advantage"] == ESTIMATORS[name]["advantage"]
-    if ESTIMATORS[name].get("kl_penalty") == "loss":
+    assert result.metrics["advantage"] == ESTIMATORS[name]["advantage"]["estimator"]
+    if ESTIMATORS[name].get("kl", {}).get("penalty") == "loss":
         assert "loss/kl" in stats[0]

@@ -26,8 +26,9 @@ QUERIES = [[{"role": "user", "content": text}] for text in (
     "Tell me about the sea.", "Write a short poem about autumn leaves.", "Give three tips for sleeping well.",
     "Describe a cat.", "How do plants grow?", "Why is the sky blue?", "Name a color.", "Say something.",
 )]  # the long ones in the first half: rank 1's queries are narrower, and the gather must pad them
-SETTINGS = dict(batch_size=8, mini_batch_size=4, grad_accum=2, ppo_epochs=2, lr=1e-2, max_new_tokens=10,
-                temperature=0.9, init_kl_coef=0.05, report_to=["none"], progress=False)
+SETTINGS = dict(mini_batch_size=4, grad_accum=2, ppo_epochs=2, lr=1e-2,
+                rollout={"batch_size": 8, "max_new_tokens": 10, "temperature": 0.9}, kl={"init_coef": 0.05},
+                log={"report_to": ["none"], "progress": False})
 KL_COEF = 0.05
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -152,8 +153,9 @@ ppo:
   policy: "@sft"
   reward: "{tmp_path / 'len_reward.py'}:score"
   prompts: {REPO}/examples/data/alpaca_tiny.json
-  ppo: {{steps: 3, batch_size: 4, mini_batch_size: 2, ppo_epochs: 2, lr: 1.0e-3, max_new_tokens: 8,
-         save_steps: 2, sample_every: 1, num_samples: 4, report_to: [tensorboard], progress: false}}
+  train: {{steps: 3, mini_batch_size: 2, ppo_epochs: 2, lr: 1.0e-3, save_steps: 2,
+           rollout: {{batch_size: 4, max_new_tokens: 8}},
+           log: {{sample_every: 1, num_samples: 4, report_to: [tensorboard], progress: false}}}}
 """)
     return path
 

@@ -14,6 +14,7 @@ import pytest
 
 from align.stages import StageContext
 from align.stages.ppo import Config, run
+from tests.conftest import merged
 
 DRIVER = """
 import json, sys, torch
@@ -43,10 +44,10 @@ def config(tmp_path: Path) -> dict:
     return {
         "policy": "tiny-llama", "reward": f"{tmp_path / 'slow_reward.py'}:frac_e",
         "prompts": str(tmp_path / "prompts.jsonl"), "adapter": {"r": 4, "alpha": 8, "dropout": 0.0},
-        "ppo": {"steps": 12, "batch_size": 4, "mini_batch_size": 2, "grad_accum": 2, "ppo_epochs": 2, "lr": 3e-3,
-                "max_new_tokens": 6, "adaptive_kl": True, "target_kl": 0.5, "kl_horizon": 50, "save_steps": 2,
-                "save_total_limit": 2, "sample_every": 1, "num_samples": 1, "report_to": ["tensorboard"],
-                "progress": False},
+        "train": {"steps": 12, "mini_batch_size": 2, "grad_accum": 2, "ppo_epochs": 2, "lr": 3e-3, "save_steps": 2,
+                  "save_total_limit": 2, "rollout": {"batch_size": 4, "max_new_tokens": 6},
+                  "kl": {"adaptive": True, "target": 0.5, "horizon": 50},
+                  "log": {"sample_every": 1, "num_samples": 1, "report_to": ["tensorboard"], "progress": False}},
     }
 
 
@@ -56,12 +57,12 @@ def read(path: Path) -> list[dict]:
 
 @pytest.mark.parametrize("estimator", [
     {},
-    {"advantage": "rloo", "group_size": 2},
-    {"advantage": "grpo", "group_size": 2, "dr_grpo": True, "kl_penalty": "loss"},
+    {"advantage": {"estimator": "rloo"}, "rollout": {"group_size": 2}},
+    {"advantage": {"estimator": "grpo", "dr_grpo": True}, "rollout": {"group_size": 2}, "kl": {"penalty": "loss"}},
 ], ids=["gae", "rloo", "dr_grpo"])
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path, estimator):
     raw = config(tmp_path)
-    raw["ppo"].update(estimator)
+    raw["train"] = merged(raw["train"], estimator)
     straight = tmp_path / "straight"
     straight.mkdir()
     run(Config.model_validate(raw), StageContext("ppo", straight, tmp_path, seed=0, upstream={}))
@@ -101,7 +102,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_pa
 def test_finished_run_resumes_to_the_same_outputs(tiny_model_dir, tmp_path):
     """Re-running a finished stage (e.g. killed while writing outputs) redoes no step."""
     raw = config(tmp_path)
-    raw["ppo"].update(steps=2, report_to=["none"])
+    raw["train"] = merged(raw["train"], {"steps": 2, "log": {"report_to": ["none"]}})
     out = tmp_path / "ppo"
     out.mkdir()
     first = run(Config.model_validate(raw), StageContext("ppo", out, tmp_path, seed=0, upstream={}))

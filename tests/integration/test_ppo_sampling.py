@@ -117,4 +117,4 @@ def test_no_value_model_for_critic_free_estimators(tiny_model_dir):
     enc = query(roles)
     logits, values = policy_forward(roles, enc["input_ids"], enc["attention_mask"], 3)
     assert values is None and logits.shape[1] == 3
-    assert not PPOSettings(advantage="grpo", group_size=2).needs_value_model
+    assert not PPOSettings(advantage={"estimator": "grpo"}, rollout={"group_size": 2}).needs_value_model

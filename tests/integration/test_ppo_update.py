@@ -14,6 +14,7 @@ from align.ppo.rewards import FunctionScorer
 from align.ppo.rollout import encode_queries, eos_ids, left_pad, rollout
 from align.ppo.update import estimate_advantages, step_with_rollouts
 from align.rl import logprobs_from_logits
+from tests.conftest import merged
 
 QUERIES = [[{"role": "user", "content": text}] for text in (
     "Tell me about the sea.", "Write a short poem about autumn leaves.", "Name a color.", "Describe a cat.",
@@ -25,10 +26,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def settings(**kw) -> PPOSettings:
-    base = dict(batch_size=8, mini_batch_size=8, grad_accum=1, ppo_epochs=2, lr=1e-2, max_new_tokens=10,
-                temperature=0.9, init_kl_coef=0.05, report_to=["none"], progress=False)
-    base.update(kw)
-    return PPOSettings(**base)
+    """Small PPO settings; `kw` changes keys of ppo.train (sections as dicts: kl={"init_coef": 0.0})."""
+    base = dict(mini_batch_size=8, grad_accum=1, ppo_epochs=2, lr=1e-2, rollout={"batch_size": 8, "max_new_tokens": 10,
+                "temperature": 0.9}, kl={"init_coef": 0.05}, log={"report_to": ["none"], "progress": False})
+    return PPOSettings(**merged(base, kw))
 
 
 def fresh_roles():
@@ -101,7 +102,7 @@ def test_micro_batches_with_accumulation_give_the_same_update(tiny_model_dir, re
 def test_update_raises_logprob_of_high_advantage_responses(tiny_model_dir, reward_spec):
     """One update must make the better-scored half of the batch more likely: fails if the sign is wrong."""
     roles = fresh_roles()
-    s = settings(ppo_epochs=4, lr=3e-3, init_kl_coef=0.0)
+    s = settings(ppo_epochs=4, lr=3e-3, kl={"init_coef": 0.0})
     torch.manual_seed(3)
     r = rollout(roles, FunctionScorer(reward_spec), QUERIES, encode_queries(roles.tokenizer, QUERIES), s)
     old = (r.logprobs * r.response_mask).sum(1)
@@ -109,7 +110,7 @@ def test_update_raises_logprob_of_high_advantage_responses(tiny_model_dir, rewar
     ids, mask, width = r.inputs(slice(None))
     with torch.no_grad():
         logits, _ = policy_forward(roles, ids, mask, width)
-    new = (logprobs_from_logits(logits, ids[:, -width:], s.temperature) * r.response_mask[:, :width]).sum(1)
+    new = (logprobs_from_logits(logits, ids[:, -width:], s.rollout.temperature) * r.response_mask[:, :width]).sum(1)
     order = torch.argsort(r.scores)
     low, high = order[: len(order) // 2], order[len(order) // 2 :]
     gain = new - old
@@ -130,7 +131,7 @@ def test_ptx_term_fits_the_demonstrations(tiny_model_dir, reward_spec):
     assert (labels[:, 0] == -100).all() and (labels != -100).any()  # prompt tokens carry no loss
     with torch.no_grad():
         before = float(ptx_loss(roles, ids, mask, labels))
-    s = settings(ptx_coef=5.0, ptx_data=data, lr=1e-2, ppo_epochs=2, mini_batch_size=4, grad_accum=2)
+    s = settings(ptx={"coef": 5.0, "data": data}, lr=1e-2, ppo_epochs=2, mini_batch_size=4, grad_accum=2)
     r = rollout(roles, FunctionScorer(reward_spec), QUERIES, encode_queries(roles.tokenizer, QUERIES), s)
     optimizer = torch.optim.AdamW(roles.trainable_parameters(), lr=s.lr, eps=s.adam_eps)
     stats = step_with_rollouts(roles, optimizer, r, estimate_advantages(r, 0.05, s), s, seed=0, step=0, ptx=ptx)
@@ -164,7 +165,7 @@ def test_other_role_layouts_train(tiny_model_dir, reward_spec, adapter, value_mo
 
 def test_responses_without_eos_get_the_missing_eos_penalty(tiny_model_dir, reward_spec):
     roles = fresh_roles()
-    s = settings(max_new_tokens=3, missing_eos_penalty=-1.0)
+    s = settings(rollout={"max_new_tokens": 3, "missing_eos_penalty": -1.0})
     torch.manual_seed(4)
     r = rollout(roles, FunctionScorer(reward_spec), QUERIES, encode_queries(roles.tokenizer, QUERIES), s)
     assert (~r.has_eos).sum() >= 6  # an untrained model rarely stops within 3 tokens
@@ -182,14 +183,14 @@ def test_entropy_bonus_raises_entropy(tiny_model_dir, tmp_path):
 
     (tmp_path / "flat.py").write_text("def zero(prompt, response):\n    return 0.0\n")
     roles = fresh_roles()
-    s = settings(entropy_coef=1.0, init_kl_coef=0.0, vf_coef=0.0, lr=1e-2, temperature=0.5)
+    s = settings(entropy_coef=1.0, kl={"init_coef": 0.0}, value={"coef": 0.0}, lr=1e-2, rollout={"temperature": 0.5})
     r = rollout(roles, FunctionScorer(f"{tmp_path / 'flat.py'}:zero"), QUERIES, encode_queries(roles.tokenizer, QUERIES), s)
 
     def entropy() -> float:
         ids, mask, width = r.inputs(slice(None))
         with torch.no_grad():
             logits, _ = policy_forward(roles, ids, mask, width)
-        return float(masked_mean(entropy_from_logits(logits, s.temperature), r.response_mask[:, :width]))
+        return float(masked_mean(entropy_from_logits(logits, s.rollout.temperature), r.response_mask[:, :width]))
 
     before = entropy()  # an untrained model is already near the maximum, ln(1024) = 6.93
     run_update(roles, r, s)

@@ -78,11 +78,11 @@ def test_value_start_scales_with_the_reward_models_weight_in_a_sum(tiny_model_di
 
 
 def test_value_start_needs_an_adapter_value_model_and_a_shared_reward_model(tiny_model_dir, tmp_path, reward_spec):
-    with pytest.raises(ValidationError, match="value_init: reward needs value_model: adapter"):
-        PPOSettings(value_init="reward")
-    assert PPOSettings(value_init="reward", value_model="adapter").value_init == "reward"
+    with pytest.raises(ValidationError, match="value.init: reward needs value.model: adapter"):
+        PPOSettings(value={"init": "reward"})
+    assert PPOSettings(value={"init": "reward", "model": "adapter"}).value.init == "reward"
     roles, scorer = roles_and_scorer(tiny_model_dir, tmp_path, value_model="head")
-    with pytest.raises(AlignError, match="needs value_model: adapter"):
+    with pytest.raises(AlignError, match="needs value.model: adapter"):
         start_value_from_reward(roles, scorer)
     roles = load_roles(ModelConfig(name="tiny-llama"), AdapterConfig(r=4, alpha=8, dropout=0.0), value_model="adapter")
     function = load_scorer(RewardConfig(source=reward_spec, functions=[RewardTerm(function=reward_spec)]),
@@ -98,11 +98,11 @@ def test_ppo_stage_runs_with_value_init_and_resumes(tiny_model_dir, tmp_path):
     reward_dir = make_reward_adapter(tmp_path / "rm", tiny_model_dir)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": q[-1]["content"]}) + "\n" for q in QUERIES))
-    settings = {"steps": 2, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1, "max_new_tokens": 6,
-                "value_model": "adapter", "value_init": "reward", "save_steps": 1, "report_to": ["none"],
-                "progress": False}
+    settings = {"steps": 2, "mini_batch_size": 2, "ppo_epochs": 1, "save_steps": 1,
+                "rollout": {"batch_size": 4, "max_new_tokens": 6}, "value": {"model": "adapter", "init": "reward"},
+                "log": {"report_to": ["none"], "progress": False}}
     cfg = Config.model_validate({"policy": "tiny-llama", "reward": str(reward_dir), "prompts": str(prompts),
-                                 "adapter": {"r": 4, "alpha": 8, "dropout": 0.0}, "ppo": settings})
+                                 "adapter": {"r": 4, "alpha": 8, "dropout": 0.0}, "train": settings})
     stage_dir = tmp_path / "ppo"
     stage_dir.mkdir()
     ctx = StageContext(name="ppo", stage_dir=stage_dir, run_dir=tmp_path, seed=0, upstream={})

@@ -38,10 +38,10 @@ TINY_INSTRUCTGPT = [
     "reward.train.max_steps=4", "reward.train.batch_size=2", "reward.eval_fraction=0.25",
     "dpo.train.max_steps=4", "dpo.train.batch_size=2", "dpo.eval_fraction=0.25",
     "ppo.prompts.max_samples=8",
-    *[f"ppo.ppo.{key}" for key in (
-        "steps=2", "batch_size=4", "mini_batch_size=2", "grad_accum=1", "max_new_tokens=12",
-        "generation_batch_size=4", "kl_horizon=16", "report_to=[none]", "progress=false", "save_steps=1",
-        "sample_every=1")],
+    *[f"ppo.train.{key}" for key in (
+        "steps=2", "rollout.batch_size=4", "mini_batch_size=2", "grad_accum=1", "rollout.max_new_tokens=12",
+        "rollout.generation_batch_size=4", "kl.horizon=16", "log.report_to=[none]", "log.progress=false",
+        "save_steps=1", "log.sample_every=1")],
     "eval.num_prompts=4", "eval.max_new_tokens=12", "eval.batch_size=4",
 ]
 
@@ -69,7 +69,7 @@ def test_instructgpt_recipe_is_one_coherent_loop(monkeypatch):
     assert r.ppo.reward.source == "@reward" and r.ppo.reward.share_base
     assert r.reward.data == "@rank" and r.rank.judge.type == "gold"
     assert r.rank.prompts.where == {"split": "train"} == r.ppo.prompts.where
-    assert r.ppo.ppo.adaptive_kl and 4 <= r.rank.k <= 9
+    assert r.ppo.train.kl.adaptive and 4 <= r.rank.k <= 9
     assert r.eval.prompts == "gold:heldout" and r.eval.reference == "@sft" and r.eval.reward_model == "@reward"
     assert set(r.eval.policies.values()) == {"@sft", "@ppo", "@dpo"}
     assert r.dpo.model.name == "@sft" and r.dpo.data == "@rank"  # the offline arm on exactly the same rankings

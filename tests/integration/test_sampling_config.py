@@ -126,7 +126,8 @@ def test_ppo_rollout_sampling_is_pure(leaky_dir):
     roles = SimpleNamespace(model=model, tokenizer=tok, device=torch.device("cpu"), is_peft=False,
                             autocast=lambda no_grad=False: torch.autocast("cpu", enabled=False))
     ids, mask = left_pad(tok(["Hello", "Tell me a story"], add_special_tokens=False)["input_ids"], tok.pad_token_id)
-    out = generate(roles, ids, mask, PPOSettings(max_new_tokens=5, temperature=0.7, merge_for_sampling=False))
+    out = generate(roles, ids, mask, PPOSettings(rollout={"max_new_tokens": 5, "temperature": 0.7,
+                                                                 "merge_for_sampling": False}))
     assert out.shape[0] == 2
     # temperature, the one EOS-free first token the rollout asks for (min_new_tokens=1, which generate()
     # also turns into min_length = prompt + 1) and the NaN/inf check; nothing from the checkpoint

@@ -165,7 +165,7 @@ def test_real_tiny_model_server_run_stops_cleanly(tmp_path, tiny_backend):
     with running_server("tiny-llama", backend=tiny_backend) as srv:
         teacher = make_teacher({"type": "openai", "model": "tiny-llama", "base_url": srv.url, "endpoint": "completions",
                                 "batch_size": 4})
-        cfg = GenerationConfig(request_batch_size=4, bootstrap_max_tokens=24, instance_max_tokens=24,
+        cfg = GenerationConfig(request_batch_size=4, bootstrap={"max_tokens": 24}, instances={"max_tokens": 24},
                                max_idle_rounds=2, max_teacher_calls=6)
         result = generate(teacher, load_seed_tasks(), tmp_path, num_instructions=3, config=cfg, seed=5, progress=False)
     assert srv.stats["status_200"] == teacher.attempts >= 2

@@ -161,6 +161,23 @@ def test_override_into_shorthand_model_and_data(tmp_path):
     assert recipe.sft.data.path == "examples/data/alpaca_tiny.json" and recipe.sft.data.max_samples == 3
 
 
+def test_override_under_any_string_shorthand(tmp_path):
+    """Every section a plain string may stand for (align.sections.Shorthand) takes overrides under it."""
+    text = ("name: t\nself_instruct: {teacher: tiny-llama}\nppo: {policy: tiny-llama, reward: \"m:f\", "
+            "prompts: examples/data/alpaca_tiny.json}\nrank: {policy: tiny-llama, prompts: examples/data/alpaca_tiny.json, "
+            "judge: {type: llm, teacher: tiny-llama}}\n")
+    recipe = load_recipe(write(tmp_path, text), ["ppo.reward.batch_size=8", "self_instruct.teacher.batch_size=2",
+                                                 "rank.judge.teacher.batch_size=3", "rank.policy.precision=fp32"])
+    assert recipe.ppo.reward.source == "m:f" and recipe.ppo.reward.batch_size == 8
+    assert recipe.self_instruct.teacher.model == "tiny-llama" and recipe.self_instruct.teacher.batch_size == 2
+    assert recipe.rank.judge.teacher.model == "tiny-llama" and recipe.rank.judge.teacher.batch_size == 3
+    assert recipe.rank.policy.name == "tiny-llama" and recipe.rank.policy.precision == "fp32"
+    with pytest.raises(AlignError, match="ppo.train.ptx.data.path: required key is missing"):
+        load_recipe(write(tmp_path, text), ["ppo.train.ptx.data.max_samples=3"])
+    with pytest.raises(AlignError, match="ppo.prompts.path is a str in .*, not a section"):
+        load_recipe(write(tmp_path, text), ["ppo.prompts.path.x=1"])
+
+
 def test_cli_overrides_after_options(tmp_path, capsys):
     from align.cli import main
 

@@ -151,7 +151,7 @@ def test_default_bootstrap_stops_are_the_originals():
     instructions; the guided style stops at "Task 16"."""
     assert bootstrap_stop(8) == ["\n\n", "\n16", "16.", "16 ."]
     assert bootstrap_stop(8, "guided") == ["\n\n", "Task 16"]
-    assert GenerationConfig().bootstrap_prompt == "original"
+    assert GenerationConfig().bootstrap.prompt == "original"
 
 
 def test_guided_prompt_style_is_a_named_option():
@@ -207,7 +207,7 @@ def test_loop_drops_a_bootstrap_continuation_cut_at_the_limit(tmp_path):
 
 def test_loop_can_keep_the_complete_items_of_a_cut_off_bootstrap(tmp_path):
     teacher = ReasonTeacher([(CUT, "length")])
-    cfg = GenerationConfig(request_batch_size=1, max_teacher_calls=3, bootstrap_on_length="drop_last")
+    cfg = GenerationConfig(request_batch_size=1, max_teacher_calls=3, bootstrap={"on_length": "drop_last"})
     result = generate(teacher, load_seed_tasks(), tmp_path, num_instructions=1, config=cfg, progress=False)
     assert [r["instruction"] for r in result.records] == ["Plan a two-day itinerary for a first visit to Rome."]
 

@@ -11,9 +11,16 @@ import pytest
 import torch
 from transformers import TrainerControl, TrainerState
 
-from align.divergence import FiniteLogits, check_sampling_logits, grad_norm, in_step, non_finite_parameter
+from align.divergence import (
+    FP16_SKIPPED_STEPS,
+    FiniteLogits,
+    NonFiniteGuard,
+    check_sampling_logits,
+    grad_norm,
+    in_step,
+    non_finite_parameter,
+)
 from align.errors import AlignError, TrainingDiverged
-from align.training import FP16_SKIPPED_STEPS, NonFiniteGuard
 
 REPO = Path(__file__).resolve().parents[2]
 INF = float("inf")
@@ -107,9 +114,9 @@ def test_guard_checks_logged_loss_and_weights_before_a_checkpoint():
 
 
 def test_guard_refuses_to_checkpoint_non_finite_weights(monkeypatch):
-    import align.training as training
+    import align.divergence as divergence
 
-    monkeypatch.setattr(training, "non_finite_parameter", lambda named: "w")
+    monkeypatch.setattr(divergence, "non_finite_parameter", lambda named: "w")
     guard_call("on_step_end", NonFiniteGuard("sft"), save=False)  # checked only when a checkpoint is due
     with pytest.raises(TrainingDiverged, match="weight w became non-finite"):
         guard_call("on_step_end", NonFiniteGuard("sft"), save=True)

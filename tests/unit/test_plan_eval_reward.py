@@ -41,7 +41,7 @@ ppo:
   policy: "@sft"
   reward: {{source: "@reward"}}
   prompts: data.jsonl
-  ppo: {{batch_size: 8, mini_batch_size: 2, max_prompt_length: 32, max_new_tokens: 16}}
+  train: {{mini_batch_size: 2, rollout: {{batch_size: 8, max_prompt_length: 32, max_new_tokens: 16}}}}
 eval:
   policies: {{sft: "@sft", ppo: "@ppo"}}
   reference: "@sft"

@@ -40,7 +40,7 @@ ppo:
   policy: "@sft"
   reward: {{source: "@reward"}}
   prompts: "@self_instruct"
-  ppo: {{batch_size: 8, mini_batch_size: 2, max_prompt_length: 32, max_new_tokens: 16}}
+  train: {{mini_batch_size: 2, rollout: {{batch_size: 8, max_prompt_length: 32, max_new_tokens: 16}}}}
 eval:
   policies: {{sft: "@sft", ppo: "@ppo"}}
   reward_model: "@reward"
@@ -105,7 +105,7 @@ def test_ppo_full_policy_keeps_a_frozen_copy(recipe_file):
 
 def test_ppo_value_adapter_adds_a_second_forward(recipe_file):
     head = plan(recipe_file)["ppo"]
-    adapter = plan(recipe_file, "ppo.ppo.value_model=adapter")["ppo"]
+    adapter = plan(recipe_file, "ppo.train.value.model=adapter")["ppo"]
     assert adapter.term("value_model activations") == pytest.approx(head.term("activations"), rel=0.05)
     assert adapter.total > head.total
 

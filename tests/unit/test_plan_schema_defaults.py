@@ -28,7 +28,12 @@ ARCH = Arch("hand", hidden_size=64, intermediate_size=128, num_layers=2, num_hea
 
 
 def default(cls, name):
-    return cls.model_fields[name].default
+    """The schema's default of a field; dotted names walk into nested sections (rollout.batch_size)."""
+    *sections, last = name.split(".")
+    for section in sections:
+        field = cls.model_fields[section]
+        cls = field.annotation if field.default_factory is None else type(field.default_factory())
+    return cls.model_fields[last].default
 
 
 @pytest.fixture()
@@ -67,25 +72,26 @@ def test_train_settings_left_out_are_the_schema_defaults(base):
 
 def test_ppo_settings_left_out_are_the_schema_defaults(base):
     est = plan_one("ppo", {"policy": base, "reward": "m:f", "prompts": "p.jsonl"})
-    rollouts, prompt, new = (default(PPOSettings, k) for k in ("batch_size", "max_prompt_length", "max_new_tokens"))
-    assert default(PPOSettings, "generation_batch_size") is None  # None: all rollouts in one generate() call
+    rollouts, prompt, new = (default(PPOSettings, k) for k in ("rollout.batch_size", "rollout.max_prompt_length",
+                                                                    "rollout.max_new_tokens"))
+    assert default(PPOSettings, "rollout.generation_batch_size") is None  # None: all rollouts in one generate() call
     assert kv_term(est) == kv_cache_bytes(ARCH, rollouts, prompt + new, 2)  # bf16 on a GPU
-    mini, accum, fwd = (default(PPOSettings, k) for k in ("mini_batch_size", "grad_accum", "forward_batch_size"))
+    mini, accum, fwd = (default(PPOSettings, k) for k in ("mini_batch_size", "grad_accum", "rollout.forward_batch_size"))
     assert any(f"updates of {mini} x {accum}; {prompt} prompt + {new} response tokens" in n for n in est.notes)
     assert any(f"x {fwd} rollouts" in t.note for t in est.terms)
-    assert ("value head" in [t.name for t in est.terms]) == (default(PPOSettings, "advantage") == "gae")
+    assert ("value head" in [t.name for t in est.terms]) == (default(PPOSettings, "advantage.estimator") == "gae")
 
 
 def test_self_instruct_token_budgets_are_the_schema_defaults(base):
     est = plan_one("self_instruct", {"teacher": base})
-    new = max(default(GenerationConfig, "bootstrap_max_tokens"), default(GenerationConfig, "instance_max_tokens"))
+    new = max(default(GenerationConfig, "bootstrap.max_tokens"), default(GenerationConfig, "instances.max_tokens"))
     batch = default(TeacherConfig, "batch_size")
     assert kv_term(est) == kv_cache_bytes(ARCH, batch, 2 * PROMPT_GUESS + new, 2)
     assert any(f"teacher batch {batch}; in-context prompts assumed {2 * PROMPT_GUESS} tokens + {new} new" in n
                for n in est.notes)
     alpaca = plan_one("self_instruct", {"teacher": base, "method": "alpaca"})
     assert kv_term(alpaca) == kv_cache_bytes(ARCH, batch, 2 * PROMPT_GUESS
-                                             + default(GenerationConfig, "alpaca_max_tokens"), 2)
+                                             + default(GenerationConfig, "alpaca.max_tokens"), 2)
 
 
 def test_rank_and_eval_generation_settings_are_the_schema_defaults(base):
@@ -115,7 +121,7 @@ ppo:
   reward: "m:f"
   prompts: p.jsonl
   adapter: {{type: lora}}
-  ppo: {{batch_size: 8, mini_batch_size: 2, value_model: adapter}}
+  train: {{rollout: {{batch_size: 8}}, mini_batch_size: 2, value: {{model: adapter}}}}
 """
 
 

@@ -17,42 +17,44 @@ from align.ppo.rewards import FunctionScorer, is_function_spec, load_function
 from align.stages.ppo import Config, summarize
 
 REPO = Path(__file__).resolve().parents[2]
+SECTIONS = ("rollout", "advantage", "kl", "value", "ptx", "log")
 
 
 # --------------------------------------------------------------------------- settings
 
 
 def test_batch_must_split_into_optimizer_batches():
-    assert PPOSettings(batch_size=16, mini_batch_size=4, grad_accum=2).updates_per_epoch == 2
+    assert PPOSettings(rollout={"batch_size": 16}, mini_batch_size=4, grad_accum=2).updates_per_epoch == 2
     with pytest.raises(ValidationError, match=r"multiple of mini_batch_size \* grad_accum"):
-        PPOSettings(batch_size=10, mini_batch_size=4, grad_accum=1)
+        PPOSettings(rollout={"batch_size": 10}, mini_batch_size=4, grad_accum=1)
 
 
 def test_ptx_needs_data_and_report_to_is_checked():
-    with pytest.raises(ValidationError, match="ptx_data"):
-        PPOSettings(ptx_coef=0.5)
-    assert PPOSettings(ptx_coef=0.5, ptx_data="examples/data/alpaca_tiny.json").ptx_data.path.endswith(".json")
+    with pytest.raises(ValidationError, match="ptx.data"):
+        PPOSettings(ptx={"coef": 0.5})
+    assert PPOSettings(ptx={"coef": 0.5, "data": "examples/data/alpaca_tiny.json"}).ptx.data.path.endswith(".json")
     with pytest.raises(ValidationError, match="wandb"):
-        PPOSettings(report_to=["wandb"])
+        PPOSettings(log={"report_to": ["wandb"]})
 
 
 def test_stage_config_rejects_unknown_keys_and_takes_string_shorthands():
     cfg = Config.model_validate({"policy": "@sft", "reward": "@reward", "prompts": "p.jsonl"})
     assert cfg.policy.name == "@sft" and cfg.reward.source == "@reward" and cfg.reward.share_base
-    assert cfg.prompts.path == "p.jsonl" and cfg.ppo.kl_estimator == "k1"
+    assert cfg.prompts.path == "p.jsonl" and cfg.train.kl.estimator == "k1"
     with pytest.raises(ValidationError):
-        Config.model_validate({"policy": "x", "reward": "y", "prompts": "z", "ppo": {"stepz": 3}})
+        Config.model_validate({"policy": "x", "reward": "y", "prompts": "z", "train": {"stepz": 3}})
     with pytest.raises(ValidationError):
         RewardConfig.model_validate({"source": "m:f", "shared": True})
     # every setting documents itself (shown by `align validate` and in docs)
-    for model in (Config, PPOSettings, RewardConfig):
+    for model in (Config, PPOSettings, RewardConfig, *(PPOSettings.model_fields[s].annotation for s in SECTIONS)):
         assert all(field.description for field in model.model_fields.values()), model.__name__
 
 
 def test_ppo_tiny_recipe_validates():
     recipe = load_recipe(REPO / "recipes" / "ppo-tiny.yaml")
     assert recipe.ppo.policy.name == "@sft" and recipe.ppo.reward.source == "@reward"
-    assert recipe.ppo.ppo.batch_size % (recipe.ppo.ppo.mini_batch_size * recipe.ppo.ppo.grad_accum) == 0
+    s = recipe.ppo.train
+    assert s.rollout.batch_size % (s.mini_batch_size * s.grad_accum) == 0
 
 
 # --------------------------------------------------------------------------- prompt sources
@@ -166,22 +168,25 @@ def test_summary_reports_first_and_last_scores():
 
 def test_critic_free_estimators_need_groups_and_pick_their_loss_aggregation():
     with pytest.raises(ValidationError, match="group_size >= 2"):
-        PPOSettings(advantage="rloo")
-    with pytest.raises(ValidationError, match="multiple of group_size"):
-        PPOSettings(advantage="grpo", batch_size=16, group_size=3)
+        PPOSettings(advantage={"estimator": "rloo"})
+    with pytest.raises(ValidationError, match="multiple of rollout.group_size"):
+        PPOSettings(advantage={"estimator": "grpo"}, rollout={"batch_size": 16, "group_size": 3})
     with pytest.raises(ValidationError, match="dr_grpo"):
-        PPOSettings(advantage="rloo", group_size=4, dr_grpo=True)
+        PPOSettings(advantage={"estimator": "rloo", "dr_grpo": True}, rollout={"group_size": 4})
     assert PPOSettings().aggregation == "token" and PPOSettings().needs_value_model
-    grpo = PPOSettings(advantage="grpo", group_size=4)
+    grpo = PPOSettings(advantage={"estimator": "grpo"}, rollout={"group_size": 4})
     assert grpo.aggregation == "sequence" and not grpo.needs_value_model and grpo.queries_per_step == 4
-    assert PPOSettings(advantage="grpo", group_size=4, dr_grpo=True).aggregation == "constant"
-    assert PPOSettings(advantage="rloo", group_size=4, loss_aggregation="sequence").aggregation == "sequence"
+    assert PPOSettings(advantage={"estimator": "grpo", "dr_grpo": True}, rollout={"group_size": 4}).aggregation == "constant"
+    assert PPOSettings(advantage={"estimator": "rloo"}, rollout={"group_size": 4},
+                       loss_aggregation="sequence").aggregation == "sequence"
 
 
 def test_group_sampler_keeps_groups_on_one_process():
     from align.ppo.update import rows_per_process
 
-    s = PPOSettings(advantage="rloo", batch_size=8, mini_batch_size=4, group_size=4)  # 2 queries per step
+    s = PPOSettings(advantage={"estimator": "rloo"}, rollout={"batch_size": 8, "group_size": 4},
+                    mini_batch_size=4)  # 2 queries per step
     assert rows_per_process(s, 2) == 2
     with pytest.raises(AlignError, match="queries per step"):
-        rows_per_process(PPOSettings(advantage="rloo", batch_size=8, mini_batch_size=4, group_size=8), 2)
+        rows_per_process(PPOSettings(advantage={"estimator": "rloo"}, rollout={"batch_size": 8, "group_size": 8},
+                                     mini_batch_size=4), 2)

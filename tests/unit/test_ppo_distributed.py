@@ -19,16 +19,16 @@ def test_query_shards_are_the_single_process_batch_in_rank_order():
         shards = [sampler.indices(step, rank, 2) for rank in range(2)]
         assert shards[0] + shards[1] == sampler.indices(step)
         assert len(shards[0]) == len(shards[1]) == 2
-    with pytest.raises(AlignError, match=r"ppo\.batch_size \(4\).*world size \(3\)"):
+    with pytest.raises(AlignError, match=r"4 queries per step.*world size \(3\)"):
         sampler.indices(0, 0, 3)
 
 
 def test_batch_sizes_must_split_across_processes():
-    s = PPOSettings(batch_size=12, mini_batch_size=6, grad_accum=1)
+    s = PPOSettings(rollout={"batch_size": 12}, mini_batch_size=6, grad_accum=1)
     assert rows_per_process(s, 1) == 6 and rows_per_process(s, 2) == 3 and rows_per_process(s, 3) == 2
-    with pytest.raises(AlignError, match=r"ppo\.mini_batch_size \(6\) must be a multiple of the world size \(4"):
+    with pytest.raises(AlignError, match=r"ppo\.train\.mini_batch_size \(6\) must be a multiple of the world size \(4"):
         rows_per_process(s, 4)
-    with pytest.raises(AlignError, match=r"ppo\.batch_size \(12\) and ppo\.mini_batch_size \(6\).*\(5 processes\)"):
+    with pytest.raises(AlignError, match=r"ppo\.train\.rollout\.batch_size \(12\) and ppo\.train\.mini_batch_size \(6\).*\(5 processes\)"):
         rows_per_process(s, 5)
 
 

@@ -19,14 +19,14 @@ UPSTREAM = {
 def test_nested_refs_become_paths_and_the_rest_is_untouched():
     cfg = PPOConfig.model_validate({
         "policy": "@sft", "reward": {"source": "@reward", "functions": [{"function": "m:f", "weight": 0.5}]},
-        "prompts": "@self_instruct.chat", "ppo": {"ptx_coef": 0.1, "ptx_data": "@self_instruct", "steps": 3},
+        "prompts": "@self_instruct.chat", "train": {"ptx": {"coef": 0.1, "data": "@self_instruct"}, "steps": 3},
     })
     out = resolve_refs(cfg, UPSTREAM, "ppo")
     assert out.policy.name == "/run/sft/model" and out.reward.source == "/run/reward/model"
     assert out.prompts.path == "/run/self_instruct/chat.jsonl"  # a named output
-    assert out.ppo.ptx_data.path == "/run/self_instruct/alpaca.json"  # @stage alone: the first output
-    assert out.ppo.steps == 3 and out.reward.functions == cfg.reward.functions and out.adapter is cfg.adapter
-    assert cfg.policy.name == "@sft" and cfg.ppo.ptx_data.path == "@self_instruct"  # the recipe's config is kept
+    assert out.train.ptx.data.path == "/run/self_instruct/alpaca.json"  # @stage alone: the first output
+    assert out.train.steps == 3 and out.reward.functions == cfg.reward.functions and out.adapter is cfg.adapter
+    assert cfg.policy.name == "@sft" and cfg.train.ptx.data.path == "@self_instruct"  # the recipe's config is kept
 
 
 def test_refs_inside_dicts_are_resolved():
