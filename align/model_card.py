@@ -84,6 +84,14 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def ppo_estimator(cfg: Any) -> str:
+    """gae | rloo | grpo from a ppo stage's config (`train.advantage.estimator`)."""
+    advantage = find_key(cfg, "advantage")
+    if isinstance(advantage, dict):
+        advantage = advantage.get("estimator")
+    return advantage or "gae"
+
+
 def find_key(cfg: Any, key: str) -> Any:
     """The first value of `key` anywhere in a nested config (settings may sit in sub-sections)."""
     if isinstance(cfg, dict):
@@ -258,7 +266,7 @@ def method_words(info: ModelInfo) -> str:
             words += f", loss {'+'.join(cfg.get('loss_type') or ['sigmoid'])}"
         return f"preference optimisation with {words}, beta={cfg.get('beta')} (TRL)"
     if info.stage == "ppo":
-        advantage = find_key(cfg, "advantage") or "gae"
+        advantage = ppo_estimator(cfg)
         if advantage == "rloo":
             algo = f"RLOO (REINFORCE leave-one-out, {find_key(cfg, 'group_size')} samples per prompt)"
         elif advantage == "grpo":
@@ -285,7 +293,7 @@ def tags(info: ModelInfo) -> list[str]:
     if info.stage == "dpo":
         out.append(info.config.get("method", "dpo"))
     if info.stage == "ppo":
-        out.append({"gae": "ppo", "rloo": "rloo", "grpo": "grpo"}.get(find_key(info.config, "advantage") or "gae"))
+        out.append({"gae": "ppo", "rloo": "rloo", "grpo": "grpo"}.get(ppo_estimator(info.config)))
     if find_key(info.config, "quantization") == "4bit":
         out.append("qlora")
     return list(dict.fromkeys(t for t in out if t))
