@@ -149,6 +149,20 @@ def evaluate(arm_dir: Path, points: list[dict], threads: int) -> dict:
     return json.loads((out / "eval" / "metrics.json").read_text())
 
 
+def quickstart_arm(run: Path, threads: int) -> dict:
+    """The rloo arm read from a finished quickstart run itself: its eval stage already compared the final
+    PPO policy with SFT on the same 75 prompts with the same settings, so nothing is evaluated again."""
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    stats = [json.loads(line) for line in (run / "ppo" / "stats.jsonl").read_text().splitlines() if line.strip()]
+    seconds, steps = sum(r["time/step_s"] for r in stats), max(int(r["step"]) for r in stats)
+    renamed = {"sft": metrics["policies"]["sft"], f"t{seconds / 60:.0f}m_step{steps}": metrics["policies"]["ppo"]}
+    point = {"minutes": float(f"{seconds / 60:.0f}"), "step": steps, "path": str(run / "ppo" / "policy"),
+             "rl_seconds": seconds}
+    arm = summarize("rloo", [point], {**metrics, "policies": renamed}, seconds, threads)
+    arm["command"] = f"align run recipes/quickstart.yaml --out {run} (the quickstart itself, eval stage included)"
+    return arm
+
+
 def summarize(arm: str, points: list[dict], metrics: dict, wall_s: float, threads: int) -> dict:
     pol = metrics["policies"]
     sft = pol["sft"]
@@ -253,12 +267,18 @@ def main() -> None:
     parser.add_argument("--store", default=str(RESULTS / "alignment.json"),
                         help="Results JSON the arms merge into (arms measured elsewhere: merge with --merge).")
     parser.add_argument("--merge", nargs="*", default=[], help="Other results JSONs whose arms to merge in.")
+    parser.add_argument("--quickstart-run", help="Add the rloo arm from this finished quickstart run's own eval.")
+    parser.add_argument("--note", action="append", default=[], help="A line for the Notes section (repeatable).")
     args = parser.parse_args()
 
     store = Path(args.store)
     res = json.loads(store.read_text()) if store.exists() else {"arms": {}}
     for other in args.merge:
         res["arms"].update(json.loads(Path(other).read_text())["arms"])
+    if args.quickstart_run:
+        res["arms"]["rloo"] = quickstart_arm(Path(args.quickstart_run), args.threads)
+    if args.note:
+        res["notes"] = args.note
     if not args.render:
         import torch
         import transformers
@@ -288,7 +308,7 @@ def main() -> None:
             print(f"[{arm}] " + "; ".join(f"{p['rl_seconds'] / 60:.1f} min: {p['gain']:+.3f} "
                                           f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]" for p in res["arms"][arm]["points"]),
                   flush=True)
-    if args.merge:
+    if args.merge or args.quickstart_run or args.note:
         store.write_text(json.dumps(res, indent=2) + "\n")
     render(res)
 
