@@ -21,6 +21,17 @@ TINY_PPO = ["ppo.prompts.max_samples=4", *[f"ppo.train.{key}" for key in (
     "log.report_to=[none]", "save_steps=1", "log.sample_every=1", "log.progress=false", "log.gold_fn=null")]]
 
 
+@pytest.fixture(autouse=True)
+def _shipped_constraint_types_only():
+    """An example may register a constraint type (custom_constraint.py); the tests after it see the shipped set."""
+    from align.eval.constraints import CONSTRAINT_TYPES
+
+    before = dict(CONSTRAINT_TYPES)
+    yield
+    CONSTRAINT_TYPES.clear()
+    CONSTRAINT_TYPES.update(before)
+
+
 def run_example(name: str, *argv: str):
     """Run examples/<name>'s main() as `python examples/<name> ARGV` would; returns what main returned."""
     module = runpy.run_path(str(EXAMPLES / name), run_name=f"example_{name[:-3]}")
