@@ -158,8 +158,9 @@ def quickstart_arm(run: Path, threads: int) -> dict:
     renamed = {"sft": metrics["policies"]["sft"], f"t{seconds / 60:.0f}m_step{steps}": metrics["policies"]["ppo"]}
     point = {"minutes": float(f"{seconds / 60:.0f}"), "step": steps, "path": str(run / "ppo" / "policy"),
              "rl_seconds": seconds}
-    arm = summarize("rloo", [point], {**metrics, "policies": renamed}, seconds, threads)
-    arm["command"] = f"align run recipes/quickstart.yaml --out {run} (the quickstart itself, eval stage included)"
+    arm = summarize("rloo", [point], {**metrics, "policies": renamed}, seconds + metrics.get("seconds", 0), threads)
+    arm["command"] = ("align run recipes/quickstart.yaml --out runs/quickstart (the quickstart itself, read from "
+                      "its eval stage: python benchmarks/bench_alignment.py --render --quickstart-run runs/quickstart)")
     return arm
 
 
