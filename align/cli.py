@@ -30,6 +30,14 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+def _interval(metrics: dict, key: str) -> str:
+    """' [0.52, 0.71] (95% CI, 58 pairs)' after a reward model's held-out accuracy, '' for other metrics."""
+    ci = metrics.get(f"{key}_ci")
+    if key != "heldout_accuracy" or not isinstance(ci, list) or len(ci) != 2:
+        return ""
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}] (95% CI, {metrics.get('heldout_pairs', '?')} pairs)"
+
+
 def _policy_line(name: str, m: dict) -> str:
     keys = (("gold_score", "gold"), ("strict_accuracy", "strict"), ("reward_score", "rm"), ("kl", "kl"))
     parts = [f"{short}={_fmt(m[k])}" for k, short in keys if isinstance(m.get(k), (int, float))]
@@ -52,7 +60,7 @@ def print_summary(records, run_dir: str) -> None:
         shown = [(k, rec.metrics[k]) for k in HEADLINE_METRICS if k in rec.metrics and rec.metrics[k] is not None]
         if not shown:
             shown = [(k, v) for k, v in rec.metrics.items() if isinstance(v, (int, float)) and k != "seconds"][:4]
-        text = ", ".join(f"{k}={_fmt(v)}" for k, v in shown[:5])
+        text = ", ".join(f"{k}={_fmt(v)}{_interval(rec.metrics, k)}" for k, v in shown[:5])
         if isinstance(rec.metrics.get("policies"), dict):  # eval: one line per policy, side by side
             text = "\n".join([_policy_line(name, m) for name, m in rec.metrics["policies"].items()] + [text])
         seconds = rec.seconds or rec.metrics.get("seconds") or 0

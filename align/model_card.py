@@ -31,8 +31,8 @@ MODEL_KEYS = ("model", "policy")
 DATA_KEYS = {"sft": ("data",), "reward": ("data",), "dpo": ("data",), "ppo": ("prompts",)}
 KEY_METRICS = {
     "sft": ("train_loss", "eval_loss", "last_loss", "steps", "examples", "tokens"),
-    "reward": ("accuracy", "heldout_accuracy", "heldout_pairs", "mean_margin", "eval_data_accuracy", "steps",
-               "normalization_mean"),
+    "reward": ("accuracy", "heldout_accuracy", "heldout_accuracy_ci", "heldout_pairs", "mean_margin",
+               "eval_data_accuracy", "steps", "normalization_mean"),
     "dpo": ("train_loss", "reward_accuracy_last", "reward_margin_last", "heldout_reward_accuracy",
             "heldout_reward_margin", "steps"),
     "ppo": ("first_score", "last_score", "final_kl", "first_gold", "last_gold", "steps"),

@@ -1,4 +1,4 @@
-"""Confidence intervals for a policy's gain over a baseline on the same prompts.
+"""Confidence intervals for a policy's gain over a baseline, and for a reward model's pairwise accuracy.
 
 A held-out gain is a mean over a few dozen prompts, so it comes with sampling noise. The paired
 bootstrap resamples *prompts* (with replacement) and recomputes the mean per-prompt difference, so
@@ -55,6 +55,48 @@ def paired_bootstrap(
         "ci_high": hi,
         "stderr": math.sqrt(sum((m - centre) ** 2 for m in means) / max(resamples - 1, 1)),
         "p_not_positive": sum(m <= 0 for m in means) / resamples,
+    }
+
+
+def prompt_bootstrap_accuracy(
+    correct: Sequence[float],
+    pairs: Sequence[int],
+    *,
+    resamples: int = 10_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Pairwise accuracy pooled over prompts, with a percentile interval from resampling *prompts*.
+
+    correct, pairs: (P,) per prompt, the pairs the model orders right (ties may count 0.5) and the pairs
+    it was scored on. The pairs of one prompt share its responses and are not independent, so the
+    interval resamples whole prompts (a cluster bootstrap) and recomputes sum(correct) / sum(pairs);
+    treating the pairs as independent would make it too narrow. Seeded: the same input, the same interval.
+    Returns {"accuracy", "ci_low", "ci_high", "prompts", "pairs"}.
+    """
+    if len(correct) != len(pairs):
+        raise AlignError(f"prompt_bootstrap_accuracy: {len(correct)} correct counts but {len(pairs)} pair counts")
+    if not pairs or sum(pairs) <= 0:
+        raise AlignError("prompt_bootstrap_accuracy: no pairs given")
+    if not 0.0 < confidence < 1.0:
+        raise AlignError(f"prompt_bootstrap_accuracy: confidence must be in (0, 1), got {confidence}")
+    n = len(pairs)
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(resamples):
+        picks = [rng.randrange(n) for _ in range(n)]
+        total = sum(pairs[i] for i in picks)
+        if total:  # a resample of only pair-less prompts has no accuracy; skip it
+            ratios.append(sum(correct[i] for i in picks) / total)
+    ratios.sort()
+    tail = (1.0 - confidence) / 2
+    m = len(ratios)
+    return {
+        "accuracy": sum(correct) / sum(pairs),
+        "ci_low": ratios[min(m - 1, int(math.floor(tail * m)))],
+        "ci_high": ratios[max(0, int(math.ceil((1.0 - tail) * m)) - 1)],
+        "prompts": sum(1 for k in pairs if k),
+        "pairs": int(sum(pairs)),
     }
 
 

@@ -316,6 +316,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     metrics: dict[str, Any] = {
         "accuracy": train_stats["accuracy"],
         "heldout_accuracy": held_stats.get("accuracy"),
+        "heldout_accuracy_ci": held_stats.get("accuracy_ci"),  # 95%, resampling held-out prompts
         "heldout_pairs": held_stats.get("pairs", 0),
         "heldout_fully_ordered": held_stats.get("fully_ordered"),
         "accuracy_by_k": held_stats.get("accuracy_by_k") or train_stats["accuracy_by_k"],
@@ -350,6 +351,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         extra = group_by_prompt(read_rankings(cfg.eval_data))
         extra_stats = pair_metrics(rm.score_groups(extra, cfg.score_batch_size), extra)
         metrics["eval_data_accuracy"] = extra_stats["accuracy"]
+        metrics["eval_data_accuracy_ci"] = extra_stats["accuracy_ci"]
+        metrics["eval_data_pairs"] = extra_stats["pairs"]
         metrics["eval_data_accuracy_by_k"] = extra_stats["accuracy_by_k"]
     del trainer, model, rm
     return StageResult(outputs={"model": str(out_dir)}, metrics=metrics)

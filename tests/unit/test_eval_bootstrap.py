@@ -51,3 +51,34 @@ def test_seeded_and_an_interval_that_straddles_zero_for_no_effect():
 def test_bad_input_is_a_clear_error(args):
     with pytest.raises(AlignError, match="paired_bootstrap"):
         paired_bootstrap(*args)
+
+
+def test_prompt_bootstrap_accuracy_pools_pairs_and_resamples_prompts():
+    from align.eval.bootstrap import prompt_bootstrap_accuracy
+
+    # 3 prompts: 6/6, 3/6 and 0/1 right → pooled 9/13, not the mean of per-prompt accuracies (0.5)
+    out = prompt_bootstrap_accuracy([6.0, 3.0, 0.0], [6, 6, 1], resamples=2000)
+    assert out["accuracy"] == pytest.approx(9 / 13)
+    assert out["prompts"] == 3 and out["pairs"] == 13
+    assert 0.0 <= out["ci_low"] < out["accuracy"] < out["ci_high"] <= 1.0
+    assert out == prompt_bootstrap_accuracy([6.0, 3.0, 0.0], [6, 6, 1], resamples=2000)  # seeded
+
+
+def test_prompt_bootstrap_accuracy_is_wider_than_treating_pairs_as_independent():
+    from align.eval.bootstrap import prompt_bootstrap_accuracy
+
+    # 10 prompts, all-right or all-wrong: the pairs of a prompt move together, so the interval must reflect
+    # 10 draws, not 60; the same 36/60 spread over 60 one-pair "prompts" gives a narrower interval
+    clustered = prompt_bootstrap_accuracy([6.0] * 6 + [0.0] * 4, [6] * 10, resamples=4000)
+    independent = prompt_bootstrap_accuracy([1.0] * 36 + [0.0] * 24, [1] * 60, resamples=4000)
+    assert clustered["accuracy"] == independent["accuracy"] == pytest.approx(0.6)
+    assert clustered["ci_high"] - clustered["ci_low"] > 1.5 * (independent["ci_high"] - independent["ci_low"])
+
+
+def test_prompt_bootstrap_accuracy_rejects_bad_input():
+    from align.eval.bootstrap import prompt_bootstrap_accuracy
+
+    with pytest.raises(AlignError, match="2 correct counts but 1 pair counts"):
+        prompt_bootstrap_accuracy([1.0, 0.0], [1])
+    with pytest.raises(AlignError, match="no pairs"):
+        prompt_bootstrap_accuracy([0.0], [0])

@@ -74,6 +74,9 @@ def test_pair_metrics_accuracy_by_k_and_margin():
     assert m["accuracy_by_k"] == {"2": 0.5, "3": pytest.approx(0.6667, abs=1e-4)}
     assert m["mean_margin"] == pytest.approx((2 + 1 - 1 + 0) / 4)
     assert m["fully_ordered"] == 0.0
+    assert m["prompts"] == 2 and m["pairs"] == 4
+    low, high = m["accuracy_ci"]  # resampling the 2 prompts: 0.5 (only b), 2.5/4 (both) or 2/3 (only a)
+    assert low == pytest.approx(0.5) and high == pytest.approx(0.6667, abs=1e-4)
 
 
 def test_normalization_stats():
