@@ -344,7 +344,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         "quantization": model_cfg.quantization,
     }
     if info["heldout_rows"]:
-        metrics.update(heldout_metrics(trainer.evaluate(), cfg))
+        metrics.update(heldout_metrics(final_eval(trainer), cfg))
     if cfg.eval_data:
         extra = extra_eval(cfg, ctx, trainer)
         metrics.update({f"eval_data_{k}": v for k, v in heldout_metrics(extra, cfg).items()})
@@ -353,6 +353,15 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         (ctx.stage_dir / "history.json").write_text(json.dumps(history))
     del trainer
     return StageResult(outputs={"model": str(out_dir)}, metrics=metrics)
+
+
+def final_eval(trainer) -> dict[str, float]:
+    """Held-out metrics at the last step: the evaluation the trainer logged there (eval_steps = save_steps often
+    lands on the last step), else one now. Evaluating twice doubles the held-out cost for the same numbers."""
+    evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+    if evals and evals[-1].get("step") == trainer.state.global_step:
+        return evals[-1]
+    return trainer.evaluate()
 
 
 def heldout_metrics(result: dict[str, float], cfg: Config) -> dict[str, Any]:
