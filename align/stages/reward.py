@@ -202,6 +202,41 @@ def build_trainer(model, tokenizer, groups: list, train: TrainConfig, output_dir
     return trainer
 
 
+def score_training_groups(trainer, groups_per_batch: int, pad_token_id: int) -> list[list[float]] | None:
+    """Raw rewards of every training prompt group, replaying the frozen bottom layers the trunk cache holds.
+
+    After training, the cache has the bottom layers' output of every training row, so scoring them again
+    needs only the top layers (SmolLM2 in the quickstart: 8 of 30). The rows and their padding are the
+    same as RewardModel.score_groups (right padding, positions 0..n-1), so the scores match to float
+    rounding. None when there is no complete cache: the caller scores the usual way.
+    """
+    import torch
+
+    from align.reward_model import collate_groups
+
+    cache, items = trainer.trunk_cache, trainer.train_dataset.items
+    if cache is None or not all(i in cache.rows for item in items for i in item["row_ids"]):
+        return None
+    model = trainer.model
+    device = next(model.parameters()).device
+    counters = cache.hits, cache.misses  # the metrics count training batches only
+    was_training = model.training
+    model.eval()
+    out: list[list[float]] = []
+    with torch.no_grad():
+        for start in range(0, len(items), groups_per_batch):
+            chunk = items[start : start + groups_per_batch]
+            batch = collate_groups(chunk, pad_token_id)
+            inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
+            rewards = cache.forward(model, inputs, batch["row_ids"]).logits[:, 0].float().tolist()
+            for item in chunk:
+                out.append(rewards[: len(item["responses"])])
+                rewards = rewards[len(item["responses"]) :]
+    model.train(was_training)
+    cache.hits, cache.misses = counters
+    return out
+
+
 def run(cfg: Config, ctx: StageContext) -> StageResult:
     from peft import get_peft_model, prepare_model_for_kbit_training
 
@@ -285,7 +320,9 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
 
     # ---- evaluate: pairwise accuracy on train and held-out prompts
     rm = RewardModel(trainer.model, tokenizer, text_format, cfg.train.max_length)
-    train_rewards = rm.score_groups(usable, cfg.score_batch_size)
+    per_batch = max(1, cfg.score_batch_size // max(len(g.responses) for g in usable))
+    train_rewards = (score_training_groups(trainer, per_batch, tokenizer.pad_token_id)
+                     or rm.score_groups(usable, cfg.score_batch_size))
     train_stats = pair_metrics(train_rewards, usable)
     held_stats = pair_metrics(rm.score_groups(heldout, cfg.score_batch_size), heldout) if heldout else {}
 

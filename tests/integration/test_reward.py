@@ -357,3 +357,49 @@ def test_frozen_layer_cache_replays_the_bottom_layers_with_the_same_result(tmp_p
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
     assert cached.metrics["heldout_accuracy"] == plain.metrics["heldout_accuracy"]
+    # the training groups are scored from the cache too (top layer only): same accuracy and normalization
+    assert cached.metrics["accuracy"] == plain.metrics["accuracy"]
+    assert cached.metrics["normalization_mean"] == pytest.approx(plain.metrics["normalization_mean"], abs=1e-4)
+    assert cached.metrics["normalization_std"] == pytest.approx(plain.metrics["normalization_std"], abs=1e-4)
+
+
+def test_training_groups_scored_from_the_cache_match_a_full_forward(tmp_path):
+    """score_training_groups replays the recorded bottom layer: the same rewards as RewardModel.score_groups."""
+    from peft import get_peft_model
+
+    from align.models import (
+        AdapterConfig,
+        ModelConfig,
+        load_sequence_classifier,
+        load_tokenizer,
+        peft_config,
+        pick_precision,
+        resolve_model_ref,
+    )
+    from align.rankings import group_by_prompt, read_rankings
+    from align.reward_model import RewardModel
+    from align.stages.reward import build_trainer, score_training_groups
+    from align.training import TrainConfig
+
+    groups = group_by_prompt(read_rankings(str(marker_rankings(tmp_path / "rankings.jsonl", n=10))))
+    base = resolve_model_ref("tiny-llama")
+    tokenizer = load_tokenizer(base)
+    tokenizer.padding_side = "right"
+    torch.manual_seed(0)
+    model = load_sequence_classifier(ModelConfig(name=base), num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    lora = peft_config(AdapterConfig(type="lora", r=8, alpha=16, dropout=0.0, top_layers=1), task_type="SEQ_CLS",
+                       model=model)
+    lora.modules_to_save = ["score"]
+    model = get_peft_model(model, lora)
+    train = TrainConfig(lr=3e-3, epochs=2, batch_size=4, max_length=64, save_steps=1000, **QUIET)
+    trainer = build_trainer(model, tokenizer, groups, train, tmp_path / "ckpt", pick_precision("auto"), 0,
+                            cache_frozen_layers_gib=1.0)
+    assert score_training_groups(trainer, 3, tokenizer.pad_token_id) is None  # nothing recorded yet
+    trainer.train()
+    hits = trainer.trunk_cache.hits
+    replayed = score_training_groups(trainer, 3, tokenizer.pad_token_id)
+    full = RewardModel(trainer.model, tokenizer, "chat", 64).score_groups(groups, 5)
+    assert [len(r) for r in replayed] == [len(g.responses) for g in groups]
+    assert [x for r in replayed for x in r] == pytest.approx([x for r in full for x in r], abs=1e-5)
+    assert trainer.trunk_cache.hits == hits  # the training metrics count training batches only
