@@ -4,7 +4,8 @@ Takes one rank stage's rankings (run it with every training prompt drawn, e.g.
 `align run recipes/quickstart.yaml --only rank rank.informative=225 rank.prompts.max_samples=225`), holds out
 a fixed set of informative prompts (rankings not all tied), and trains the quickstart's reward model (its
 `reward:` section, through the real stage: `align run` on a one-stage recipe) on nested subsets of the rest:
-the first 48 prompts, the first 96, ... so every arm is scored on the same held-out pairs. Each size runs
+the first 48 prompts, the first 96, ... so every arm is scored on the same held-out pairs (and `--epochs`
+several training lengths). Each size runs
 with several seeds (the score head's random start moves held-out accuracy by ~0.07 at 48 prompts), and each
 accuracy comes with a 95% interval from resampling held-out prompts.
 
@@ -12,7 +13,8 @@ accuracy comes with a 95% interval from resampling held-out prompts.
         --sizes 48 96 0 --seeds 1 2 --jobs 2           # 0 = every non-held-out prompt
 
 Arms run `--jobs` at a time, each with `--threads` intra-op threads; finished arms are kept in their run
-folders (`--out`), so a re-run only trains what is missing. Writes benchmarks/results/reward_data.{md,json,png}.
+folders (`--out`), so a re-run only trains what is missing, and the results cover every finished arm
+in that folder. Writes benchmarks/results/reward_data.{md,json,png}.
 """
 
 from __future__ import annotations
@@ -53,11 +55,10 @@ def split(records: list[dict], heldout: int, seed: int) -> tuple[list[dict], lis
     return informative[heldout:], informative[:heldout], len(records) - len(informative)
 
 
-def arm_recipe(recipe: dict, train_file: Path, heldout_file: Path, seed: int, epochs: float | None) -> dict:
+def arm_recipe(recipe: dict, train_file: Path, heldout_file: Path, seed: int, epochs: float) -> dict:
     reward = dict(recipe["reward"])
     reward.update(data=str(train_file), eval_fraction=0.0, eval_data=str(heldout_file))
-    if epochs is not None:
-        reward["train"] = {**reward["train"], "epochs": epochs}
+    reward["train"] = {**reward["train"], "epochs": epochs}
     return {"name": "reward-data", "seed": seed, "vars": recipe.get("vars", {}), "reward": reward}
 
 
@@ -165,6 +166,8 @@ def main() -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     heldout_file = out / "heldout.jsonl"
+    if heldout_file.exists() and read_jsonl(heldout_file) != heldout:
+        sys.exit(f"{out} holds arms scored on other held-out prompts; use another --out")
     write_jsonl(heldout_file, heldout)
     arms = []
     for size in args.sizes:
@@ -173,17 +176,23 @@ def main() -> None:
             sys.exit(f"--sizes {size}: only {len(pool)} informative prompts left after holding out {args.heldout}")
         train_file = out / f"train-{n}.jsonl"
         write_jsonl(train_file, pool[:n])
-        for epochs in args.epochs or [None]:
+        for epochs in args.epochs or [recipe["reward"]["train"]["epochs"]]:
             for seed in args.seeds:
-                name = f"n{n}-e{epochs if epochs is not None else 'r'}-s{seed}"
+                name = f"n{n}-e{epochs:g}-s{seed}"
                 arm_dir = out / name
                 arm_dir.mkdir(exist_ok=True)
                 recipe_file = arm_dir / "recipe.yaml"
                 recipe_file.write_text(yaml.safe_dump(arm_recipe(recipe, train_file, heldout_file, seed, epochs)))
-                arms.append({"name": name, "dir": str(arm_dir), "recipe": recipe_file, "size": n, "seed": seed,
-                             "epochs": epochs if epochs is not None else recipe["reward"]["train"]["epochs"]})
+                arm = {"name": name, "dir": str(arm_dir), "recipe": str(recipe_file), "size": n, "seed": seed,
+                       "epochs": epochs}
+                (arm_dir / "arm.json").write_text(json.dumps(arm))
+                arms.append(arm)
     with ThreadPoolExecutor(args.jobs) as pool_exec:
-        rows = list(pool_exec.map(lambda a: run_arm(a, args.threads), arms))
+        list(pool_exec.map(lambda a: run_arm(a, args.threads), arms))
+    # every finished arm in the folder (earlier invocations' too): they share its held-out prompts
+    finished = [json.loads(f.read_text()) for f in sorted(out.glob("*/arm.json"))]
+    rows = [run_arm(a, args.threads) for a in finished if (Path(a["dir"]) / "reward" / "metrics.json").exists()]
+    rows.sort(key=lambda r: (r["train_prompts"], r["epochs"], r["seed"]))
 
     import torch
     import transformers

@@ -23,7 +23,7 @@ def smoke(tmp_path_factory, align_cache) -> tuple[dict, str, Path]:
     out = tmp_path_factory.mktemp("bench-gpu")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ALIGN_CACHE": str(align_cache)}
     proc = subprocess.run([sys.executable, str(SCRIPT), "--cpu-smoke", "--out", str(out)], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "gpu.json").read_text()), (out / "gpu.md").read_text(), out
 
