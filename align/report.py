@@ -169,6 +169,9 @@ def _flat_metrics(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, 
             rows.extend(_flat_metrics(value, name + "."))
         elif isinstance(value, (int, float, str, bool)) or value is None:
             rows.append((name, value))
+        elif (key.endswith("_ci") and isinstance(value, list) and len(value) == 2
+              and all(isinstance(v, (int, float)) for v in value)):
+            rows.append((name, f"[{value[0]:.4g}, {value[1]:.4g}]"))  # an interval: one cell
     return rows
 
 
