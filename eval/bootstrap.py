@@ -16,6 +16,12 @@ from collections.abc import Sequence
 from align.errors import AlignError
 
 
+def percentile_interval(ordered: Sequence[float], confidence: float) -> tuple[float, float]:
+    """The central `confidence` interval of sorted bootstrap statistics (percentile method)."""
+    m, tail = len(ordered), (1.0 - confidence) / 2
+    return ordered[min(m - 1, int(math.floor(tail * m)))], ordered[max(0, int(math.ceil((1.0 - tail) * m)) - 1)]
+
+
 def paired_bootstrap(
     scores: Sequence[float],
     baseline: Sequence[float],
@@ -44,9 +50,7 @@ def paired_bootstrap(
     n = len(diffs)
     rng = random.Random(seed)
     means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
-    tail = (1.0 - confidence) / 2
-    lo = means[min(resamples - 1, int(math.floor(tail * resamples)))]
-    hi = means[max(0, int(math.ceil((1.0 - tail) * resamples)) - 1)]
+    lo, hi = percentile_interval(means, confidence)
     centre = sum(means) / resamples
     return {
         "n": n,
@@ -88,13 +92,11 @@ def prompt_bootstrap_accuracy(
         total = sum(pairs[i] for i in picks)
         if total:  # a resample of only pair-less prompts has no accuracy; skip it
             ratios.append(sum(correct[i] for i in picks) / total)
-    ratios.sort()
-    tail = (1.0 - confidence) / 2
-    m = len(ratios)
+    lo, hi = percentile_interval(sorted(ratios), confidence)
     return {
         "accuracy": sum(correct) / sum(pairs),
-        "ci_low": ratios[min(m - 1, int(math.floor(tail * m)))],
-        "ci_high": ratios[max(0, int(math.ceil((1.0 - tail) * m)) - 1)],
+        "ci_low": lo,
+        "ci_high": hi,
         "prompts": sum(1 for k in pairs if k),
         "pairs": int(sum(pairs)),
     }
