@@ -194,7 +194,8 @@ def ordered(res: dict) -> list[tuple[str, dict]]:
     return [(name, res["arms"][name]) for name in names]
 
 
-def render(res: dict) -> None:
+def render(res: dict, store: Path) -> None:
+    """Markdown and plot next to the results JSON (alignment.json → alignment.md, alignment.png)."""
     lines = [
         "# Alignment on 2 CPU cores: held-out gold gain over SFT, per algorithm and wall-clock",
         "",
@@ -226,11 +227,11 @@ def render(res: dict) -> None:
         lines += ["", "## Notes", "", *notes]
     if res.get("env"):
         lines += ["", f"Environment: {res['env']}."]
-    (RESULTS / "alignment.md").write_text("\n".join(lines) + "\n")
-    plot(res)
+    store.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    plot(res, store.with_suffix(".png"))
 
 
-def plot(res: dict) -> None:
+def plot(res: dict, path: Path) -> None:
     try:
         import matplotlib
 
@@ -250,7 +251,7 @@ def plot(res: dict) -> None:
     ax.set_ylabel("held-out gold gain over SFT (95% CI)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(RESULTS / "alignment.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
@@ -305,13 +306,13 @@ def main() -> None:
                 res["arms"] = {**json.loads(store.read_text())["arms"], **res["arms"]}
             store.parent.mkdir(parents=True, exist_ok=True)
             store.write_text(json.dumps(res, indent=2) + "\n")
-            render(res)
+            render(res, store)
             print(f"[{arm}] " + "; ".join(f"{p['rl_seconds'] / 60:.1f} min: {p['gain']:+.3f} "
                                           f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]" for p in res["arms"][arm]["points"]),
                   flush=True)
     if args.merge or args.quickstart_run or args.note:
         store.write_text(json.dumps(res, indent=2) + "\n")
-    render(res)
+    render(res, store)
 
 
 if __name__ == "__main__":
