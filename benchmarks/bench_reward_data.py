@@ -62,7 +62,8 @@ def arm_recipe(recipe: dict, train_file: Path, heldout_file: Path, seed: int, ep
     return {"name": "reward-data", "seed": seed, "vars": recipe.get("vars", {}), "reward": reward}
 
 
-def run_arm(arm: dict, threads: int) -> dict:
+def run_arm(arm: dict, threads: int) -> None:
+    """Train one arm through `align run`, unless its folder already holds a finished reward stage."""
     metrics_file = Path(arm["dir"]) / "reward" / "metrics.json"
     if not metrics_file.exists():
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
@@ -73,7 +74,11 @@ def run_arm(arm: dict, threads: int) -> dict:
         if proc.returncode != 0:
             raise SystemExit(f"arm {arm['name']} failed (rc {proc.returncode}); see {arm['dir']}/run.log")
         print(f"{arm['name']}: {time.time() - started:.0f} s", flush=True)
-    m = json.loads(metrics_file.read_text())
+
+
+def arm_row(arm: dict) -> dict:
+    """One finished arm's numbers for the tables."""
+    m = json.loads((Path(arm["dir"]) / "reward" / "metrics.json").read_text())
     return {"name": arm["name"], "train_prompts": arm["size"], "seed": arm["seed"], "epochs": arm["epochs"],
             "train_pairs": m["train_pairs"], "train_accuracy": m["accuracy"],
             "heldout_accuracy": m["eval_data_accuracy"], "heldout_ci": m.get("eval_data_accuracy_ci"),
@@ -191,7 +196,7 @@ def main() -> None:
         list(pool_exec.map(lambda a: run_arm(a, args.threads), arms))
     # every finished arm in the folder (earlier invocations' too): they share its held-out prompts
     finished = [json.loads(f.read_text()) for f in sorted(out.glob("*/arm.json"))]
-    rows = [run_arm(a, args.threads) for a in finished if (Path(a["dir"]) / "reward" / "metrics.json").exists()]
+    rows = [arm_row(a) for a in finished if (Path(a["dir"]) / "reward" / "metrics.json").exists()]
     rows.sort(key=lambda r: (r["train_prompts"], r["epochs"], r["seed"]))
 
     import torch
