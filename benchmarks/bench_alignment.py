@@ -9,7 +9,7 @@ the focus gold set (greedy responses; gold score, strict accuracy, reward-model 
 SFT), and each gain gets a paired bootstrap 95% confidence interval over prompts.
 
 Arms (``--arms``):
-  rloo       the quickstart's RL stage as shipped (RLOO, 4 samples per query, reward model)
+  rloo       the quickstart's RL stage (RLOO, 4 samples per query, reward model), trained for --minutes
   grpo       GRPO (group-normalised advantages, 4 samples per query), reward model
   gae        PPO with GAE and a value head (1 sample per query), reward model
   rloo-gold  RLOO with the gold checker itself as the reward (verifiable reward, no reward model)
@@ -44,7 +44,10 @@ RECIPE = ROOT / "recipes" / "quickstart.yaml"
 UPSTREAM = ("self_instruct", "sft", "rank", "reward")  # copied from the base run: the same start for every arm
 
 ARMS: dict[str, dict] = {
-    "rloo": {"label": "RLOO, group 4 (quickstart)", "reward": "reward model", "stage": "ppo", "overrides": []},
+    "rloo": {"label": "RLOO, group 4", "reward": "reward model", "stage": "ppo", "overrides": []},
+    # not trainable here: the quickstart run's own final policy, read from its eval (--quickstart-run)
+    "rloo-quickstart": {"label": "RLOO, group 4 (the quickstart run, 20 steps)", "reward": "reward model",
+                        "stage": None, "overrides": []},
     "grpo": {"label": "GRPO, group 4", "reward": "reward model", "stage": "ppo",
              "overrides": ["ppo.train.advantage.estimator=grpo", "ppo.train.rollout.group_size=4"]},
     "gae": {"label": "PPO-GAE, value head", "reward": "reward model", "stage": "ppo",
@@ -158,13 +161,14 @@ def quickstart_arm(run: Path, threads: int) -> dict:
     renamed = {"sft": metrics["policies"]["sft"], f"t{seconds / 60:.0f}m_step{steps}": metrics["policies"]["ppo"]}
     point = {"minutes": float(f"{seconds / 60:.0f}"), "step": steps, "path": str(run / "ppo" / "policy"),
              "rl_seconds": seconds}
-    arm = summarize("rloo", [point], {**metrics, "policies": renamed}, seconds + metrics.get("seconds", 0), threads)
+    arm = summarize("rloo-quickstart", [point], {**metrics, "policies": renamed}, seconds + metrics.get("seconds", 0), threads)
     arm["command"] = ("align run recipes/quickstart.yaml --out runs/quickstart (the quickstart itself, read from "
                       "its eval stage: python benchmarks/bench_alignment.py --render --quickstart-run runs/quickstart)")
     return arm
 
 
-def summarize(arm: str, points: list[dict], metrics: dict, wall_s: float, threads: int) -> dict:
+def summarize(arm: str, points: list[dict], metrics: dict, wall_s: float, threads: int, reproduce: str = "") -> dict:
+    """One arm's results entry; `reproduce`: the options (minutes, marks, threads, store) it ran with."""
     pol = metrics["policies"]
     sft = pol["sft"]
     rows = []
@@ -181,7 +185,7 @@ def summarize(arm: str, points: list[dict], metrics: dict, wall_s: float, thread
             "win_rate": m.get("win_rate_vs_sft"),
         })
     spec = ARMS[arm]
-    cmd = " ".join(["python benchmarks/bench_alignment.py --base runs/quickstart --arms", arm])
+    cmd = f"python benchmarks/bench_alignment.py --base runs/quickstart --arms {arm} {reproduce}".strip()
     return {"label": spec["label"], "reward": spec["reward"], "threads": threads, "wall_seconds": round(wall_s),
             "prompts": metrics.get("num_prompts") or 75, "command": cmd, "points": rows,
             "date": time.strftime("%Y-%m-%d"),
@@ -258,7 +262,8 @@ def plot(res: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="runs/quickstart", help="A finished quickstart run (its upstream stages).")
-    parser.add_argument("--arms", nargs="*", default=["grpo", "gae", "rloo-gold"], choices=sorted(ARMS))
+    parser.add_argument("--arms", nargs="*", default=["grpo", "gae", "rloo-gold"],
+                        choices=sorted(name for name, spec in ARMS.items() if spec["stage"]))
     parser.add_argument("--out", default="runs/frontier", help="One run dir per arm under this folder.")
     parser.add_argument("--minutes", type=float, default=30.0, help="Stop each RL arm after this much wall time.")
     parser.add_argument("--marks", type=float, nargs="*", default=[5, 10, 15, 20, 30],
@@ -269,7 +274,8 @@ def main() -> None:
     parser.add_argument("--store", default=str(RESULTS / "alignment.json"),
                         help="Results JSON the arms merge into (arms measured elsewhere: merge with --merge).")
     parser.add_argument("--merge", nargs="*", default=[], help="Other results JSONs whose arms to merge in.")
-    parser.add_argument("--quickstart-run", help="Add the rloo arm from this finished quickstart run's own eval.")
+    parser.add_argument("--quickstart-run", help="Add the rloo-quickstart arm from this finished quickstart run's "
+                                                 "own eval (its final policy only: no intermediate checkpoints).")
     parser.add_argument("--note", action="append", default=[], help="A line for the Notes section (repeatable).")
     args = parser.parse_args()
 
@@ -278,7 +284,7 @@ def main() -> None:
     for other in args.merge:
         res["arms"].update(json.loads(Path(other).read_text())["arms"])
     if args.quickstart_run:
-        res["arms"]["rloo"] = quickstart_arm(Path(args.quickstart_run), args.threads)
+        res["arms"]["rloo-quickstart"] = quickstart_arm(Path(args.quickstart_run), args.threads)
     if args.note:
         res["notes"] = args.note
     if not args.render:
@@ -293,15 +299,16 @@ def main() -> None:
             arm_dir = Path(args.out) / arm
             prepare_arm(base, arm_dir)
             t0 = time.time()
-            if arm == "rloo" and (base / "ppo" / "COMPLETE").exists() and not (arm_dir / "ppo").exists():
-                shutil.copytree(base / "ppo", arm_dir / "ppo", symlinks=True)  # the shipped run itself
-            elif ARMS[arm]["stage"] == "ppo" or not (arm_dir / "dpo" / "COMPLETE").exists():
+            if ARMS[arm]["stage"] == "ppo" or not (arm_dir / "dpo" / "COMPLETE").exists():
                 train_arm(arm, arm_dir, args.minutes, args.steps, args.threads)
             points = dpo_points(arm_dir) if ARMS[arm]["stage"] == "dpo" else ppo_points(arm_dir, args.marks)
             if not points:
                 sys.exit(f"[{arm}] no checkpoint within the marks; see {arm_dir}")
             metrics = evaluate(arm_dir, points, args.threads)
-            res["arms"][arm] = summarize(arm, points, metrics, time.time() - t0, args.threads)
+            options = [f"--threads {args.threads}", f"--store {store.relative_to(ROOT) if store.is_relative_to(ROOT) else store}"]
+            if ARMS[arm]["stage"] == "ppo":
+                options[:0] = [f"--minutes {args.minutes:g}", "--marks " + " ".join(f"{m:g}" for m in args.marks)]
+            res["arms"][arm] = summarize(arm, points, metrics, time.time() - t0, args.threads, " ".join(options))
             if store.exists():  # arms another process wrote meanwhile stay
                 res["arms"] = {**json.loads(store.read_text())["arms"], **res["arms"]}
             store.parent.mkdir(parents=True, exist_ok=True)
