@@ -95,11 +95,19 @@ class ModelView:
     tokenizer: Any
     adapter: str | None = None  # PeftModel adapter to activate
     base_only: bool = False  # run the shared base with adapters disabled
+    quantization: str = "none"  # of the loaded base: a LoRA merges into it only when not quantized
 
     @contextlib.contextmanager
     def active(self) -> Iterator[Any]:
+        """The model as this view computes it. An adapter runs merged into the base weights where that
+        is exact (align.lora_merge: plain-``generate`` speed, weights put back after)."""
+        from align.lora_merge import lora_merged
+
         if self.adapter is not None:
             self.model.set_adapter(self.adapter)
+            with lora_merged(self.model, self.adapter, self.quantization):
+                yield self.model
+            return
         with self.model.disable_adapter() if self.base_only else contextlib.nullcontext():
             yield self.model
 
@@ -159,7 +167,8 @@ def load_views(specs: list[ModelSpec], settings: ModelSettings | None) -> dict[t
         tokenizer = load_tokenizer(spec.ref)
         tokenizer.padding_side = "left"
         views[spec.identity] = ModelView(model, tokenizer, adapter=names.get(spec.identity),
-                                         base_only=bool(adapters) and spec.adapter is None)
+                                         base_only=bool(adapters) and spec.adapter is None,
+                                         quantization=settings.quantization if settings else "none")
     return views
 
 

@@ -36,6 +36,7 @@ from torch import nn
 
 from align.errors import AlignError
 from align.frozen_trunk import capture_lower_layers, frozen_prefix, replay_lower_layers
+from align.lora_merge import lora_merge_blocker, lora_merged
 from align.models import (
     AdapterConfig,
     ModelConfig,
@@ -336,57 +337,22 @@ def merge_blocker(roles: ModelRoles) -> str | None:
     """Why the policy adapter cannot be merged exactly for sampling, or None when it can."""
     if not roles.is_peft:
         return "the policy is a full model (nothing to merge)"
-    if roles.quantization != "none":
-        return f"the base is {roles.quantization}-quantized: merging LoRA into it is not exact, so sampling runs unmerged"
-    from peft.tuners.lora import LoraLayer
-
-    counts: dict[int, int] = {}
-    for _, p in roles.model.named_parameters(remove_duplicate=False):
-        counts[id(p)] = counts.get(id(p), 0) + 1
-    for name, module in roles.model.named_modules():
-        if not isinstance(module, LoraLayer) or not _has_adapter(module, POLICY_ADAPTER):
-            continue
-        if POLICY_ADAPTER in getattr(module, "lora_variant", {}):
-            return f"the policy adapter is not plain LoRA at {name} (DoRA): sampling runs unmerged"
-        if counts.get(id(module.get_base_layer().weight), 0) > 1:
-            return f"{name} shares its weight with another module (tied embeddings): sampling runs unmerged"
-    return None
-
-
-def _has_adapter(module: nn.Module, name: str) -> bool:
-    return name in getattr(module, "lora_A", {}) or name in getattr(module, "lora_embedding_A", {})
+    return lora_merge_blocker(roles.model, POLICY_ADAPTER, roles.quantization)
 
 
 @contextlib.contextmanager
 def merged_for_sampling(roles: ModelRoles, enabled: bool = True) -> Iterator[bool]:
     """Run generate() on the base with the policy's LoRA delta added to its weights; yields whether merged.
 
-    Like peft's merge_adapter / unmerge_adapter, but exact on the way back: each merged weight is a
-    new tensor and the original tensor object is put back afterwards (unmerging by subtraction
-    leaves float drift that would accumulate over thousands of steps). Costs one extra copy of the
-    adapted weights while sampling. Other adapters (ref, reward, value) are untouched; the adapter
-    layers are switched off meanwhile, so the LoRA path is not added a second time.
+    align.lora_merge.lora_merged on the policy adapter: exact on the way back (the original weight
+    tensors are put back, no float drift over thousands of steps); the ref, reward and value adapters
+    are untouched, and the trainable set is the same afterwards.
     """
-    reason = merge_blocker(roles) if enabled else "off"
-    if reason is not None:
+    if not enabled or merge_blocker(roles) is not None:
         yield False
         return
-    from peft.tuners.lora import LoraLayer
-
-    swapped: list[tuple[nn.Parameter, torch.Tensor]] = []
-    try:
-        with torch.no_grad():
-            for module in roles.model.modules():
-                if isinstance(module, LoraLayer) and _has_adapter(module, POLICY_ADAPTER):
-                    weight = module.get_base_layer().weight
-                    delta = module.get_delta_weight(POLICY_ADAPTER)
-                    swapped.append((weight, weight.data))
-                    weight.data = weight.data + delta.to(weight.dtype)
-        with adapters_disabled(roles.model):
-            yield True
-    finally:
-        for weight, original in swapped:
-            weight.data = original
+    with lora_merged(roles.model, POLICY_ADAPTER, roles.quantization) as merged:
+        yield merged
 
 
 # --------------------------------------------------------------------------- frozen lower layers

@@ -66,6 +66,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
 
     from align.generation import generate_chat
     from align.judges import GoldJudge, make_judge
+    from align.lora_merge import lora_merge_blocker, lora_merged
     from align.models import load_causal_lm, load_tokenizer
     from align.rankings import RANKINGS_FILE, JsonlAppender, RankingRecord, prompt_text
 
@@ -101,10 +102,14 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
             if model is None:
                 model, tokenizer = load_causal_lm(policy_cfg), load_tokenizer(policy_cfg.name)
                 model.eval()
+                reason = lora_merge_blocker(model, quantization=policy_cfg.quantization)
+                log.info("rank: sampling %s", "with the policy's LoRA merged into the base weights"
+                         if reason is None else f"unmerged: {reason}")
             batch = prompts[start : start + cfg.batch_size]
-            samples = generate_chat(model, tokenizer, batch, max_new_tokens=cfg.max_new_tokens,
-                                    temperature=cfg.temperature, num_return_sequences=cfg.k,
-                                    batch_size=len(batch), seed=ctx.seed + b, progress=False)
+            with lora_merged(model, quantization=policy_cfg.quantization):
+                samples = generate_chat(model, tokenizer, batch, max_new_tokens=cfg.max_new_tokens,
+                                        temperature=cfg.temperature, num_return_sequences=cfg.k,
+                                        batch_size=len(batch), seed=ctx.seed + b, progress=False)
             samples = [samples[i - start] for i in todo]
             texts = [prompt_text(prompts[i]) for i in todo]
             rankings = [None] * len(todo) if human else judge.rank(texts, samples)

@@ -215,3 +215,38 @@ def test_bad_settings_fail_before_loading_the_policy(setup):
         Config.model_validate(settings(root, prompts, temperature=0))
     with pytest.raises(AlignError, match="informative needs a gold or llm judge"):
         run_stage(root / "b", settings(root, prompts, judge={"type": "human"}, informative=2))
+
+
+def test_an_adapter_policy_samples_merged_with_the_unmerged_samples(setup, tiny_model_dir, monkeypatch, caplog):
+    """The rank stage folds a LoRA policy into its base for sampling (align.lora_merge): same seeds, same
+    samples as the adapter run unmerged, only faster."""
+    import contextlib
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import align.lora_merge
+
+    root, prompts = setup
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.2)
+    adapter = root / "adapter"
+    model.save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(adapter)
+
+    with caplog.at_level("INFO", logger="align.rank"):
+        merged = run_stage(root / "merged", settings(root, prompts, policy=str(adapter)))
+    assert "with the policy's LoRA merged into the base weights" in caplog.text
+    monkeypatch.setattr(align.lora_merge, "lora_merged", lambda *a, **k: contextlib.nullcontext(False))
+    unmerged = run_stage(root / "unmerged", settings(root, prompts, policy=str(adapter)))
+    rows = [[json.loads(line)["responses"] for line in Path(r.outputs["rankings"]).read_text().splitlines()]
+            for r in (merged, unmerged)]
+    assert rows[0] == rows[1]
+    base = run_stage(root / "base", settings(root, prompts))  # the adapter really changes the samples
+    assert [json.loads(line)["responses"] for line in Path(base.outputs["rankings"]).read_text().splitlines()] != rows[0]

@@ -1,0 +1,86 @@
+"""Run a PEFT model with one LoRA adapter folded into its base weights, and put the weights back exactly.
+
+Why: evaluated beside its base, a LoRA adapter costs two extra small matmuls per adapted layer at every
+decoding step, which on a CPU makes ``generate`` with an adapter markedly slower than with a plain model
+(`benchmarks/results/stage_generation.md`). Every stage that only samples or scores (rank's K responses
+per prompt, eval's greedy responses and KL samples, PPO's rollouts) runs faster with the delta merged.
+peft's ``merge_adapter`` / ``unmerge_adapter`` would do the folding, but unmerging subtracts the delta
+again and leaves float drift in the base weights (it accumulates over thousands of PPO steps, and other
+adapters on the same base would see it); here each merged weight is a new tensor and the original tensor
+object is put back afterwards, at the cost of one extra copy of the adapted weights while merged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+def lora_merge_blocker(model: nn.Module, adapter: str | None = None, quantization: str = "none") -> str | None:
+    """Why `adapter` (default: the active one) cannot be merged exactly into `model`'s base weights, or None
+    when it can."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        return "not a PEFT model (nothing to merge)"
+    adapter = adapter or model.active_adapter
+    if quantization != "none":
+        return f"the base is {quantization}-quantized: merging LoRA into it is not exact, so it runs unmerged"
+    from peft.tuners.lora import LoraLayer
+
+    counts: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        counts[id(p)] = counts.get(id(p), 0) + 1
+    found = False
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer) or not _has_adapter(module, adapter):
+            continue
+        found = True
+        if adapter in getattr(module, "lora_variant", {}):
+            return f"adapter {adapter!r} is not plain LoRA at {name} (DoRA): it runs unmerged"
+        if counts.get(id(module.get_base_layer().weight), 0) > 1:
+            return f"{name} shares its weight with another module (tied embeddings): it runs unmerged"
+    return None if found else f"no LoRA adapter named {adapter!r} on this model"
+
+
+def _has_adapter(module: nn.Module, name: str) -> bool:
+    return name in getattr(module, "lora_A", {}) or name in getattr(module, "lora_embedding_A", {})
+
+
+@contextlib.contextmanager
+def lora_merged(model: nn.Module, adapter: str | None = None, quantization: str = "none",
+                enabled: bool = True) -> Iterator[bool]:
+    """Inside, `model` computes what it computes with `adapter` (default: the active one) active, from
+    merged weights; yields whether it merged (False: see lora_merge_blocker; the model runs as it was).
+
+    Other adapters on the same base are untouched; every adapter layer is switched off meanwhile (peft's
+    disable_adapter), so the LoRA path is not added a second time. No gradients flow into the merged
+    weights: use it for sampling and scoring, not training. Which parameters require grad is restored.
+    """
+    reason = lora_merge_blocker(model, adapter, quantization) if enabled else "off"
+    if reason is not None:
+        yield False
+        return
+    from peft.tuners.lora import LoraLayer
+
+    adapter = adapter or model.active_adapter
+    swapped: list[tuple[nn.Parameter, torch.Tensor]] = []
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, LoraLayer) and _has_adapter(module, adapter):
+                    weight = module.get_base_layer().weight
+                    delta = module.get_delta_weight(adapter)
+                    swapped.append((weight, weight.data))
+                    weight.data = weight.data + delta.to(weight.dtype)
+        with model.disable_adapter():
+            yield True
+    finally:
+        for weight, original in swapped:
+            weight.data = original
+        for param, flag in flags:  # leaving disable_adapter() re-runs set_adapter, which resets requires_grad
+            param.requires_grad_(flag)
