@@ -1,9 +1,11 @@
 """Run a PEFT model with one LoRA adapter folded into its base weights, and put the weights back exactly.
 
 Why: evaluated beside its base, a LoRA adapter costs two extra small matmuls per adapted layer at every
-decoding step, which on a CPU makes ``generate`` with an adapter markedly slower than with a plain model
-(`benchmarks/results/stage_generation.md`). Every stage that only samples or scores (rank's K responses
-per prompt, eval's greedy responses and KL samples, PPO's rollouts) runs faster with the delta merged.
+decoding step; folded in, generation runs at the plain model's speed (with the quickstart's adapter on 8
+of 30 layers that is a few percent on CPU, `benchmarks/results/stage_generation.md`; more with adapters on
+every layer). Every stage that only samples or scores (rank's K responses per prompt, eval's greedy
+responses and KL samples, PPO's rollouts) runs this way where it is exact.
+
 peft's ``merge_adapter`` / ``unmerge_adapter`` would do the folding, but unmerging subtracts the delta
 again and leaves float drift in the base weights (it accumulates over thousands of PPO steps, and other
 adapters on the same base would see it); here each merged weight is a new tensor and the original tensor

@@ -57,8 +57,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapter", help="A LoRA policy adapter dir (default: a random one on SmolLM2-135M).")
     parser.add_argument("--rounds", type=int, default=1, help="Timed repeats per arm (after one warm-up call).")
+    parser.add_argument("--render", action="store_true", help="Only rewrite the .md from the .json (and --note).")
+    parser.add_argument("--note", action="append", default=[], help="A line for the Notes section (repeatable).")
     args = parser.parse_args()
+    if args.render:
+        res = json.loads((RESULTS / "stage_generation.json").read_text())
+        if args.note:
+            res["notes"] = args.note
+            (RESULTS / "stage_generation.json").write_text(json.dumps(res, indent=2) + "\n")
+        write_markdown(res)
+        return
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    load_before = os.getloadavg()[0]
     import torch
     import transformers
 
@@ -111,7 +121,7 @@ def main() -> None:
     names = list(arms)
     same = sum(a == b for a, b in zip(greedy[names[0]], greedy[names[1]]))
     result = {
-        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "load_before": round(load_before, 1), "notes": args.note, "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "env": f"torch {torch.__version__}, transformers {transformers.__version__}", "policy": described,
         "rows": rows, "greedy_identical": [same, len(greedy[names[0]])],
     }
@@ -125,7 +135,8 @@ def write_markdown(res: dict) -> None:
         "# Rank and eval generation with a LoRA policy: unmerged vs merged (CPU)",
         "",
         f"Measured {res['date']} by `python benchmarks/bench_stage_generation.py` on {res['machine']}, {res['env']}, "
-        "1 intra-op thread; seconds are the process's CPU seconds (time.process_time). Model: SmolLM2-135M-Instruct "
+        f"1 intra-op thread, load average {res.get('load_before', '?')} before the run; seconds are the process's CPU "
+        "seconds (time.process_time). Model: SmolLM2-135M-Instruct "
         f"(fp32) with {res['policy']}. Same prompts (focus gold set) and seeds in every arm.",
         "",
         "| workload | arm | response tokens | CPU seconds | tokens/s | vs unmerged |",
@@ -137,6 +148,8 @@ def write_markdown(res: dict) -> None:
     same, total = res["greedy_identical"]
     lines += ["", f"Greedy eval responses identical merged vs unmerged: {same} of {total} (fp32; a difference would be "
               "a float-rounding tie between two tokens).", ""]
+    if res.get("notes"):
+        lines += ["## Notes", "", *res["notes"], ""]
     (RESULTS / "stage_generation.md").write_text("\n".join(lines))
 
 
