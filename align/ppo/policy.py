@@ -348,10 +348,10 @@ def merged_for_sampling(roles: ModelRoles, enabled: bool = True) -> Iterator[boo
     tensors are put back, no float drift over thousands of steps); the ref, reward and value adapters
     are untouched, and the trainable set is the same afterwards.
     """
-    if not enabled or merge_blocker(roles) is not None:
+    if not roles.is_peft:
         yield False
         return
-    with lora_merged(roles.model, POLICY_ADAPTER, roles.quantization) as merged:
+    with lora_merged(roles.model, POLICY_ADAPTER, roles.quantization, enabled) as merged:
         yield merged
 
 
