@@ -70,7 +70,6 @@ def lora_merged(model: nn.Module, adapter: str | None = None, quantization: str 
 
     adapter = adapter or model.active_adapter
     swapped: list[tuple[nn.Parameter, torch.Tensor]] = []
-    flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
         with torch.no_grad():
             for module in model.modules():
@@ -79,10 +78,24 @@ def lora_merged(model: nn.Module, adapter: str | None = None, quantization: str 
                     delta = module.get_delta_weight(adapter)
                     swapped.append((weight, weight.data))
                     weight.data = weight.data + delta.to(weight.dtype)
-        with model.disable_adapter():
+        with keep_trainable_set(model), model.disable_adapter():
             yield True
     finally:
         for weight, original in swapped:
             weight.data = original
-        for param, flag in flags:  # leaving disable_adapter() re-runs set_adapter, which resets requires_grad
+
+
+@contextlib.contextmanager
+def keep_trainable_set(model: nn.Module) -> Iterator[None]:
+    """Restore every parameter's requires_grad on exit.
+
+    peft's set_adapter makes the active adapter trainable and freezes the others, and leaving
+    disable_adapter() re-runs it; which weights the optimizer trains must not depend on which role
+    ran a forward last.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        yield
+    finally:
+        for param, flag in flags:
             param.requires_grad_(flag)

@@ -36,7 +36,7 @@ from torch import nn
 
 from align.errors import AlignError
 from align.frozen_trunk import capture_lower_layers, frozen_prefix, replay_lower_layers
-from align.lora_merge import lora_merge_blocker, lora_merged
+from align.lora_merge import keep_trainable_set, lora_merge_blocker, lora_merged
 from align.models import (
     AdapterConfig,
     ModelConfig,
@@ -233,22 +233,6 @@ def init_value_from_reward(roles: ModelRoles, adapter_config: Any, head: nn.Line
 
 
 @contextlib.contextmanager
-def keep_trainable_set(model: nn.Module) -> Iterator[None]:
-    """Restore every parameter's requires_grad on exit.
-
-    peft's set_adapter makes the active adapter trainable and freezes the others, and leaving
-    disable_adapter() re-runs it; which weights the optimizer trains must not depend on which role
-    ran a forward last.
-    """
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        yield
-    finally:
-        for param, flag in flags:
-            param.requires_grad_(flag)
-
-
-@contextlib.contextmanager
 def use_adapter(model: nn.Module, name: str) -> Iterator[None]:
     """Run forwards with another adapter of a PeftModel active (the trainable set unchanged)."""
     previous = model.active_adapter
@@ -340,19 +324,14 @@ def merge_blocker(roles: ModelRoles) -> str | None:
     return lora_merge_blocker(roles.model, POLICY_ADAPTER, roles.quantization)
 
 
-@contextlib.contextmanager
-def merged_for_sampling(roles: ModelRoles, enabled: bool = True) -> Iterator[bool]:
+def merged_for_sampling(roles: ModelRoles, enabled: bool = True) -> contextlib.AbstractContextManager[bool]:
     """Run generate() on the base with the policy's LoRA delta added to its weights; yields whether merged.
 
     align.lora_merge.lora_merged on the policy adapter: exact on the way back (the original weight
     tensors are put back, no float drift over thousands of steps); the ref, reward and value adapters
-    are untouched, and the trainable set is the same afterwards.
+    are untouched, and the trainable set is the same afterwards. A full policy yields False.
     """
-    if not roles.is_peft:
-        yield False
-        return
-    with lora_merged(roles.model, POLICY_ADAPTER, roles.quantization, enabled) as merged:
-        yield merged
+    return lora_merged(roles.model, POLICY_ADAPTER, roles.quantization, enabled)
 
 
 # --------------------------------------------------------------------------- frozen lower layers
