@@ -123,7 +123,7 @@ def test_ppo_rollout_sampling_is_pure(leaky_dir):
 
     model, tok = load(leaky_dir)
     seen = spy_processors(model)
-    roles = SimpleNamespace(model=model, tokenizer=tok, device=torch.device("cpu"), is_peft=False,
+    roles = SimpleNamespace(model=model, tokenizer=tok, device=torch.device("cpu"), is_peft=False, quantization="none",
                             autocast=lambda no_grad=False: torch.autocast("cpu", enabled=False))
     ids, mask = left_pad(tok(["Hello", "Tell me a story"], add_special_tokens=False)["input_ids"], tok.pad_token_id)
     out = generate(roles, ids, mask, PPOSettings(rollout={"max_new_tokens": 5, "temperature": 0.7,
