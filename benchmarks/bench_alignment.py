@@ -45,6 +45,12 @@ UPSTREAM = ("self_instruct", "sft", "rank", "reward")  # copied from the base ru
 
 ARMS: dict[str, dict] = {
     "rloo": {"label": "RLOO, group 4", "reward": "reward model", "stage": "ppo", "overrides": []},
+    # the same recipe with another RL seed: how much of an arm's gain is the seed's
+    "rloo-seed7": {"label": "RLOO, group 4, RL seed 7", "reward": "reward model", "stage": "ppo",
+                   "overrides": ["seed=7"]},
+    # 4x the KL weight: does a stronger pull to the SFT policy stop the over-optimisation past ~20 steps?
+    "rloo-kl0.2": {"label": "RLOO, group 4, KL coef 0.2", "reward": "reward model", "stage": "ppo",
+                   "overrides": ["ppo.train.kl.init_coef=0.2"]},
     # not trainable here: the quickstart run's own final policy, read from its eval (--quickstart-run)
     "rloo-quickstart": {"label": "RLOO, group 4 (the quickstart run, 20 steps)", "reward": "reward model",
                         "stage": None, "overrides": []},
