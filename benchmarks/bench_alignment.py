@@ -313,7 +313,8 @@ def main() -> None:
             metrics = evaluate(arm_dir, points, args.threads)
             options = [f"--threads {args.threads}", f"--store {store.relative_to(ROOT) if store.is_relative_to(ROOT) else store}"]
             if ARMS[arm]["stage"] == "ppo":
-                options[:0] = [f"--minutes {args.minutes:g}", "--marks " + " ".join(f"{m:g}" for m in args.marks)]
+                options[:0] = [f"--minutes {args.minutes:g}", "--marks " + " ".join(f"{m:g}" for m in args.marks),
+                               f"--steps {args.steps}"]
             res["arms"][arm] = summarize(arm, points, metrics, time.time() - t0, args.threads, " ".join(options))
             if store.exists():  # arms another process wrote meanwhile stay
                 res["arms"] = {**json.loads(store.read_text())["arms"], **res["arms"]}
