@@ -249,7 +249,7 @@ def plot(res: dict, path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(10, 4.2))
     for i, (_, arm) in enumerate(ordered(res)):
         pts = arm["points"]
         x = [p["rl_seconds"] / 60 + 0.08 * i for p in pts]  # a small offset keeps error bars apart
@@ -259,7 +259,7 @@ def plot(res: dict, path: Path) -> None:
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("RL wall time (minutes)")
     ax.set_ylabel("held-out gold gain over SFT (95% CI)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: it hid points inside
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
