@@ -38,6 +38,8 @@ RANKINGS_FILE = "rankings.jsonl"
 HUMAN_TURN = "\n\nHuman:"
 ASSISTANT_TURN = "\n\nAssistant:"
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+# HH turn markup a split missed ("\n \nHuman:", "\n\n Assistant:"): never inside a training message
+_HH_MARKUP = re.compile(r"\n[ \t\r]*\n[ \t]*(Human|Assistant):")
 
 Ranking = list[list[int]]  # tie groups of response indices, best group first
 
@@ -205,6 +207,26 @@ def response_messages(response: str) -> list[dict]:
             *({"role": roles[parts[i]], "content": parts[i + 1].strip()} for i in range(1, len(parts), 2))]
 
 
+def markup_problem(messages: list[dict]) -> str | None:
+    """Why these chat messages are unusable for training (HH turn markup inside a message), or None.
+
+    A message holding "\n\nHuman: ..." teaches a policy to write the user's next turn itself; every
+    multi-turn response must reach a trainer as real alternating turns (`response_messages`)."""
+    for j, m in enumerate(messages):
+        if isinstance(m.get("content"), str) and (found := _HH_MARKUP.search(m["content"])):
+            return (f"its {m['role']} message #{j} holds HH transcript markup {found.group(0)!r}; expected real "
+                    "chat turns (give the conversation as a message list, or the pair as HH transcripts)")
+    return None
+
+
+def training_messages(response: str, where: str) -> list[dict]:
+    """A response → the real turns a trainer sees (`response_messages`), checked free of transcript markup."""
+    messages = response_messages(response)
+    if problem := markup_problem(messages):
+        raise AlignError(f"{where}: {problem}")
+    return messages
+
+
 def split_hh(chosen: str, rejected: str, where: str) -> tuple[list[dict], str, str]:
     """Anthropic HH pair → (prompt messages, chosen response, rejected response); see `_split_hh`."""
     messages, chosen_response, rejected_response, _ = _split_hh(chosen, rejected, where)
@@ -292,7 +314,16 @@ def _implicit_prompt_pair(chosen: list, rejected: list, where: str) -> tuple[lis
 
 
 def parse_record(rec: dict, where: str) -> RankingRecord:
-    """One JSON record (ranking, plain pair or HH pair) → RankingRecord."""
+    """One JSON record (ranking, plain pair or HH pair) → RankingRecord, rejected if a prompt or response
+    still holds HH turn markup after splitting (`markup_problem`)."""
+    record = _parse_record(rec, where)
+    for messages in (record.prompt, *map(response_messages, record.responses)):
+        if problem := markup_problem(messages):
+            raise AlignError(f"{where}: {problem}")
+    return record
+
+
+def _parse_record(rec: dict, where: str) -> RankingRecord:
     if "responses" in rec or "ranking" in rec:
         responses = rec.get("responses")
         if not isinstance(responses, list) or len(responses) < 2 or not all(isinstance(r, str) for r in responses):
@@ -488,10 +519,13 @@ def select_pairs(ranking: Ranking, mode: str = "all") -> list[tuple[int, int]]:
 
 
 def preference_pairs(records: list[RankingRecord], mode: str = "all") -> tuple[list[dict], list[str]]:
-    """Rankings → TRL preference rows ``{prompt: [messages], chosen: [assistant], rejected: [assistant]}``.
+    """Rankings → TRL preference rows ``{prompt: [messages], chosen: [messages], rejected: [messages]}``.
 
-    Pairs whose two responses are the same text are dropped (no preference to learn). Returns the rows
-    and where ("file:line") each record that gave no pair at all is (all tied, or only identical texts).
+    A response spanning several turns (an HH pair split early) becomes real alternating turns
+    [assistant, user, assistant, ...], TRL's conversational format (DPOTrainer renders prompt + chosen
+    with the chat template), never one assistant message holding "\n\nHuman:" markup. Pairs whose two
+    responses are the same text are dropped (no preference to learn). Returns the rows and where
+    ("file:line") each record that gave no pair at all is (all tied, or only identical texts).
     """
     rows: list[dict] = []
     empty: list[str] = []
@@ -500,8 +534,8 @@ def preference_pairs(records: list[RankingRecord], mode: str = "all") -> tuple[l
         for b, w in select_pairs(rec.ranking, mode):
             if rec.responses[b] == rec.responses[w]:
                 continue
-            rows.append({"prompt": rec.prompt, "chosen": [{"role": "assistant", "content": rec.responses[b]}],
-                         "rejected": [{"role": "assistant", "content": rec.responses[w]}]})
+            rows.append({"prompt": rec.prompt, "chosen": training_messages(rec.responses[b], rec.where),
+                         "rejected": training_messages(rec.responses[w], rec.where)})
             made += 1
         if not made:
             empty.append(rec.where)
@@ -525,8 +559,9 @@ def kto_labels(ranking: Ranking, top: int = 1, bottom: int = 1) -> tuple[list[in
 
 
 def kto_examples(records: list[RankingRecord], top: int = 1, bottom: int = 1) -> tuple[list[dict], list[str]]:
-    """Rankings → TRL KTO rows ``{prompt, completion: [assistant], label: bool}``; also where each record
-    that gave none is (one tie group). A response text labelled both ways in one record is dropped."""
+    """Rankings → TRL KTO rows ``{prompt, completion: [messages], label: bool}`` (multi-turn responses as
+    real turns, as `preference_pairs`); also where each record that gave none is (one tie group). A
+    response text labelled both ways in one record is dropped."""
     rows: list[dict] = []
     empty: list[str] = []
     for rec in records:
@@ -539,7 +574,7 @@ def kto_examples(records: list[RankingRecord], top: int = 1, bottom: int = 1) ->
             for i in indices:
                 if rec.responses[i] in both:
                     continue
-                rows.append({"prompt": rec.prompt, "completion": [{"role": "assistant", "content": rec.responses[i]}],
+                rows.append({"prompt": rec.prompt, "completion": training_messages(rec.responses[i], rec.where),
                              "label": label})
                 made += 1
         if not made:

@@ -13,6 +13,7 @@ from align.rankings import (
     kto_labels,
     preference_pairs,
     read_rankings,
+    read_rankings_checked,
     select_pairs,
     split_records_by_prompt,
 )
@@ -139,3 +140,43 @@ def test_split_records_by_prompt_keeps_a_prompt_on_one_side():
     held_keys = {r.prompt_text for r in held}
     assert len(held_keys) == 2 and not train_keys & held_keys and len(train) + len(held) == 20
     assert split_records_by_prompt(records, 0.4, seed=3) == (train, held)
+
+
+# An HH pair whose transcripts differ before the last Assistant turn: each response spans three turns.
+EARLY_HH = {
+    "chosen": "\n\nHuman: Can you help me?\n\nAssistant: Sure, with what?\n\nHuman: My bike.\n\nAssistant: Check it.",
+    "rejected": "\n\nHuman: Can you help me?\n\nAssistant: No.\n\nHuman: Please?\n\nAssistant: Still no.",
+}
+
+
+def _no_markup(rows, keys):
+    return all("Human:" not in m["content"] and "Assistant:" not in m["content"]
+               for r in rows for k in keys for m in r[k])
+
+
+def test_multi_turn_hh_responses_reach_dpo_and_kto_as_real_turns(tmp_path):
+    path = tmp_path / "hh.jsonl"
+    path.write_text(json.dumps(EARLY_HH) + "\n")
+    records = read_rankings(path)
+    (row,), _ = preference_pairs(records)
+    assert row["prompt"] == [{"role": "user", "content": "Can you help me?"}]
+    assert row["chosen"] == [{"role": "assistant", "content": "Sure, with what?"},
+                             {"role": "user", "content": "My bike."}, {"role": "assistant", "content": "Check it."}]
+    assert row["rejected"] == [{"role": "assistant", "content": "No."}, {"role": "user", "content": "Please?"},
+                               {"role": "assistant", "content": "Still no."}]
+    rows, _ = kto_examples(records)
+    assert [[m["role"] for m in r["completion"]] for r in rows] == [["assistant", "user", "assistant"]] * 2
+    assert _no_markup([row], ("prompt", "chosen", "rejected")) and _no_markup(rows, ("prompt", "completion"))
+
+
+def test_records_with_leftover_transcript_markup_are_unusable_and_skippable(tmp_path):
+    bad = {"prompt": "q", "chosen": "fine\n \nHuman: sneaky turn", "rejected": "b"}
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in [bad, *({"prompt": f"p{i}", "chosen": "a", "rejected": "b"}
+                                                            for i in range(3))]) + "\n")
+    with pytest.raises(AlignError, match=r"pairs.jsonl:1: its assistant message #0 holds HH transcript markup"):
+        read_rankings(path)
+    records, report = read_rankings_checked(path, max_bad_records=1)
+    assert len(records) == 3 and report.bad[0][0].endswith("pairs.jsonl:1")
+    with pytest.raises(AlignError, match="f:9: .*HH transcript markup"):  # records built in code are checked too
+        preference_pairs([_rec(["ok", "x\n\n Assistant: y"], [[0], [1]], where="f:9")])
