@@ -177,7 +177,9 @@ def hh_messages(transcript: str, where: str) -> list[dict]:
 
 
 def _hh_text(text: str, name: str, where: str) -> str:
-    """A transcript normalised to start with '\\n\\nHuman:' (some files drop the leading blank line)."""
+    """A transcript normalised to start with '\\n\\nHuman:' (some files drop the leading blank line), CRLF
+    line ends read as LF (the markup is '\\n\\nHuman:'; a file saved on Windows holds '\\r\\n\\r\\nHuman:')."""
+    text = text.replace("\r\n", "\n")
     if not text.startswith(("\n\nHuman:", "Human:")):
         text = text.lstrip()
     if text.startswith("Human:"):
@@ -233,6 +235,13 @@ def split_hh(chosen: str, rejected: str, where: str) -> tuple[list[dict], str, s
     return messages, chosen_response, rejected_response
 
 
+def _same_turns(a: list[dict], b: list[dict]) -> bool:
+    """Same roles and same texts up to whitespace: a doubled space or a trailing newline in one copy of a
+    shared turn is not a different conversation (public HH files have both)."""
+    return len(a) == len(b) and all(x["role"] == y["role"] and x["content"].split() == y["content"].split()
+                                    for x, y in zip(a, b))
+
+
 def _split_hh(chosen: str, rejected: str, where: str) -> tuple[list[dict], str, str, bool]:
     """Anthropic HH pair → (prompt messages, chosen response, rejected response, split early?).
 
@@ -253,14 +262,14 @@ def _split_hh(chosen: str, rejected: str, where: str) -> tuple[list[dict], str, 
         at = text.rfind(ASSISTANT_TURN)
         cut.append((text[:at], text[at + len(ASSISTANT_TURN) :].strip()))
     (prefix, chosen_response), (other_prefix, rejected_response) = cut
-    if prefix == other_prefix:
-        messages = hh_messages(prefix, where)
+    if prefix == other_prefix or _same_turns(hh_messages(prefix, where), hh_messages(other_prefix, where)):
+        messages = hh_messages(prefix, where)  # chosen's texts, as they are
         if not messages or messages[-1]["role"] != "user":
             raise AlignError(f"{where}: the HH conversation must end with a Human turn before the last Assistant turn")
         return messages, chosen_response, rejected_response, False
     turns = hh_messages(chosen, where), hh_messages(rejected, where)
     shared = 0
-    while shared < min(map(len, turns)) and turns[0][shared] == turns[1][shared]:
+    while shared < min(map(len, turns)) and _same_turns(turns[0][shared : shared + 1], turns[1][shared : shared + 1]):
         shared += 1
     while shared and turns[0][shared - 1]["role"] != "user":
         shared -= 1  # the prompt ends with the Human turn the responses answer

@@ -9,6 +9,7 @@ import pytest
 from align.errors import AlignError
 from align.rankings import (
     JsonlAppender,
+    _split_hh,
     bad_record_limit,
     expand_pairs,
     group_by_prompt,
@@ -314,3 +315,26 @@ def test_trl_message_pairs_with_no_shared_user_turn_are_one_clear_error(tmp_path
     ])
     with pytest.raises(AlignError, match=r"c.jsonl:1: 'chosen' and 'rejected' message lists share no user turn"):
         read_rankings(path)
+
+
+def test_hh_shared_turns_are_compared_whitespace_normalised_and_kept_as_written():
+    messages, chosen, rejected, early = _split_hh("\n\nHuman: hi  there\n\nAssistant: yo\n\nHuman: ok?\n\nAssistant: yes",
+                                                  "\n\nHuman: hi there\n\nAssistant: yo \n\nHuman: ok?\n\nAssistant: no",
+                                                  "x:1")
+    assert not early and (chosen, rejected) == ("yes", "no")
+    assert [m["content"] for m in messages] == ["hi  there", "yo", "ok?"]  # chosen's text, not re-spaced
+    # an earlier turn that really differs still splits there; a whitespace difference before it does not
+    messages, chosen, rejected, early = _split_hh("\n\nHuman: a  b\n\nAssistant: c\n\nHuman: d\n\nAssistant: e",
+                                                  "\n\nHuman: a b\n\nAssistant: X\n\nHuman: d\n\nAssistant: e",
+                                                  "x:2")
+    assert early and messages == [{"role": "user", "content": "a  b"}]
+    assert (chosen, rejected) == ("c\n\nHuman: d\n\nAssistant: e", "X\n\nHuman: d\n\nAssistant: e")
+
+
+def test_hh_crlf_transcripts_are_read_like_lf(tmp_path):
+    rec = {"chosen": "\r\n\r\nHuman: Hi?\r\n\r\nAssistant: Hello.\r\n\r\nHuman: Bye?\r\n\r\nAssistant: Bye!",
+           "rejected": "\r\n\r\nHuman: Hi?\r\n\r\nAssistant: Hello.\r\n\r\nHuman: Bye?\r\n\r\nAssistant: No."}
+    (record,) = read_rankings(write_jsonl(tmp_path / "hh.jsonl", [rec]))
+    assert record.prompt == [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."},
+                             {"role": "user", "content": "Bye?"}]
+    assert record.responses == ["Bye!", "No."] and not record.split_early
