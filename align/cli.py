@@ -94,9 +94,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 @command
 def cmd_report(args: argparse.Namespace) -> int:
-    from align.report import write_report
+    from pathlib import Path
 
-    md_path, html_path = write_report(args.run_dir)
+    from align.report import write_report
+    from align.runner import run_folder_lock
+
+    if not Path(args.run_dir).is_dir():
+        raise AlignError(f"{args.run_dir}: no such run folder; expected the --out folder of an `align run`")
+    with run_folder_lock(args.run_dir):  # not while a run writes it (it writes the report itself at the end)
+        md_path, html_path = write_report(args.run_dir)
     print(f"wrote {md_path} and {html_path}")
     return 0
 

@@ -6,16 +6,25 @@ inputs' hashes and the content of the local files it reads. A finished stage wit
 is skipped; a changed config changes its hash and so the hashes of every stage that reads it.
 A stage interrupted mid-way keeps its checkpoints when re-run with the same hash (training
 resumes); with a different hash its folder is cleared first.
+
+One command at a time writes a run folder: `RUN/.lock` is held (an OS file lock, released when the
+holder exits, however it exits) for the whole `align run` or `align report`; a second one fails at once
+with a line naming the holder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import shlex
 import shutil
+import socket
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +38,7 @@ from align.stages import STAGE_ORDER, StageContext, StageResult, resolve_refs, s
 
 COMPLETE = "COMPLETE"
 IN_PROGRESS = "IN_PROGRESS"
+LOCK = ".lock"
 log = logging.getLogger("align")
 
 
@@ -39,6 +49,110 @@ def process_rank() -> tuple[int, int]:
     configs and reports, and the others wait until rank 0 has prepared the stage folder.
     """
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _launch_id() -> str:
+    """What the processes of one `accelerate launch` / torchrun share and another launch does not."""
+    env = os.environ
+    return f"{env.get('MASTER_ADDR', '')}:{env.get('MASTER_PORT', '')}:{env.get('TORCHELASTIC_RUN_ID', '')}"
+
+
+def _holder(lock_path: Path) -> dict[str, Any]:
+    """What the process holding a run folder's lock wrote into it ({} if nothing readable yet)."""
+    for _ in range(20):  # the holder writes its details right after taking the lock
+        with contextlib.suppress(OSError, ValueError):
+            info = json.loads(lock_path.read_text())
+            if isinstance(info, dict):
+                return info
+        time.sleep(0.01)
+    return {}
+
+
+def _describe(info: dict[str, Any]) -> str:
+    if not info:
+        return "another process (it has not written its details yet)"
+    return (f"pid {info.get('pid')} on {info.get('host')}, started {info.get('started')}: "
+            f"{info.get('command')}")
+
+
+def _alive_here(info: dict[str, Any]) -> bool | None:
+    """Whether the holder's process still exists (None: it runs on another host, so unknown)."""
+    if info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int):
+        return None
+    try:
+        os.kill(info["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _command_line() -> str:
+    argv = sys.argv
+    if argv and Path(argv[0]).name in ("align", "cli.py"):
+        return shlex.join(["align", *argv[1:]])
+    return shlex.join([sys.executable, *argv])
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold ``RUN/.lock`` for the block: a second command writing the same run folder fails at once.
+
+    Without it two `align run`s into one folder both "succeed" and leave a stage marked complete with
+    another run's checkpoints and metrics. `flock` belongs to the open file, so the OS releases it when
+    the holder exits in any way (kill -9 included): a killed run never leaves a stale lock to clean up
+    before resuming. The holder's pid, host, start time and command are written into the file for the
+    error message. Under `accelerate launch` only rank 0 takes it; the other ranks wait until their own
+    launch holds it (`_wait_for_launch_lock`), so they neither deadlock on it nor join another launch's run.
+    """
+    run_dir = Path(run_dir)
+    lock_path = run_dir / LOCK
+    rank, world = process_rank()
+    if rank != 0:
+        _wait_for_launch_lock(lock_path)
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no lock (align runs on Linux and macOS)
+        yield
+        return
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise AlignError(f"run folder {run_dir}: cannot write {lock_path} ({exc.strerror}); "
+                         f"expected a folder this user can write to (or pick another --out)") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AlignError(f"run folder {run_dir} is in use by {_describe(_holder(lock_path))}; wait for it "
+                             f"to finish or pass another --out") from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": _command_line(),
+                "launch": _launch_id() if world > 1 else None}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (its content is only read while it is held)
+
+
+def _wait_for_launch_lock(lock_path: Path, timeout_s: float = 600.0) -> None:
+    """A rank > 0 waits until its own launch's rank 0 holds the lock; another live launch's lock fails at once."""
+    mine = _launch_id()
+    deadline = time.time() + timeout_s
+    while True:
+        info = _holder(lock_path) if lock_path.exists() else {}
+        if info.get("launch") == mine and _alive_here(info) is not False:
+            return
+        if info and _alive_here(info) is True and info.get("launch") != mine:
+            raise AlignError(f"run folder {lock_path.parent} is in use by {_describe(info)}; this launch's "
+                             f"rank 0 cannot take it, so rank {process_rank()[0]} stops too")
+        if time.time() > deadline:
+            raise AlignError(f"timed out waiting for rank 0 to lock {lock_path.parent} (held by {_describe(info)})")
+        time.sleep(0.05)
 
 
 def _wait_for(path: Path, content: str, timeout_s: float = 600.0) -> None:
@@ -109,8 +223,34 @@ def run_recipe(
         if value is not None and value not in stages:
             raise AlignError(f"{flag} {value}: this recipe's stages are {', '.join(stages)}")
     check_recipe_inputs(recipe, str(recipe_path), [only] if only else None)  # before hours of earlier stages
+    make_run_dir(run_dir)
+    with run_folder_lock(run_dir):
+        return _run_stages(recipe, stages, run_dir, from_stage, only, force)
+
+
+def make_run_dir(run_dir: Path) -> None:
+    """Create the run folder, or say in one line why it cannot be one (not a traceback)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise AlignError(f"run folder {run_dir} (--out): a file exists there; expected a folder (a new path or a "
+                         f"folder from an earlier run)") from None
+    except NotADirectoryError:
+        blocker = next((p for p in run_dir.parents if p.exists() and not p.is_dir()), run_dir.parent)
+        raise AlignError(f"run folder {run_dir} (--out): {blocker} is a file, not a folder; expected a path whose "
+                         f"parents are folders") from None
+    except OSError as exc:
+        raise AlignError(f"run folder {run_dir} (--out): cannot create it ({exc.strerror}); expected a "
+                         f"path this user can write to") from None
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise AlignError(f"run folder {run_dir} (--out): not writable by this user; expected a "
+                         f"folder this user can write to (or pick another --out)")
+
+
+def _run_stages(recipe: Any, stages: list[str], run_dir: Path, from_stage: str | None, only: str | None,
+                force: bool) -> list[StageRecord]:
+    """The stages of `run_recipe`, run while this process holds the run folder's lock."""
     rank, _ = process_rank()
-    run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False))
 
@@ -186,6 +326,10 @@ def _run_stage(name: str, cfg: BaseModel, digest: str, stage_dir: Path, run_dir:
     seconds = time.perf_counter() - started
     result.metrics.setdefault("seconds", round(seconds, 1))
     if rank == 0:
+        if _read(stage_dir / IN_PROGRESS) != digest:  # only if something ignored the lock (e.g. another host)
+            raise AlignError(f"stage {name}: {stage_dir} was changed by another run while this one ran "
+                             f"({IN_PROGRESS} holds {_read(stage_dir / IN_PROGRESS)}, expected {digest}); "
+                             f"not marked complete, run it again")
         (stage_dir / "result.json").write_text(result.to_json(stage_dir))
         (stage_dir / "metrics.json").write_text(json.dumps(result.metrics, indent=2, default=str))
         (stage_dir / COMPLETE).write_text(digest)
