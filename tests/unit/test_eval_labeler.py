@@ -11,9 +11,16 @@ from align.eval.labeler import (
     gold_score_fn,
     gold_scores,
     lookup_gold_prompt,
-    rank_by_gold,
     ranking_to_pairs,
 )
+from align.eval.labeler import rank_by_gold as rank_by_score
+
+
+def rank_by_gold(*args, **kwargs):
+    """The ranking mechanics (ties, noise) tested on constraint scores, which are easy to compute by hand;
+    the careful score's own ranking is tested in test_labeler_adversarial.py."""
+    return rank_by_score(*args, scorer="compliance", **kwargs)
+
 
 RECORD = GoldPrompt("lab-1", "t", "Say hi.", (C.Lowercase(), C.NoCommas()), "train")
 # gold scores:        0.0         1.0         0.5          1.0        0.5
@@ -101,8 +108,9 @@ def test_flatten_and_pairs():
 
 
 def test_simulated_labeler_matches_function():
-    labeler = SimulatedLabeler(ties="break", tie_breaker="index", noise=1.0)
+    labeler = SimulatedLabeler(ties="break", tie_breaker="index", noise=1.0, scorer="compliance")
     assert labeler.rank(RECORD, RESPONSES) == [[0], [4], [2], [3], [1]]
+    assert SimulatedLabeler().rank(RECORD, RESPONSES) == rank_by_score(RECORD, RESPONSES)
 
 
 @pytest.mark.parametrize(
@@ -121,12 +129,16 @@ def test_bad_settings_are_rejected(kwargs, message):
 
 
 def test_gold_score_fn_looks_up_shipped_prompts_by_text():
+    from align.eval.labeler import careful_score, compliance_score_fn
+
     record = load_gold_prompts("heldout")[0]
     for response in ("", "hello there, friend.", "HELLO THERE? P.S. yes"):
-        assert gold_score_fn(record.prompt, response) == gold_score(record, response)
-    assert gold_score_fn(f"  {record.prompt}\n", "x") == gold_score(record, "x")
+        assert gold_score_fn(record.prompt, response) == pytest.approx(careful_score(record, response))
+        assert compliance_score_fn(record.prompt, response) == gold_score(record, response)
+    assert gold_score_fn(f"  {record.prompt}\n", "x") == pytest.approx(careful_score(record, "x"))
     assert lookup_gold_prompt(record.prompt) == record
-    assert gold_scores([record.prompt] * 2, ["a", "b"]) == [gold_score(record, "a"), gold_score(record, "b")]
+    batched = gold_scores([record.prompt] * 2, ["a", "b"])
+    assert batched == pytest.approx([careful_score(record, "a"), careful_score(record, "b")], abs=1e-6)
     # prompt text also works as the labeler's input
     assert rank_by_gold(record.prompt, ["a", "b"]) == rank_by_gold(record, ["a", "b"])
 
