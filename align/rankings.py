@@ -25,6 +25,7 @@ all of its responses, as in InstructGPT.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -34,7 +35,13 @@ from typing import Any
 
 from align.errors import AlignError
 
+log = logging.getLogger("align.rankings")
+
 RANKINGS_FILE = "rankings.jsonl"
+MAX_BAD_RECORDS_HELP = (
+    "Unusable records of data (a missing key, a bad ranking, HH transcripts with no Human turn in common, "
+    "transcript markup left in a message) to skip before the stage fails: below 1 a fraction of the records, "
+    "else a count; 0 = the first one fails. Skipped records are counted in the log and metrics.json.")
 HUMAN_TURN = "\n\nHuman:"
 ASSISTANT_TURN = "\n\nAssistant:"
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -449,17 +456,35 @@ def read_rankings_checked(path: str | Path, max_records: int | None = None,
     return records, report
 
 
+def read_stage_rankings(path: str | Path, stage: str, max_records: int | None = None,
+                        max_bad_records: float = 0.0) -> tuple[list[RankingRecord], dict[str, Any]]:
+    """What every stage that trains or evaluates on rankings reads them with: `read_rankings_checked`
+    (skip up to max_bad_records unusable records, else fail naming file:line), the log lines saying
+    what was skipped or split, and the counts for metrics.json, so the same file gets the same verdict
+    and the same report in every stage."""
+    records, report = read_rankings_checked(path, max_records, max_bad_records)
+    if report.split_early:
+        log.info("%s: %d HH pairs in %s differ before their last Assistant turn; split at the last shared Human "
+                 "turn (their responses span several turns)", stage, report.split_early, path)
+    if report.bad:
+        log.warning("%s: skipped %d unusable records of %s (max_bad_records = %s); first: %s", stage,
+                    len(report.bad), path, max_bad_records, report.bad[0][1])
+    return records, {"records": report.records, "hh_split_early": report.split_early, "bad_records": len(report.bad),
+                     "bad_record_examples": [why for _, why in report.bad[:5]]}
+
+
 # --------------------------------------------------------------------------- grouping for training
 
 
 @dataclass
 class PromptGroup:
-    """All responses a prompt got (duplicates merged) and every (better, worse) pair among them."""
+    """All responses a prompt got (duplicates merged) and every distinct (better, worse) pair among them."""
 
     prompt: list[dict]
     responses: list[str]
     pairs: list[tuple[int, int]]
     k: int  # responses per ranking record (for accuracy by K)
+    duplicate_pairs: int = 0  # pairs dropped because an earlier record of this prompt gave the same pair
 
 
 def prompt_key(messages: list[dict]) -> str:
@@ -470,12 +495,18 @@ def group_by_prompt(records: list[RankingRecord]) -> list[PromptGroup]:
     """Merge records that share a prompt (e.g. several HH pairs) into one training element.
 
     Identical response strings are merged, so each distinct response is scored once; a pair whose
-    two sides are the same text is dropped (it carries no preference). Order: first appearance.
+    two sides are the same text is dropped (it carries no preference), and so is a pair the prompt
+    already has (duplicate records, common in public pair files): kept, it would count twice in the
+    pairwise mean and put the worse response twice into Plackett–Luce's logsumexp (two identical HH
+    records, r_chosen − r_rejected = 0.3: loss 0.909 instead of 0.554). Counted in `duplicate_pairs`.
+    Order: first appearance.
     """
     groups: dict[str, PromptGroup] = {}
+    seen: dict[str, set[tuple[int, int]]] = {}  # each group's pairs, for constant-time duplicate checks
     for rec in records:
         key = prompt_key(rec.prompt)
         group = groups.setdefault(key, PromptGroup(rec.prompt, [], [], rec.k))
+        pairs = seen.setdefault(key, set())
         group.k = max(group.k, rec.k)
         index = {}
         for i, response in enumerate(rec.responses):
@@ -483,9 +514,26 @@ def group_by_prompt(records: list[RankingRecord]) -> list[PromptGroup]:
                 group.responses.append(response)
             index[i] = group.responses.index(response)
         for b, w in expand_pairs(rec.ranking):
-            if index[b] != index[w]:
-                group.pairs.append((index[b], index[w]))
+            pair = (index[b], index[w])
+            if pair in pairs:
+                group.duplicate_pairs += 1
+            elif pair[0] != pair[1]:
+                group.pairs.append(pair)
+                pairs.add(pair)
     return list(groups.values())
+
+
+def drop_duplicate_rows(rows: list[dict]) -> tuple[list[dict], int]:
+    """Trainer rows (DPO pairs, KTO examples) without exact repeats, and how many were dropped: a
+    duplicate record would weigh its pair twice (`group_by_prompt` does the same for reward models)."""
+    seen: set[str] = set()
+    kept = []
+    for row in rows:
+        key = json.dumps(row, sort_keys=True, ensure_ascii=False)
+        if key not in seen:
+            seen.add(key)
+            kept.append(row)
+    return kept, len(rows) - len(kept)
 
 
 def split_by_prompt(groups: list[PromptGroup], eval_fraction: float, seed: int) -> tuple[list[PromptGroup], list[PromptGroup]]:

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from align.errors import AlignError
 from align.models import AdapterConfig, ModelConfig
+from align.rankings import MAX_BAD_RECORDS_HELP
 from align.stages import StageContext, StageResult
 from align.training import TrainConfig
 
@@ -74,6 +75,7 @@ class Config(BaseModel):
     eval_data: str | None = Field(None, description="Extra held-out rankings or pairs to report accuracy on.")
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of PROMPTS held out for accuracy.")
     max_records: int | None = Field(None, gt=0, description="Use only the first N records of data.")
+    max_bad_records: float = Field(0.01, ge=0, description=MAX_BAD_RECORDS_HELP)
     pairs: Literal["all", "best_vs_worst", "best_vs_each"] = Field(
         "all", description="Which pairs a K-way ranking gives: all K(K-1)/2, best vs worst, or best vs each other.")
     method: Literal["dpo", "kto", "orpo", "cpo", "simpo"] = Field(
@@ -132,9 +134,15 @@ class Config(BaseModel):
 
 def load_rows(cfg: Config, ctx: StageContext) -> tuple[list[dict], list[dict], dict[str, Any]]:
     """Train / held-out rows in TRL's format for the method (pairs, or KTO's labelled completions)."""
-    from align.rankings import kto_examples, preference_pairs, read_rankings, split_records_by_prompt
+    from align.rankings import (
+        drop_duplicate_rows,
+        kto_examples,
+        preference_pairs,
+        read_stage_rankings,
+        split_records_by_prompt,
+    )
 
-    records = read_rankings(cfg.data, cfg.max_records)
+    records, read_info = read_stage_rankings(cfg.data, "dpo", cfg.max_records, cfg.max_bad_records)
     train_records, held_records = split_records_by_prompt(records, cfg.eval_fraction, ctx.seed)
 
     def convert(recs):
@@ -144,6 +152,10 @@ def load_rows(cfg: Config, ctx: StageContext) -> tuple[list[dict], list[dict], d
 
     train_rows, empty = convert(train_records)
     held_rows, held_empty = convert(held_records) if held_records else ([], [])
+    (train_rows, train_dups), (held_rows, held_dups) = drop_duplicate_rows(train_rows), drop_duplicate_rows(held_rows)
+    if train_dups + held_dups:
+        log.info("dpo: dropped %d duplicate %s (a record repeated: it would weigh its pair twice)",
+                 train_dups + held_dups, "examples" if cfg.method == "kto" else "pairs")
     skipped = empty + held_empty
     if skipped:
         log.warning("dpo: %d record(s) give no %s (every response tied, or identical texts), e.g. %s", len(skipped),
@@ -154,9 +166,9 @@ def load_rows(cfg: Config, ctx: StageContext) -> tuple[list[dict], list[dict], d
                          f"(or its responses are identical texts), e.g. {', '.join(empty[:3])}")
     if cfg.method == "kto" and len({r["label"] for r in train_rows}) < 2:
         raise AlignError(f"dpo: KTO needs desirable and undesirable examples; {cfg.data} gives only one kind")
-    info = {"records": len(records), "train_prompts": len({json.dumps(r.prompt) for r in train_records}),
+    info = {**read_info, "train_prompts": len({json.dumps(r.prompt) for r in train_records}),
             "heldout_prompts": len({json.dumps(r.prompt) for r in held_records}),
-            "skipped_no_pair": len(skipped)}
+            "skipped_no_pair": len(skipped), "duplicate_pairs": train_dups + held_dups}
     return train_rows, held_rows, info
 
 
@@ -333,10 +345,11 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         "reward_accuracy_last": last_acc,
         "reward_margin_last": last_margin,
         "steps": trainer.state.global_step,
-        "records": info["records"],
+        **{k: info[k] for k in ("records", "hh_split_early", "bad_records", "bad_record_examples")},
         "train_rows": info["train_rows"],
         "heldout_rows": info["heldout_rows"],
         "skipped_no_pair": info["skipped_no_pair"],
+        "duplicate_pairs": info["duplicate_pairs"],
         "train_seconds": round(seconds, 2),
         "resumed_from": resume,
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
@@ -383,9 +396,9 @@ def heldout_metrics(result: dict[str, float], cfg: Config) -> dict[str, Any]:
 def extra_eval(cfg: Config, ctx: StageContext, trainer) -> dict[str, float]:
     from datasets import Dataset
 
-    from align.rankings import kto_examples, preference_pairs, read_rankings
+    from align.rankings import kto_examples, preference_pairs, read_stage_rankings
 
-    records = read_rankings(cfg.eval_data)
+    records, _ = read_stage_rankings(cfg.eval_data, "dpo", None, cfg.max_bad_records)
     rows, _ = (kto_examples(records, cfg.kto.desirable_top, cfg.kto.undesirable_bottom) if cfg.method == "kto"
                else preference_pairs(records, cfg.pairs))
     if not rows:

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from align.errors import AlignError
 from align.models import AdapterConfig, ModelConfig, adapter_problem
+from align.rankings import MAX_BAD_RECORDS_HELP
 from align.stages import StageContext, StageResult
 from align.training import TrainConfig
 
@@ -50,10 +51,7 @@ class Config(BaseModel):
                                   json_schema_extra={"input": "rankings"})
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of PROMPTS held out for accuracy.")
     max_records: int | None = Field(None, gt=0, description="Use only the first N records of data.")
-    max_bad_records: float = Field(
-        0.01, ge=0, description="Unusable records of data (a missing key, a bad ranking, HH transcripts with no "
-        "Human turn in common) to skip before the stage fails: below 1 a fraction of the records, else a count; "
-        "0 = the first one fails. Skipped records are counted in the log and metrics.json.")
+    max_bad_records: float = Field(0.01, ge=0, description=MAX_BAD_RECORDS_HELP)
     adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="lora/dora (score head trained too) "
                                    "or full; quantization: 4bit on the model gives QLoRA.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="batch_size counts PROMPTS (each with all "
@@ -250,7 +248,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         peft_config,
         pick_precision,
     )
-    from align.rankings import group_by_prompt, read_rankings, read_rankings_checked, split_by_prompt
+    from align.rankings import group_by_prompt, read_stage_rankings, split_by_prompt
     from align.reward_model import (
         META_FILE,
         NORM_FILE,
@@ -269,14 +267,12 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     check_adapter_fits("reward", cfg.model, cfg.adapter)
 
     # ---- data: prompt groups, split by prompt
-    records, read_report = read_rankings_checked(cfg.data, cfg.max_records, cfg.max_bad_records)
-    if read_report.split_early:
-        log.info("reward: %d HH pairs differ before their last Assistant turn; split at the last shared Human "
-                 "turn (their responses span several turns)", read_report.split_early)
-    if read_report.bad:
-        log.warning("reward: skipped %d unusable records (max_bad_records = %s); first: %s", len(read_report.bad),
-                    cfg.max_bad_records, read_report.bad[0][1])
+    records, read_info = read_stage_rankings(cfg.data, "reward", cfg.max_records, cfg.max_bad_records)
     groups = group_by_prompt(records)
+    duplicate_pairs = sum(g.duplicate_pairs for g in groups)
+    if duplicate_pairs:
+        log.info("reward: dropped %d duplicate pairs (same prompt, better and worse response as an earlier record)",
+                 duplicate_pairs)
     ranked = [g for g in groups if g.pairs]  # a prompt whose responses all tie teaches nothing
     if not ranked:
         raise AlignError(f"reward: {cfg.data} has no usable pairs (every ranking is a single tie group)")
@@ -367,11 +363,9 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         "prompts": len(usable),
         "heldout_prompts": len(heldout),
         "skipped_all_tied": len(groups) - len(ranked),
-        "records": read_report.records,
-        "hh_split_early": read_report.split_early,
-        "bad_records": len(read_report.bad),
-        "bad_record_examples": [why for _, why in read_report.bad[:5]],
+        **read_info,  # records, hh_split_early, bad_records, bad_record_examples
         "train_pairs": train_stats["pairs"],
+        "duplicate_pairs": duplicate_pairs,
         "forward_rows": rows,  # response rows forwarded in training: each response once per epoch
         "trunk_cache": ({"layers": cache.layers, "replayed_batches": cache.hits, "computed_batches": cache.misses}
                         if (cache := trainer.trunk_cache) is not None else None),
@@ -385,11 +379,13 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         "normalization_std": round(norm["std"], 5),
     }
     if cfg.eval_data:
-        extra = group_by_prompt(read_rankings(cfg.eval_data))
+        extra_records, extra_info = read_stage_rankings(cfg.eval_data, "reward", None, cfg.max_bad_records)
+        extra = group_by_prompt(extra_records)
         extra_stats = pair_metrics(rm.score_groups(extra, cfg.score_batch_size), extra)
         metrics["eval_data_accuracy"] = extra_stats["accuracy"]
         metrics["eval_data_accuracy_ci"] = extra_stats["accuracy_ci"]
         metrics["eval_data_pairs"] = extra_stats["pairs"]
+        metrics["eval_data_bad_records"] = extra_info["bad_records"]
         metrics["eval_data_accuracy_by_k"] = extra_stats["accuracy_by_k"]
     del trainer, model, rm
     return StageResult(outputs={"model": str(out_dir)}, metrics=metrics)

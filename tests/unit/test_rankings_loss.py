@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from align.rankings import PromptGroup
+from align.rankings import PromptGroup, group_by_prompt
 from align.reward_model import (
     collate_groups,
     normalization_stats,
@@ -130,3 +130,34 @@ def test_plackett_luce_equals_pairwise_for_pairs_and_is_finite_for_large_gaps():
     args = torch.tensor([1, 2, 5]), torch.tensor([0, 3, 4]), torch.tensor([0, 1, 2])  # K = 2 everywhere
     assert plackett_luce_loss(rewards, *args).item() == pytest.approx(ranking_loss(rewards, *args).item(), rel=1e-6)
     assert torch.isfinite(plackett_luce_loss(rewards, *args))
+
+
+def test_duplicate_records_give_each_pair_once_so_plackett_luce_is_not_double_counted():
+    from align.rankings import parse_record
+
+    hh = {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go away"}
+    records = [parse_record(hh, "f:1"), parse_record(hh, "f:2"), parse_record({**hh, "chosen": hh["chosen"] + "!"}, "f:3")]
+    first, = group_by_prompt(records[:2])
+    assert first.pairs == [(0, 1)] and first.duplicate_pairs == 1
+    # rewards r = [0.3, 0]: −log σ(0.3) = log(1 + e^−0.3) = 0.554355; with the pair twice PL's logsumexp held the
+    # rejected response twice: log(e^0.3 + 2·e^0) − 0.3 = 0.908918
+    rewards, prompt = torch.tensor([0.3, 0.0]), torch.tensor([0])
+    assert plackett_luce_loss(rewards, torch.tensor([0]), torch.tensor([1]), prompt).item() == pytest.approx(0.554355, abs=1e-6)
+    twice = plackett_luce_loss(rewards, torch.tensor([0, 0]), torch.tensor([1, 1]), torch.tensor([0, 0])).item()
+    assert twice == pytest.approx(0.908918, abs=1e-6)
+    # a different chosen text for the same prompt is a new pair, not a duplicate
+    group, = group_by_prompt(records)
+    assert group.pairs == [(0, 1), (2, 1)] and group.duplicate_pairs == 1
+
+
+def test_duplicate_dpo_and_kto_rows_are_dropped_and_counted():
+    from align.rankings import drop_duplicate_rows, kto_examples, parse_record, preference_pairs
+
+    rec = {"prompt": "q", "chosen": "a", "rejected": "b"}
+    records = [parse_record(rec, "f:1"), parse_record(rec, "f:2"), parse_record({**rec, "rejected": "c"}, "f:3")]
+    rows, dropped = drop_duplicate_rows(preference_pairs(records)[0])
+    assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows] == [("a", "b"), ("a", "c")]
+    assert dropped == 1
+    rows, dropped = drop_duplicate_rows(kto_examples(records)[0])
+    assert [(r["completion"][0]["content"], r["label"]) for r in rows] == [("a", True), ("b", False), ("c", False)]
+    assert dropped == 3  # "a" desirable twice more, "b" undesirable once more
