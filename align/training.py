@@ -8,6 +8,7 @@ at the first NaN/inf gradient or loss (NonFiniteGuard) instead of finishing with
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -17,6 +18,8 @@ from align.errors import TrainingDiverged
 
 if TYPE_CHECKING:
     from align.models import Precision
+
+log = logging.getLogger("align.training")
 
 
 class TrainConfig(BaseModel):
@@ -129,6 +132,8 @@ def train(trainer: Any, stage: str, hint: str | None = None) -> tuple[Any, str |
     trainer.add_callback(NonFiniteGuard(stage, hint))
     resume = last_checkpoint(Path(trainer.args.output_dir))
     resumed_step = checkpoint_step(resume)
+    if resume is not None:
+        trainer.add_callback(_resume_note(stage, Path(resume).name, resumed_step))
     try:
         return trainer.train(resume_from_checkpoint=resume), resume, resumed_step
     except TrainingDiverged:
@@ -137,6 +142,21 @@ def train(trainer: Any, stage: str, hint: str | None = None) -> tuple[Any, str |
             if bar is not None:
                 bar.close()
         raise
+
+
+def _resume_note(stage: str, checkpoint: str, step: int) -> Any:
+    """A callback that says in the console and the stage's log.txt that training resumed, and where.
+
+    Trainer resumes silently apart from a line on its own logger; a user who killed a run should see
+    that the re-run continued it. The total is the checkpoint's max_steps, known once training begins.
+    """
+    from transformers import TrainerCallback
+
+    class ResumeNote(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            log.info("%s: resuming from %s (step %d of %d)", stage, checkpoint, step, state.max_steps)
+
+    return ResumeNote()
 
 
 def checkpoint_step(checkpoint: str | Path | None) -> int:

@@ -89,6 +89,7 @@ def build_trainer(cfg: Config, ctx: StageContext):
         max_length=cfg.train.max_length, packing=cfg.packing, completion_only_loss=True,
         **held_out_eval_args(cfg.train, bool(eval_examples)),
         dataset_num_proc=None,
+        include_num_input_tokens_seen="non_padding",  # kept in each checkpoint, so it counts across a resume
     )
     trainer = SFTTrainer(
         model=model, args=args, processing_class=tokenizer,
@@ -151,7 +152,9 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         tokenizer.save_pretrained(str(out_dir))
     history = trainer.state.log_history
     losses = loss_history(history, "loss")
-    tokens = max((e.get("num_tokens", 0) for e in history), default=0)
+    # The whole run's tokens (restored with a checkpoint); TRL's logged num_tokens restarts at 0 on a resume.
+    tokens = trainer.state.num_input_tokens_seen or max((e.get("num_tokens", 0) for e in history), default=0)
+    session_tokens = tokens - getattr(trainer, "_initial_num_input_tokens_seen", 0)  # this train() call's
     metrics: dict[str, Any] = {
         "train_loss": mean_train_loss(history, output.training_loss, resumed_step, trainer.state.global_step),
         "first_loss": losses[0][1] if losses else None,
@@ -162,7 +165,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         "eval_examples": info["eval_examples"],
         "train_seconds": round(seconds, 2),
         "tokens": int(tokens),
-        "tokens_per_second": round(tokens / seconds, 1) if tokens and seconds > 0 else None,
+        "tokens_per_second": round(session_tokens / seconds, 1) if session_tokens > 0 and seconds > 0 else None,
         "resumed_from": resume,
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "adapter": cfg.adapter.type,

@@ -180,6 +180,9 @@ dpo:
     metrics = json.loads((out / "dpo" / "metrics.json").read_text())
     assert metrics["resumed_from"] and int(metrics["resumed_from"].rsplit("-", 1)[1]) >= 5
     assert metrics["steps"] == 60
+    step = int(metrics["resumed_from"].rsplit("-", 1)[1])
+    note = f"dpo: resuming from checkpoint-{step} (step {step} of 60)"
+    assert note in done.stderr and note in (out / "dpo" / "log.txt").read_text()  # console and log.txt
 
 
 # --------------------------------------------------------------------------- KTO and reference-free methods

@@ -132,6 +132,9 @@ sft:
     metrics = json.loads((out / "sft" / "metrics.json").read_text())
     assert metrics["resumed_from"] and int(metrics["resumed_from"].rsplit("-", 1)[1]) >= 20
     assert metrics["steps"] == 120
+    step = int(metrics["resumed_from"].rsplit("-", 1)[1])
+    note = f"sft: resuming from checkpoint-{step} (step {step} of 120)"
+    assert note in done.stderr and note in (out / "sft" / "log.txt").read_text()  # console and log.txt
 
 
 def test_partial_checkpoint_is_skipped(tmp_path):
@@ -181,6 +184,23 @@ def test_train_loss_covers_every_step_across_a_resume(tmp_path, tiny_model_dir):
     after_resume_only = sum(losses[6:]) / 6  # what Trainer.train() alone reports after the resume
     assert abs(first["train_loss"] - after_resume_only) > 0.01
     assert resumed["train_loss"] == pytest.approx(first["train_loss"], rel=1e-3)
+
+
+def test_resume_is_announced_and_tokens_count_the_whole_run(tmp_path, tiny_model_dir, caplog):
+    import shutil
+
+    cfg = make_cfg({"type": "lora", "r": 4, "alpha": 8}, save_steps=6)
+    with caplog.at_level("INFO", logger="align"):
+        first = run(cfg, ctx(tmp_path)).metrics
+    assert "resuming" not in caplog.text and first["tokens"] > 0
+    shutil.rmtree(tmp_path / "checkpoints" / "checkpoint-12")  # as if killed after the step-6 checkpoint
+    caplog.clear()
+    with caplog.at_level("INFO", logger="align"):
+        resumed = run(cfg, ctx(tmp_path)).metrics
+    assert "sft: resuming from checkpoint-6 (step 6 of 12)" in caplog.text
+    assert resumed["tokens"] == first["tokens"]  # the same 12 batches, not only the 6 after the resume
+    this_call = resumed["tokens_per_second"] * resumed["train_seconds"]  # the rate is of this call's tokens only
+    assert 0 < this_call < 0.8 * resumed["tokens"]
 
 
 def test_a_new_adapter_on_an_adapter_checkpoint_names_the_weights_it_was_trained_on(tmp_path, tiny_model_dir):
