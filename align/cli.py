@@ -39,13 +39,20 @@ def _interval(metrics: dict, key: str) -> str:
 
 
 def _policy_line(name: str, m: dict) -> str:
-    keys = (("gold_score", "gold"), ("strict_accuracy", "strict"), ("reward_score", "rm"), ("kl", "kl"))
+    keys = (("gold_score", "gold"), ("compliance", "compliance"), ("strict_accuracy", "strict"),
+            ("degenerate_share", "degenerate"), ("on_topic_cosine", "on-topic"), ("ifeval_prompt_strict", "ifeval"),
+            ("reward_score", "rm"), ("kl", "kl"))
     parts = [f"{short}={_fmt(m[k])}" for k, short in keys if isinstance(m.get(k), (int, float))]
     if isinstance(m.get("gold_gain"), dict):
         from align.eval.bootstrap import format_gain
 
         parts.append(f"gold gain {format_gain(m['gold_gain'])} (95% CI, n={m['gold_gain']['n']})")
     return f"{name}: " + " ".join(parts)
+
+
+def _fixed_line(text: str, m: dict) -> str:
+    """The trivial-answer row: one string answered to every prompt."""
+    return f"fixed {text!r}: gold={_fmt(m['gold_score'])} compliance={_fmt(m['compliance'])}"
 
 
 def print_summary(records, run_dir: str) -> None:
@@ -62,7 +69,9 @@ def print_summary(records, run_dir: str) -> None:
             shown = [(k, v) for k, v in rec.metrics.items() if isinstance(v, (int, float)) and k != "seconds"][:4]
         text = ", ".join(f"{k}={_fmt(v)}{_interval(rec.metrics, k)}" for k, v in shown[:5])
         if isinstance(rec.metrics.get("policies"), dict):  # eval: one line per policy, side by side
-            text = "\n".join([_policy_line(name, m) for name, m in rec.metrics["policies"].items()] + [text])
+            lines = [_policy_line(name, m) for name, m in rec.metrics["policies"].items()]
+            lines += [_fixed_line(t, m) for t, m in (rec.metrics.get("fixed_strings") or {}).items()]
+            text = "\n".join([*lines, text])
         seconds = rec.seconds or rec.metrics.get("seconds") or 0
         table.add_row(rec.name, rec.status, f"{seconds:.0f}s" if rec.status == "ran" else "-", text)
     Console(stderr=False).print(table)

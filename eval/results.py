@@ -11,15 +11,18 @@ if TYPE_CHECKING:
 
 
 def write_responses(path: Path, prompts: list[GoldPrompt], responses: dict[str, list[str]],
-                    gold: dict[str, list[float]], rm_scores: dict[str, list[float]]) -> None:
-    """responses.jsonl: per prompt {id, prompt, <policy>: {response, gold[, reward]}}."""
+                    scores: dict[str, dict[str, list[float]]]) -> None:
+    """responses.jsonl: per prompt {id, prompt, <policy>: {response, <score>: value, ...}}.
+
+    scores: score name (gold, compliance, reward, ...) -> policy -> one value per prompt; a policy
+    missing from a score (no reward model) just lacks that key.
+    """
     with open(path, "w", encoding="utf-8") as f:
         for i, p in enumerate(prompts):
             row: dict[str, Any] = {"id": p.id, "prompt": p.prompt}
             for name in responses:
-                row[name] = {"response": responses[name][i], "gold": gold[name][i]}
-                if name in rm_scores:
-                    row[name]["reward"] = rm_scores[name][i]
+                row[name] = {"response": responses[name][i]}
+                row[name].update({key: values[name][i] for key, values in scores.items() if name in values})
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
@@ -27,7 +30,8 @@ def headline(policies: dict[str, dict[str, Any]], baseline: str) -> dict[str, An
     """The run summary's numbers: the last policy (usually the most aligned one) against the baseline."""
     last = list(policies)[-1]
     entry = policies[last]
-    out = {"gold_score": entry["gold_score"], "strict_accuracy": entry["strict_accuracy"]}
+    out = {"gold_score": entry["gold_score"], "strict_accuracy": entry["strict_accuracy"],
+           "degenerate_share": entry["degenerate_share"], "on_topic_cosine": entry["on_topic_cosine"]}
     if "kl" in entry:
         out["kl"] = entry["kl"]
     if last != baseline:

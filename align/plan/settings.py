@@ -275,12 +275,7 @@ class EvalView:
 
 
 def eval_view(cfg: BaseModel) -> EvalView:
-    judge = None
-    if cfg.judge == "llm" and cfg.llm_judge:  # the eval stage reads llm_judge as TeacherConfig
-        try:
-            judge = TeacherConfig.model_validate(cfg.llm_judge)
-        except ValidationError as exc:
-            raise AlignError(f"eval.llm_judge: {problems(exc)}") from None
+    judge = cfg.llm_judge.teacher if cfg.judge == "llm" and cfg.llm_judge else None
     loads = ModelConfig(name="-", **(cfg.model.model_dump() if cfg.model else {}))  # align.stages.eval._model_config
     return EvalView(dict(cfg.policies), cfg.reference if cfg.kl_samples > 0 else None, cfg.reward_model,
                     cfg.batch_size, cfg.max_new_tokens, loads.precision, loads.quantization, cfg.model is not None,

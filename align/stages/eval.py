@@ -2,7 +2,11 @@
 
 For each policy (e.g. ``sft: "@sft"``, ``ppo: "@ppo"``): greedy responses to held-out prompts with
 verifiable constraints, then
-- gold score (fraction of constraints met) and strict accuracy (all met), per constraint type;
+- gold score: the simulated labeler's score (align.eval.labeler: quality × constraint compliance), with
+  compliance (fraction of constraints met) and strict accuracy (all met), per constraint type;
+- gaming guards (align.eval.guards): degenerate share, distinct-n, on-topic similarity by two signals,
+  length, each with a paired CI of its change from the baseline, and a row per fixed string answered to
+  every prompt (what a trivial answer scores);
 - reward-model score (when a reward model is given);
 - KL(π‖π_ref) to a reference model (when one is given), see below;
 - response length;
@@ -30,8 +34,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from align.errors import AlignError
+from align.eval.guards import DEFAULT_FIXED_STRINGS
 from align.eval.harness import LmEvalConfig
 from align.eval.loading import ModelSettings
+from align.judges import LLMJudgeConfig
 from align.stages import StageContext, StageResult
 
 log = logging.getLogger("align.eval")
@@ -69,7 +75,12 @@ class Config(BaseModel):
         "model, e.g. {quantization: 4bit} after QLoRA. None: policies and reference unquantized, the reward model "
         "as it was trained (its saved quantization, fp32).")
     judge: Literal["gold", "reward", "llm"] = Field("gold", description="What decides win rates.")
-    llm_judge: dict[str, Any] | None = Field(None, description="Teacher settings for judge: llm (local or OpenAI-compatible).")
+    llm_judge: LLMJudgeConfig | None = Field(
+        None, description="judge: llm's settings, as rank.judge: {teacher: <model reference> | {type: openai, model, "
+        "base_url, api_key_env}}; pairwise, both presentation orders.")
+    fixed_strings: list[str] = Field(
+        list(DEFAULT_FIXED_STRINGS), description="Each answered to every prompt and scored like a policy: the "
+        "trivial-answer row next to every gain. [] = none.")
     lm_eval: LmEvalConfig | None = None
 
 
@@ -77,8 +88,10 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     from tqdm.auto import tqdm
 
     from align.eval.gold import gold_score, load_prompt_set, strict_accuracy
+    from align.eval.guards import fixed_string_rows, guard_changes, per_prompt_guards, summarize_guards
     from align.eval.harness import run_lm_eval
     from align.eval.kl import kl_estimate
+    from align.eval.labeler import careful_scores
     from align.eval.loading import check_settings, describe_model, for_each_policy, load_reward
     from align.eval.results import headline, write_responses
     from align.eval.scoring import compare_to_baseline, gold_metrics, per_prompt, reward_scores
@@ -89,6 +102,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     prompts = load_prompt_set(cfg.prompts, cfg.num_prompts, key="eval.prompts")
     conversations = [[{"role": "user", "content": p.prompt}] for p in prompts]
     responses: dict[str, list[str]] = {}
+    gold: dict[str, list[float]] = {}
+    guards: dict[str, dict[str, list[float]]] = {}
     policies: dict[str, dict[str, Any]] = {name: {} for name in cfg.policies}
 
     # ---- each policy in turn, one copy of each base: greedy responses, gold metrics, KL on sampled responses
@@ -99,9 +114,14 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         with policy.active() as model:
             responses[name] = generate_chat(model, policy.tokenizer, conversations, max_new_tokens=cfg.max_new_tokens,
                                             temperature=0.0, batch_size=cfg.batch_size, seed=ctx.seed)
-        policies[name].update(gold_metrics(prompts, responses[name]))
-        log.info("eval: %s: greedy responses to %d prompts in %.0f s, gold %.3f", name, len(prompts),
-                 time.perf_counter() - started, policies[name]["gold_score"])
+        gold[name] = careful_scores(prompts, responses[name])
+        guards[name] = per_prompt_guards(prompts, responses[name])
+        policies[name].update(gold_metrics(prompts, responses[name], gold[name]))
+        policies[name].update(summarize_guards(guards[name]))
+        log.info("eval: %s: greedy responses to %d prompts in %.0f s, gold %.3f (compliance %.3f), degenerate %.0f%%, "
+                 "on-topic %.2f", name, len(prompts), time.perf_counter() - started, policies[name]["gold_score"],
+                 policies[name]["compliance"], 100 * policies[name]["degenerate_share"],
+                 policies[name]["on_topic_cosine"])
         if reference is policy:  # the reference itself: 0, exactly, without sampling
             policies[name].update({"kl": 0.0, "kl_stderr": 0.0, "kl_samples": 0})
         elif reference is not None:
@@ -126,12 +146,16 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
             policies[name]["reward_score"] = sum(scores) / len(prompts)
 
     # ---- every policy against the baseline: gains with a paired bootstrap CI, win rates by the judge
-    gold = per_prompt(gold_score, prompts, responses)
+    gold = {name: gold[name] for name in cfg.policies}
+    compliance = per_prompt(gold_score, prompts, responses)
     strict = per_prompt(strict_accuracy, prompts, responses)
-    comparisons = compare_to_baseline(prompts, responses, baseline, gold=gold, strict=strict, rm_scores=rm_scores,
-                                      judge=cfg.judge, llm_judge=cfg.llm_judge, seed=ctx.seed)
+    comparisons = compare_to_baseline(prompts, responses, baseline, gold=gold, compliance=compliance, strict=strict,
+                                      rm_scores=rm_scores, judge=cfg.judge, llm_judge=cfg.llm_judge, seed=ctx.seed)
     for name, comparison in comparisons.items():
         policies[name].update(comparison)
+    for name, changes in guard_changes(guards, baseline, ctx.seed).items():
+        policies[name].update(changes)
+    fixed = fixed_string_rows(prompts, cfg.fixed_strings)
 
     # ---- optional lm-evaluation-harness tasks, each policy in a subprocess
     if cfg.lm_eval:
@@ -141,9 +165,12 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
             policies[name]["lm_eval"] = run_lm_eval(path, cfg.lm_eval, out)
 
     # ---- outputs: every response with its scores, the metrics and the run's headline numbers
-    write_responses(ctx.stage_dir / "responses.jsonl", prompts, responses, gold, rm_scores)
+    write_responses(ctx.stage_dir / "responses.jsonl", prompts, responses,
+                    {"gold": gold, "compliance": compliance, "reward": rm_scores,
+                     "on_topic": {n: g["on_topic_cosine"] for n, g in guards.items()},
+                     "degenerate": {n: g["degenerate"] for n, g in guards.items()}})
     metrics = {"n_prompts": len(prompts), "baseline": baseline, "judge": cfg.judge, "policies": policies,
-               "model_loads": loads, **headline(policies, baseline)}
+               "fixed_strings": fixed, "model_loads": loads, **headline(policies, baseline)}
     return StageResult(outputs={"responses": str(ctx.stage_dir / "responses.jsonl")}, metrics=metrics)
 
 

@@ -34,6 +34,16 @@ def test_eval_stage_gold_kl_winrate(tmp_path, tiny_model_dir):
     assert result.metrics["gold_gain_ci95"] == [0.0, 0.0] and "gold_gain" not in pol["base"]
     rows = [json.loads(line) for line in Path(result.outputs["responses"]).read_text().splitlines()]
     assert len(rows) == 6 and rows[0]["base"]["response"] == rows[0]["same"]["response"]
+    assert {"gold", "compliance", "on_topic", "degenerate"} <= set(rows[0]["base"])
+    # the gaming guards, for every policy, and their change from the baseline with a CI
+    for key in ("degenerate_share", "distinct_3", "on_topic_cosine", "off_topic_share", "topic_recall", "compliance"):
+        assert 0.0 <= pol["base"][key] <= 1.0 and pol["same"][key] == pol["base"][key], key
+    assert pol["same"]["on_topic_change"]["gain"] == 0.0 and pol["same"]["degenerate_change"]["ci_high"] == 0.0
+    # the trivial-answer rows: a fixed string answered to every prompt
+    fixed = result.metrics["fixed_strings"]
+    assert set(fixed) == {"Ok.", "Sure [name].", "[name] [place] *note* *tip* Ok."}
+    assert all(row["gold_score"] < 0.2 and row["words_mean"] <= 7 for row in fixed.values())
+    assert fixed["[name] [place] *note* *tip* Ok."]["compliance"] > fixed["Ok."]["compliance"] - 1e-9
 
 
 def test_eval_stage_rejects_bad_baseline(tmp_path):

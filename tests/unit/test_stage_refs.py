@@ -31,11 +31,11 @@ def test_nested_refs_become_paths_and_the_rest_is_untouched():
 
 def test_refs_inside_dicts_are_resolved():
     cfg = EvalConfig.model_validate({"policies": {"sft": "@sft", "base": "tiny-llama"}, "reference": "@sft",
-                                     "reward_model": "@reward", "judge": "llm", "llm_judge": {"model": "@sft"}})
+                                     "reward_model": "@reward", "judge": "llm", "llm_judge": {"teacher": "@sft"}})
     out = resolve_refs(cfg, UPSTREAM, "eval")
     assert out.policies == {"sft": "/run/sft/model", "base": "tiny-llama"}
     assert out.reference == "/run/sft/model" and out.reward_model == "/run/reward/model"
-    assert out.llm_judge == {"model": "/run/sft/model"}
+    assert out.llm_judge.teacher.model == "/run/sft/model"
 
 
 def test_config_without_refs_is_returned_as_is():
