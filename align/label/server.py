@@ -43,6 +43,7 @@ STATIC_TYPES = {"label.js": "text/javascript; charset=utf-8", "label.css": "text
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 MAX_BODY = 1 << 20
+READ_TIMEOUT_S = 5.0  # a client that stops sending (a body shorter than its Content-Length) is dropped after this
 TOKEN_HEADER = "X-Label-Token"
 _TASK_ROUTE = re.compile(r"^/api/task/(\d+)$")
 
@@ -112,10 +113,14 @@ def _page(token: str | None) -> bytes:
     return html.replace("{{QS}}", qs).encode("utf-8")
 
 
-def make_handler(app: LabelApp, token: str | None, check_host: bool) -> type[BaseHTTPRequestHandler]:
+def make_handler(app: LabelApp, token: str | None, check_host: bool,
+                 read_timeout_s: float = READ_TIMEOUT_S) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "align-label"
         protocol_version = "HTTP/1.1"
+        # Every read on the connection (request line, headers, body, an idle keep-alive) gives up after this,
+        # so a client that announces more bytes than it sends cannot hold its connection and thread forever.
+        timeout = read_timeout_s
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
             log.debug("%s %s", self.address_string(), format % args)
@@ -186,7 +191,14 @@ def make_handler(app: LabelApp, token: str | None, check_host: bool) -> type[Bas
                 self._json(exc.status, {"error": exc.message})
                 return
             try:
-                body = json.loads(self.rfile.read(length) or b"null")
+                raw = self.rfile.read(length)
+            except TimeoutError:
+                self.close_connection = True  # part of the body may still come: the connection is out of step
+                self._json(408, {"error": f"incomplete request body: Content-Length announced {length} bytes "
+                                          f"and nothing more came for {read_timeout_s:g} s"})
+                return
+            try:
+                body = json.loads(raw or b"null")
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 self._json(400, {"error": f"not valid JSON: {exc}"})
                 return
@@ -217,8 +229,15 @@ class LabelServer6(LabelServer):
 
 
 def make_server(tasks_path: str | Path, out_path: str | Path, *, host: str = "127.0.0.1", port: int = 8600,
-                labeler: str = "default", token: str | None = None, allow_remote: bool = False) -> LabelServer:
-    """Load the tasks, open the labels file and bind (port 0 picks a free port); does not serve yet."""
+                labeler: str = "default", token: str | None = None, allow_remote: bool = False,
+                read_timeout_s: float = READ_TIMEOUT_S) -> LabelServer:
+    """Load the tasks, open the labels file and bind (port 0 picks a free port); does not serve yet.
+
+    read_timeout_s: how long a connection may go without sending anything the server waits for (a request,
+    the rest of a body) before it is answered 408 or closed; other connections are served meanwhile.
+    """
+    if not read_timeout_s > 0:
+        raise AlignError(f"read_timeout_s must be a positive number of seconds, got {read_timeout_s!r}")
     local = is_loopback(host)
     if not local and not allow_remote:
         raise AlignError(f"--host {host} would let other machines read the tasks and write labels; "
@@ -229,7 +248,7 @@ def make_server(tasks_path: str | Path, out_path: str | Path, *, host: str = "12
     app = LabelApp(tasks, LabelStore(out_path), labeler)
     server_class = LabelServer6 if ":" in host else LabelServer
     try:
-        server = server_class((host, port), make_handler(app, token, check_host=local))
+        server = server_class((host, port), make_handler(app, token, check_host=local, read_timeout_s=read_timeout_s))
     except OSError as exc:
         raise AlignError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (try another --port)") from None
     server.app, server.token = app, token
@@ -245,10 +264,11 @@ def running_server(tasks_path: str | Path, out_path: str | Path, **kwargs: Any) 
 
 
 def serve(tasks_path: str | Path, out_path: str | Path, *, host: str = "127.0.0.1", port: int = 8600,
-          labeler: str = "default", token: str | None = None, allow_remote: bool = False) -> None:
+          labeler: str = "default", token: str | None = None, allow_remote: bool = False,
+          read_timeout_s: float = READ_TIMEOUT_S) -> None:
     """Serve until interrupted (the `align label` command)."""
     server = make_server(tasks_path, out_path, host=host, port=port, labeler=labeler, token=token,
-                         allow_remote=allow_remote)
+                         allow_remote=allow_remote, read_timeout_s=read_timeout_s)
     if not is_loopback(host):
         print(f"WARNING: serving on {host}:{server.server_address[1]}, reachable from other machines; anyone who "
               f"can reach it can read the tasks{' and write labels' if not token else ' if they know the token'}"

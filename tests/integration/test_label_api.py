@@ -244,3 +244,29 @@ def test_bad_content_length_is_answered_at_once(tasks_file, tmp_path, length, st
     with running_server(tasks_file, tmp_path / "labels.jsonl") as srv:
         assert raw_post(srv, length, b'{"task_id": "x"}').split(b" ")[1] == status
         assert http("GET", base(srv) + "/api/progress")[0] == 200  # still serving
+
+
+def test_a_body_shorter_than_its_content_length_gets_408_after_the_read_timeout(tasks_file, tmp_path):
+    """A client that announces more bytes than it sends is answered 408 and dropped; others are served meanwhile."""
+    import socket
+
+    from align.label.server import READ_TIMEOUT_S
+
+    assert 1 <= READ_TIMEOUT_S <= 30  # a few seconds by default
+    with running_server(tasks_file, tmp_path / "labels.jsonl", read_timeout_s=0.3) as srv:
+        host, port = srv.server_address[:2]
+        head = (f"POST /api/submit HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: 100\r\n\r\n")
+        # the client's timeout is only a hang guard: the server answers after its own 0.3 s
+        with socket.create_connection((host, port), timeout=120) as sock:
+            sock.sendall(head.encode() + b'{"task_id": "x"}')  # 16 of the 100 bytes, then silence
+            assert http("GET", base(srv) + "/api/progress")[0] == 200  # still serving others
+            reply = b""
+            while chunk := sock.recv(4096):  # until the server closes the connection
+                reply += chunk
+        status, _, rest = reply.partition(b"\r\n")
+        assert status.split(b" ")[1] == b"408", reply[:200]
+        assert b"Content-Length announced 100 bytes" in rest
+        assert not (tmp_path / "labels.jsonl").exists() or not (tmp_path / "labels.jsonl").read_text().strip()
+    with pytest.raises(AlignError, match="read_timeout_s must be a positive"):
+        make_server(tasks_file, tmp_path / "labels.jsonl", port=0, read_timeout_s=0)
