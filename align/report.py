@@ -237,19 +237,90 @@ def _stage_section(stage: str, stage_dir: Path, plots_dir: Path) -> tuple[list[s
     return lines, plots
 
 
+GUARD_COLUMNS = (
+    ("gold_score", "gold (labeler)"), ("compliance", "constraints met"), ("strict_accuracy", "all met"),
+    ("degenerate_share", "degenerate"), ("on_topic_cosine", "on-topic cos"), ("topic_recall", "task words"),
+    ("words_mean", "words"), ("ifeval_prompt_strict", "IFEval prompt strict"),
+    ("ifeval_instruction_strict", "IFEval instr. strict"), ("kl", "KL to ref"),
+)
+
+
+def _block(text: str) -> list[str]:
+    """Model output in a fenced block (untrusted text; the fence keeps it inert)."""
+    return ["```text", str(text).replace("```", "ˋˋˋ")[:800], "```"]
+
+
+def eval_headline(metrics: dict[str, Any], rows: list[dict]) -> list[str]:
+    """The answer a run is for, first: each policy vs the baseline with CIs, the gaming guards next to the
+    gain, what a fixed answer scores, and side-by-side responses (first, worst-scored, highest-reward)."""
+    from align.eval.bootstrap import format_gain
+
+    policies = metrics.get("policies") or {}
+    baseline = metrics.get("baseline") or next(iter(policies), "")
+    lines = ["## Result: each policy against " + str(baseline), ""]
+    gains = [(n, m) for n, m in policies.items() if isinstance(m.get("gold_gain"), dict)]
+    if gains:
+        lines += ["| policy | gold gain (95% CI) | constraints-met gain | degenerate change | on-topic change | "
+                  "IFEval prompt-strict change |", "|---|---|---|---|---|---|"]
+        for name, m in gains:
+            cells = [format_gain(m[k]) if isinstance(m.get(k), dict) else "-" for k in
+                     ("gold_gain", "compliance_gain", "degenerate_change", "on_topic_change", "ifeval_prompt_strict_change")]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    columns = [(k, label) for k, label in GUARD_COLUMNS if any(k in m for m in policies.values())]
+    fixed = metrics.get("fixed_strings") or {}
+    if columns:
+        lines += ["| | " + " | ".join(label for _, label in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        for name, m in policies.items():
+            lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k, "-")) for k, _ in columns) + " |")
+        for text, m in fixed.items():
+            label = "fixed answer " + json.dumps(text, ensure_ascii=False).replace("|", "\\|")
+            lines.append(f"| {label} | " + " | ".join(_fmt(m.get(k, "-")) for k, _ in columns) + " |")
+        lines += ["", "gold: the simulated labeler's score (quality × constraints met, `align.eval.labeler`); "
+                  "degenerate: a line repeated 3+ times or under half the word 3-grams distinct; on-topic cos: "
+                  "all-MiniLM-L6-v2 similarity to the task (the labeler uses it too); task words: share of the task's "
+                  "own words used (a signal the labeler never sees); a fixed answer is one string given to every prompt.",
+                  ""]
+    lines += _side_by_side(rows, baseline, list(policies))
+    return lines
+
+
+def _side_by_side(rows: list[dict], baseline: str, names: list[str], n: int = 2) -> list[str]:
+    """Responses of every policy to the same prompts: the first few, and per policy the ones the labeler
+    scored worst and the reward model scored highest (where reward hacking shows first)."""
+    if not rows or baseline not in rows[0]:
+        return []
+    picks: list[tuple[int, str]] = [(i, "first prompts") for i in range(min(n, len(rows)))]
+    for name in names:
+        if name == baseline:
+            continue
+        scored = [i for i, r in enumerate(rows) if isinstance(r.get(name), dict) and "gold" in r[name]]
+        picks += [(i, f"lowest gold for {name}") for i in sorted(scored, key=lambda i: rows[i][name]["gold"])[:n]]
+        rewarded = [i for i in scored if "reward" in rows[i][name]]
+        picks += [(i, f"highest reward-model score for {name}")
+                  for i in sorted(rewarded, key=lambda i: -rows[i][name]["reward"])[:n]]
+    seen: set[int] = set()
+    out = ["### Side by side", ""]
+    for i, why in picks:
+        if i in seen:
+            continue
+        seen.add(i)
+        row = rows[i]
+        out += [f"**{row.get('id', i)}** ({why})", *_block(row.get("prompt", ""))]
+        for name in names:
+            val = row.get(name)
+            if isinstance(val, dict) and "response" in val:
+                scores = ", ".join(f"{k} {_fmt(val[k])}" for k in ("gold", "compliance", "reward", "on_topic")
+                                   if k in val)
+                out += [f"*{name}* ({scores})", *_block(val["response"])]
+    return [*out, ""]
+
+
 def _samples(stage: str, stage_dir: Path, n: int = 3) -> list[str]:
     """A few outputs, in fenced blocks (model output is untrusted text; fences keep it inert)."""
-    def block(text: str) -> list[str]:
-        return ["```text", str(text).replace("```", "ˋˋˋ")[:800], "```"]
-
+    block = _block
     out: list[str] = []
-    if stage == "eval":
-        for row in _read_jsonl(stage_dir / "responses.jsonl")[:n]:
-            out += ["**Prompt**", *block(row.get("prompt", ""))]
-            for key, val in row.items():
-                if isinstance(val, dict) and "response" in val:
-                    out += [f"**{key}** (gold {_fmt(val.get('gold'))})", *block(val["response"])]
-    elif stage == "ppo":
+    if stage == "ppo":
         for row in _read_jsonl(stage_dir / "samples.jsonl")[-n:]:
             out += [f"**step {row.get('step')}** score {_fmt(row.get('score'))}", *block(row.get("query", "")),
                     *block(row.get("response", ""))]
@@ -286,6 +357,9 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
         status = rec.get("status", "complete" if (run_dir / stage / "COMPLETE").exists() else "incomplete")
         lines.append(f"| {stage} | {status} | {_fmt(seconds)} |")
     lines.append("")
+    eval_metrics = _read_json(run_dir / "eval" / "metrics.json")
+    if isinstance(eval_metrics, dict) and isinstance(eval_metrics.get("policies"), dict):
+        lines += eval_headline(eval_metrics, _read_jsonl(run_dir / "eval" / "responses.jsonl"))
     for stage in stages:
         section, _ = _stage_section(stage, run_dir / stage, plots_dir)
         lines += [f"## {stage}", "", *section]

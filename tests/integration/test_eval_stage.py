@@ -102,3 +102,30 @@ def test_moving_average_smooths_long_series_only():
     assert smooth is not None and len(smooth) == 16
     assert smooth[7] == 0.0 and smooth[10] == 1.0
     assert abs(smooth[8] - 1 / 3) < 1e-9 and abs(smooth[9] - 2 / 3) < 1e-9
+
+
+def test_report_opens_with_the_result_guards_and_side_by_side(tmp_path):
+    from align.report import write_report
+
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    gain = {"n": 3, "gain": 0.2, "ci_low": 0.1, "ci_high": 0.3, "stderr": 0.05, "p_not_positive": 0.0}
+    drop = {"n": 3, "gain": -0.05, "ci_low": -0.1, "ci_high": 0.0, "stderr": 0.02, "p_not_positive": 1.0}
+    (run / "eval" / "metrics.json").write_text(json.dumps({"baseline": "sft", "policies": {
+        "sft": {"gold_score": 0.4, "compliance": 0.4, "degenerate_share": 0.04, "on_topic_cosine": 0.6},
+        "ppo": {"gold_score": 0.6, "compliance": 0.7, "degenerate_share": 0.4, "on_topic_cosine": 0.38,
+                "gold_gain": gain, "compliance_gain": gain, "degenerate_change": gain, "on_topic_change": drop}},
+        "fixed_strings": {"Ok.": {"gold_score": 0.0, "compliance": 0.39, "degenerate_share": 0.0}}}))
+    rows = [{"id": f"p{i}", "prompt": f"prompt {i}", "sft": {"response": f"sft answer {i}", "gold": 0.5, "reward": 0.1},
+             "ppo": {"response": "[1] [1] [2]" if i == 2 else f"ppo answer {i}", "gold": 0.9 - 0.4 * i,
+                     "reward": float(i)}} for i in range(3)]
+    (run / "eval" / "responses.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    md, _ = write_report(run)
+    text = md.read_text()
+    result = text.index("## Result: each policy against sft")
+    assert result < text.index("## eval")  # the answer comes before the per-stage sections
+    assert "| ppo | +0.200 [+0.100, +0.300] | +0.200 [+0.100, +0.300] | +0.200 [+0.100, +0.300] | " \
+           "-0.050 [-0.100, +0.000] | - |" in text
+    assert '| fixed answer "Ok." | 0 | 0.39 |' in text
+    # p2 is both the lowest-gold and the highest-reward response of ppo: shown once, next to sft's answer
+    assert text.count("**p2** (lowest gold for ppo)") == 1 and "[1] [1] [2]" in text and "sft answer 2" in text
