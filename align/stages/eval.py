@@ -12,8 +12,12 @@ verifiable constraints, then
 - response length;
 - win rate of every policy over the baseline, judged by the gold function, the reward model or an
   LLM judge (position-swapped);
+- ``benchmarks: [ifeval]``: the 541 official IFEval prompts (or the first ``ifeval.num_prompts``), greedy,
+  scored by the official checkers (align.eval.ifeval): prompt- and instruction-level, strict and loose,
+  with a paired bootstrap CI of each policy's change from the baseline and the fixed strings' scores;
 - optionally lm-evaluation-harness tasks (``lm_eval``) on each policy.
-Outputs ``responses.jsonl`` (every prompt/response/score) and ``metrics.json``.
+Outputs ``responses.jsonl`` (every prompt/response/score), ``ifeval_responses.jsonl`` (with
+``benchmarks: [ifeval]``) and ``metrics.json``.
 
 KL is a Monte-Carlo estimate on SAMPLED responses (``kl_samples`` per prompt from the policy itself, the
 "k1" estimator with its standard error; align.eval.kl says why greedy responses would not do). A policy
@@ -36,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from align.errors import AlignError
 from align.eval.guards import DEFAULT_FIXED_STRINGS
 from align.eval.harness import LmEvalConfig
+from align.eval.ifeval import IFEvalConfig
 from align.eval.loading import ModelSettings
 from align.judges import LLMJudgeConfig
 from align.stages import StageContext, StageResult
@@ -81,6 +86,10 @@ class Config(BaseModel):
     fixed_strings: list[str] = Field(
         list(DEFAULT_FIXED_STRINGS), description="Each answered to every prompt and scored like a policy: the "
         "trivial-answer row next to every gain. [] = none.")
+    benchmarks: list[Literal["ifeval"]] = Field(
+        [], description="Benchmarks run on every policy next to the gold prompts: ifeval (the official IFEval "
+        "prompts and checkers, offline).")
+    ifeval: IFEvalConfig = Field(default_factory=IFEvalConfig, description="IFEval settings (benchmarks: [ifeval]).")
     lm_eval: LmEvalConfig | None = None
 
 
@@ -90,6 +99,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     from align.eval.gold import gold_score, load_prompt_set, strict_accuracy
     from align.eval.guards import fixed_string_rows, guard_changes, per_prompt_guards, summarize_guards
     from align.eval.harness import run_lm_eval
+    from align.eval.ifeval import compare_ifeval, load_ifeval_prompts, score_ifeval, trivial_baseline
     from align.eval.kl import kl_estimate
     from align.eval.labeler import careful_scores
     from align.eval.loading import check_settings, describe_model, for_each_policy, load_reward
@@ -104,6 +114,10 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     responses: dict[str, list[str]] = {}
     gold: dict[str, list[float]] = {}
     guards: dict[str, dict[str, list[float]]] = {}
+    ifeval_prompts = load_ifeval_prompts(cfg.ifeval.num_prompts) if "ifeval" in cfg.benchmarks else []
+    ifeval_chats = [[{"role": "user", "content": p.prompt}] for p in ifeval_prompts]
+    ifeval_responses: dict[str, list[str]] = {}
+    ifeval: dict[str, Any] = {}
     policies: dict[str, dict[str, Any]] = {name: {} for name in cfg.policies}
 
     # ---- each policy in turn, one copy of each base: greedy responses, gold metrics, KL on sampled responses
@@ -122,6 +136,17 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
                  "on-topic %.2f", name, len(prompts), time.perf_counter() - started, policies[name]["gold_score"],
                  policies[name]["compliance"], 100 * policies[name]["degenerate_share"],
                  policies[name]["on_topic_cosine"])
+        if ifeval_prompts:
+            started = time.perf_counter()
+            with policy.active() as model:
+                ifeval_responses[name] = generate_chat(
+                    model, policy.tokenizer, ifeval_chats, max_new_tokens=cfg.ifeval.max_new_tokens, temperature=0.0,
+                    batch_size=cfg.ifeval.batch_size, seed=ctx.seed)
+            ifeval[name] = score_ifeval(ifeval_prompts, ifeval_responses[name])
+            policies[name].update({f"ifeval_{k}": v for k, v in ifeval[name].metrics().items()})
+            log.info("eval: %s: IFEval on %d prompts in %.0f s: prompt-level strict %.3f, instruction-level strict %.3f",
+                     name, len(ifeval_prompts), time.perf_counter() - started, ifeval[name].prompt_strict,
+                     ifeval[name].instruction_strict)
         if reference is policy:  # the reference itself: 0, exactly, without sampling
             policies[name].update({"kl": 0.0, "kl_stderr": 0.0, "kl_samples": 0})
         elif reference is not None:
@@ -156,6 +181,15 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     for name, changes in guard_changes(guards, baseline, ctx.seed).items():
         policies[name].update(changes)
     fixed = fixed_string_rows(prompts, cfg.fixed_strings)
+    if ifeval_prompts:
+        for name in cfg.policies:
+            if name != baseline:
+                change = compare_ifeval(ifeval[name], ifeval[baseline], seed=ctx.seed)
+                policies[name]["ifeval_prompt_strict_change"] = change["prompt_strict"]
+                policies[name]["ifeval_instruction_strict_change"] = change["instruction_strict"]
+        for text, row in fixed.items():
+            row.update({f"ifeval_{k}": v for k, v in trivial_baseline(ifeval_prompts, text).metrics().items()})
+        _write_ifeval(ctx.stage_dir / "ifeval_responses.jsonl", ifeval_prompts, ifeval_responses, ifeval)
 
     # ---- optional lm-evaluation-harness tasks, each policy in a subprocess
     if cfg.lm_eval:
@@ -171,7 +205,23 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
                      "degenerate": {n: g["degenerate"] for n, g in guards.items()}})
     metrics = {"n_prompts": len(prompts), "baseline": baseline, "judge": cfg.judge, "policies": policies,
                "fixed_strings": fixed, "model_loads": loads, **headline(policies, baseline)}
-    return StageResult(outputs={"responses": str(ctx.stage_dir / "responses.jsonl")}, metrics=metrics)
+    outputs = {"responses": str(ctx.stage_dir / "responses.jsonl")}
+    if ifeval_prompts:
+        outputs["ifeval_responses"] = str(ctx.stage_dir / "ifeval_responses.jsonl")
+    return StageResult(outputs=outputs, metrics=metrics)
+
+
+def _write_ifeval(path, prompts, responses: dict[str, list[str]], results: dict[str, Any]) -> None:
+    """ifeval_responses.jsonl: per prompt {key, prompt, instruction_id_list, <policy>: {response, strict, loose}}."""
+    import json
+
+    with open(path, "w", encoding="utf-8") as f:
+        for i, p in enumerate(prompts):
+            row: dict[str, Any] = {"key": p.key, "prompt": p.prompt, "instruction_id_list": p.instruction_id_list}
+            for name, texts in responses.items():
+                row[name] = {"response": texts[i], "strict": results[name].follow_strict[i],
+                             "loose": results[name].follow_loose[i]}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def _check(cfg: Config) -> str:

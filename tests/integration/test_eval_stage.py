@@ -129,3 +129,26 @@ def test_report_opens_with_the_result_guards_and_side_by_side(tmp_path):
     assert '| fixed answer "Ok." | 0 | 0.39 |' in text
     # p2 is both the lowest-gold and the highest-reward response of ppo: shown once, next to sft's answer
     assert text.count("**p2** (lowest gold for ppo)") == 1 and "[1] [1] [2]" in text and "sft answer 2" in text
+
+
+def test_eval_stage_runs_ifeval_on_every_policy(tmp_path, tiny_model_dir):
+    cfg = Config.model_validate({
+        "policies": {"base": "tiny-llama", "same": tiny_model_dir}, "num_prompts": 3, "max_new_tokens": 8,
+        "benchmarks": ["ifeval"], "ifeval": {"num_prompts": 5, "max_new_tokens": 8, "batch_size": 5},
+        "fixed_strings": ["Ok."],
+    })
+    result = run(cfg, StageContext("eval", tmp_path, tmp_path, 0, {}))
+    pol = result.metrics["policies"]
+    for key in ("ifeval_prompt_strict", "ifeval_prompt_loose", "ifeval_instruction_strict", "ifeval_instruction_loose"):
+        assert 0.0 <= pol["base"][key] <= 1.0 and pol["same"][key] == pol["base"][key]
+    assert pol["base"]["ifeval_prompts"] == 5
+    change = pol["same"]["ifeval_prompt_strict_change"]
+    assert change["n"] == 5 and change["gain"] == change["ci_low"] == change["ci_high"] == 0.0
+    assert "ifeval_prompt_strict_change" not in pol["base"]
+    from align.eval.ifeval import load_ifeval_prompts, trivial_baseline
+
+    expected = trivial_baseline(load_ifeval_prompts(5), "Ok.").prompt_strict
+    assert result.metrics["fixed_strings"]["Ok."]["ifeval_prompt_strict"] == expected
+    rows = [json.loads(line) for line in Path(result.outputs["ifeval_responses"]).read_text().splitlines()]
+    assert len(rows) == 5 and {"key", "instruction_id_list", "base", "same"} <= set(rows[0])
+    assert len(rows[0]["base"]["strict"]) == len(rows[0]["instruction_id_list"])
