@@ -1,7 +1,7 @@
 """Fit on one GPU: SFT-QLoRA and PPO throughput and peak memory on ~0.5B and ~1B models, against `align plan`.
 
-A prepared script for the rare lent GPU (15 minutes of device time in all): it needs no download
-and finishes in about 5-7 minutes on an H100 (`--quick`: about 2-3).
+GPU figures: not measured yet; run benchmarks/bench_gpu.py on a CUDA machine. It needs no download
+and is sized to finish in about 5-7 minutes on an H100 (`--quick`: about 2-3; estimates, not timings).
 
 Models: random-init Qwen2.5-0.5B- and Llama-3.2-1B-shaped decoders, built with
 `AutoModelForCausalLM.from_config` from align's own architecture table
@@ -81,8 +81,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "ppo": {"steps": 2, "warmup_steps": 1, "batch_size": 16, "mini_batch_size": 4, "ppo_epochs": 2,
                 "max_new_tokens": 64, "prompt_tokens": 64},
     },
-    "cpu-smoke": {  # checks the flow, not speed: generous limits, so a loaded 2-core machine does not time out
-        "models": ["tiny"], "quantization": "none", "budget_s": 900, "case_timeout_s": 600,
+    "cpu-smoke": {  # checks the flow, not speed: hang guards only (a run takes about a minute on 2 idle cores)
+        "models": ["tiny"], "quantization": "none", "budget_s": 1800, "case_timeout_s": 900,
         "sft": {"batch_size": 2, "max_length": 64, "steps": 2, "warmup_steps": 1, "checkpointing": False},
         "ppo": {"steps": 2, "warmup_steps": 1, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1,
                 "max_new_tokens": 8, "prompt_tokens": 24},

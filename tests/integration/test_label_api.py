@@ -32,7 +32,7 @@ def http(method: str, url: str, body: dict | bytes | None = None, headers: dict 
     req = urllib.request.Request(url, data=data, method=method,
                                  headers={"Content-Type": "application/json", **(headers or {})})
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=60) as resp:
             raw, status, hdrs = resp.read(), resp.status, dict(resp.headers)
     except urllib.error.HTTPError as exc:
         raw, status, hdrs = exc.read(), exc.code, dict(exc.headers)
@@ -230,7 +230,7 @@ def raw_post(srv, length_header: str | None, body: bytes = b"") -> bytes:
     head = f"POST /api/submit HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
     if length_header is not None:
         head += f"Content-Length: {length_header}\r\n"
-    with socket.create_connection((host, port), timeout=5) as sock:
+    with socket.create_connection((host, port), timeout=60) as sock:  # a hang guard; answers come at once
         sock.sendall(head.encode() + b"\r\n" + body)  # the connection stays open: a server waiting for more blocks
         try:
             return sock.recv(4096).split(b"\r\n", 1)[0]

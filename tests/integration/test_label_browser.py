@@ -69,7 +69,7 @@ def write_tasks(path: Path, tasks: list[dict]) -> Path:
 
 def open_page(page, url: str) -> None:
     page.goto(url)
-    page.wait_for_selector("body[data-ready='1']", timeout=10_000)
+    page.wait_for_selector("body[data-ready='1']", timeout=60_000)
 
 
 def order(page) -> list[int]:
@@ -79,7 +79,7 @@ def order(page) -> list[int]:
 def expect_title(page, text: str) -> None:
     from playwright.sync_api import expect
 
-    expect(page.locator("#task-title")).to_have_text(text, timeout=5_000)
+    expect(page.locator("#task-title")).to_have_text(text, timeout=30_000)
 
 
 def card(r: int) -> str:
@@ -207,7 +207,7 @@ def test_hostile_responses_render_as_text(page, tmp_path):
     with running_server(tasks, tmp_path / "r.jsonl") as srv:
         response = page.goto(srv.url)
         assert "script-src 'self'" in response.headers["content-security-policy"]
-        page.wait_for_selector("body[data-ready='1']", timeout=10_000)
+        page.wait_for_selector("body[data-ready='1']", timeout=60_000)
         page.wait_for_timeout(300)  # time for any onerror/onload to fire
         assert page.evaluate("typeof window.__pwned") == "undefined"
         assert page.locator("#main script, #main img, #main svg, #main b, #main a, #main iframe").count() == 0

@@ -25,7 +25,7 @@ def start(tasks: Path, out: Path, labeler: str = "ann") -> tuple[subprocess.Pope
          "--labeler", labeler, "--token", "tok"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 300  # a hang guard: the server starts in a few seconds
     seen = []
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -42,7 +42,7 @@ def start(tasks: Path, out: Path, labeler: str = "ann") -> tuple[subprocess.Pope
 def call(url: str, body: dict | None = None) -> dict:
     req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json", "X-Label-Token": "tok"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with urllib.request.urlopen(req, timeout=60) as resp:
         return json.loads(resp.read())
 
 

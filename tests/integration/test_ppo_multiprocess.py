@@ -124,7 +124,7 @@ def test_two_process_update_equals_the_single_process_update(tiny_model_dir, tmp
             f"t.worker({str(tmp_path / 'rollouts.pt')!r}, {str(tmp_path / 'multi.pt')!r})")
     procs = [subprocess.Popen([sys.executable, "-c", code], env={**env, "RANK": str(i), "LOCAL_RANK": str(i)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outputs)
     multi = torch.load(tmp_path / "multi.pt", weights_only=False)
 
@@ -167,7 +167,7 @@ def read(path: Path) -> list[dict]:
 def torchrun(path: Path, out: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "align.cli", "run", str(path),
-                           "--out", str(out)], capture_output=True, text=True, env=env, timeout=400)
+                           "--out", str(out)], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 

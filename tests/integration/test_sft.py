@@ -120,7 +120,7 @@ sft:
     cmd = [sys.executable, "-m", "align.cli", "run", str(recipe), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = out / "sft" / "checkpoints"
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # a hang guard: checkpoint-20 comes after a few seconds
     while time.time() < deadline and not (checkpoints / "checkpoint-20" / "trainer_state.json").exists():
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)

@@ -123,15 +123,15 @@ def test_client_errors_are_not_retried(backend, monkeypatch):
     assert teacher.attempts == 1
 
 
-def test_timeout_is_retried(backend):
-    with running_server("tiny-llama", backend=backend, fail_first={"timeout": 1}, stall_s=4.0) as srv:
-        teacher = remote(srv, timeout_s=0.5, endpoint="completions")
-        started = time.perf_counter()
+def test_timeout_is_retried(backend, caplog):
+    # The stall outlasts any test (its handler thread is a daemon); the client's timeout is what ends the wait,
+    # and it is long enough for the retried request to be answered on a busy machine.
+    with running_server("tiny-llama", backend=backend, fail_first={"timeout": 1}, stall_s=600.0) as srv:
+        teacher = remote(srv, timeout_s=3.0, endpoint="completions")
         out = teacher.complete(["Hello"], max_tokens=3, temperature=0.0)
-        elapsed = time.perf_counter() - started
     assert len(out) == 1
     assert teacher.attempts == 2
-    assert elapsed < 3.5  # did not wait for the stalled answer
+    assert "APITimeoutError" in caplog.text  # the client gave up on the stalled answer (not a late 504)
 
 
 def test_connection_refused_is_retried_then_reported():

@@ -132,5 +132,5 @@ def test_hub_dataset_id_without_network_fails_fast(monkeypatch):
     with pytest.raises(AlignError, match="'align-tests/no-such-data' is a Hugging Face Hub id, but this machine has "
                                          "no access to the Hugging Face Hub"):
         load_examples("align-tests/no-such-data")
-    assert time.perf_counter() - started < 5
+    assert time.perf_counter() - started < 60  # no retries with backoff; loose for a busy machine
     hub._probe.cache_clear()
