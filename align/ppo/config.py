@@ -11,12 +11,15 @@ by concern: ``rollout``, ``advantage``, ``kl``, ``value``, ``ptx``, ``log``.
 
 from __future__ import annotations
 
+import logging
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from align.data import DataConfig
 from align.sections import Shorthand
+
+log = logging.getLogger("align.ppo")
 
 
 class RewardTerm(BaseModel):
@@ -133,9 +136,10 @@ class KLSettings(BaseModel):
     target: float = Field(6.0, gt=0, description="Target KL (nats per response) for the adaptive controller.")
     horizon: int = Field(10000, gt=0, description="Adaptive controller horizon, in rollouts.")
     estimator: Literal["k1", "k2", "k3"] = Field("k1", description="Per-token KL estimator in the reward.")
-    penalty: Literal["reward", "loss"] = Field(
-        "reward", description="reward: -beta * KL on every token's reward (InstructGPT; estimator picks the "
-                              "estimator). loss: beta * k3 KL(policy || ref_policy) as a loss term (GRPO)."
+    penalty: Literal["reward", "loss"] | None = Field(
+        None, description="reward: -beta * KL on every token's reward (InstructGPT; estimator picks the "
+                          "estimator). loss: beta * k3 KL(policy || ref_policy) as a loss term (GRPO, Shao et al. "
+                          "2024). None: loss for advantage.estimator grpo, reward for gae and rloo."
     )
 
 
@@ -239,6 +243,11 @@ class PPOSettings(BaseModel):
                              "(samples per query form the baseline)")
         if self.advantage.dr_grpo and self.advantage.estimator != "grpo":
             raise ValueError("advantage.dr_grpo applies to advantage.estimator: grpo only")
+        if self.advantage.estimator == "grpo" and not self.advantage.dr_grpo and self.kl_penalty == "reward":
+            log.warning("ppo.train: advantage.estimator grpo divides each group's returns by their std, and "
+                        "kl.penalty reward puts the KL in those returns: near-flat groups get KL noise scaled up "
+                        "regardless of kl.init_coef (exactly flat ones are left unscaled). GRPO puts the KL in the "
+                        "loss (kl.penalty: loss, the grpo default); or use advantage.dr_grpo: true")
         unknown = set(self.log.report_to) - {"tensorboard", "none"}
         if unknown:
             raise ValueError(f"log.report_to {sorted(unknown)} is not supported; use tensorboard or none")
@@ -247,6 +256,15 @@ class PPOSettings(BaseModel):
     @property
     def needs_value_model(self) -> bool:
         return self.advantage.estimator == "gae"
+
+    @property
+    def kl_penalty(self) -> str:
+        """Where the KL enters (kl.penalty, or the estimator's own): GRPO as published (DeepSeekMath, Shao et
+        al. 2024) adds beta * k3 KL to the loss instead of the reward, which keeps the group-normalised
+        advantages a function of the scores alone; gae and rloo follow InstructGPT (KL in the reward)."""
+        if self.kl.penalty is not None:
+            return self.kl.penalty
+        return "loss" if self.advantage.estimator == "grpo" else "reward"
 
     @property
     def aggregation(self) -> str:

@@ -57,7 +57,7 @@ def estimate_advantages(r: Rollouts, kl_coef: float, s: PPOSettings) -> Advantag
     """Score at the last token, -beta * KL on every token (unless the KL is a loss term), then
     GAE with the value model, or one advantage per rollout from its query group (rloo, grpo)."""
     mask = r.response_mask
-    in_reward = kl_coef if s.kl.penalty == "reward" else 0.0
+    in_reward = kl_coef if s.kl_penalty == "reward" else 0.0
     rewards, kl = shape_rewards(r.scores, r.logprobs, r.ref_logprobs, mask, in_reward, s.kl.estimator)
     if s.advantage.whiten_rewards:
         rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
@@ -74,7 +74,8 @@ def estimate_advantages(r: Rollouts, kl_coef: float, s: PPOSettings) -> Advantag
         if s.advantage.estimator == "rloo":
             per_rollout = rloo_advantages(seq_returns, s.rollout.group_size)
         else:
-            per_rollout = grpo_advantages(seq_returns, s.rollout.group_size, scale=not s.advantage.dr_grpo)
+            per_rollout = grpo_advantages(seq_returns, s.rollout.group_size, scale=not s.advantage.dr_grpo,
+                                          scores=r.scores)  # flat-score groups: not scaled up to unit size
         advantages = broadcast_to_tokens(per_rollout, mask)
         returns = broadcast_to_tokens(seq_returns, mask)
         whiten = s.advantage.estimator == "rloo" and s.advantage.whiten_advantages and varied
@@ -227,7 +228,7 @@ def step_with_rollouts(
                     vf_loss, vf_stats = ppo_value_loss(values.float(), old_values, returns, mask, s.value.cliprange)
                     loss = loss + s.value.coef * vf_loss * (token_share / weight if weight else 0.0)
                     micro_stats.update(vf_stats)
-                if s.kl.penalty == "loss" and adv.kl_coef > 0:  # GRPO: beta * k3 KL to the ref_policy
+                if s.kl_penalty == "loss" and adv.kl_coef > 0:  # GRPO: beta * k3 KL to the ref_policy
                     ref_logprobs = r.ref_logprobs[rows, :width].to(device)
                     kl_term = kl_loss(logprobs, ref_logprobs, mask, s.aggregation, s.rollout.max_new_tokens)
                     loss = loss + adv.kl_coef * kl_term

@@ -91,17 +91,29 @@ def rloo_advantages(returns: torch.Tensor, group_size: int) -> torch.Tensor:
     return (g - baseline).reshape(-1)
 
 
-def grpo_advantages(returns: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+def grpo_advantages(returns: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-4,
+                    scores: torch.Tensor | None = None, flat_tol: float = 1e-8) -> torch.Tensor:
     """GRPO (Shao et al. 2024): A_i = (R_i - mean_g R) / (std_g R + eps), std unbiased (as TRL).
 
     scale=False is Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training"): no division by
     the group std, which up-weights questions that are too easy or too hard (a difficulty bias).
-    Shapes: returns (B,) with groups of G consecutive rows -> (B,).
+
+    scores (B,), when given: a group whose scores are all equal (within flat_tol) is centred but not
+    divided by its std. Its returns then differ only by the KL penalty (when the KL is in the reward),
+    and dividing that by its own std would give unit-size advantages made of KL noise whatever beta is
+    (scores all 1, KL sums [2, 2.5, 3, 2.2]: [0.97, -0.17, -1.32, 0.52] at beta 0.05 and 0.2 alike);
+    unscaled they stay beta-sized. With the KL as a loss term (GRPO's own placement) they are 0.
+    Shapes: returns (B,) with groups of G consecutive rows, scores (B,) -> (B,).
     """
     g = _groups(returns, group_size)
     centred = g - g.mean(dim=1, keepdim=True)
     if scale:
-        centred = centred / (g.std(dim=1, keepdim=True) + eps)
+        std = g.std(dim=1, keepdim=True) + eps
+        if scores is not None:
+            s = _groups(scores, group_size)
+            flat = (s.max(dim=1, keepdim=True).values - s.min(dim=1, keepdim=True).values) <= flat_tol
+            std = torch.where(flat, torch.ones_like(std), std)
+        centred = centred / std
     return centred.reshape(-1)
 
 

@@ -98,3 +98,64 @@ def test_k3_kl_loss_by_hand_and_its_gradient():
     loss.backward()
     # d/dlogp [exp(ref - logp) - (ref - logp) - 1] = 1 - exp(ref - logp) = 0.5 on token 0, 0 on token 1; / 2 tokens
     assert logp.grad.tolist() == [pytest.approx([0.25, 0.0], abs=1e-6)]
+
+
+# Issue 22 item 4: one query group whose scores are all 1; its rollouts' KL sums are 2, 2.5, 3 and 2.2 nats.
+FLAT_SCORES = torch.ones(4)
+KL_SUMS = torch.tensor([2.0, 2.5, 3.0, 2.2])
+
+
+def test_grpo_does_not_scale_kl_noise_of_a_flat_group_up_to_unit_size():
+    for beta in (0.005, 0.05, 0.2):
+        returns = FLAT_SCORES - beta * KL_SUMS  # KL in the reward
+        # without the guard: (R - mean) / (std + eps) is unit-size noise whatever beta is: KL centred
+        # [-0.425, 0.075, 0.575, -0.225], unbiased std 0.434933 -> about [0.97, -0.17, -1.32, 0.52]
+        noisy = grpo_advantages(returns, group_size=4)
+        scale = beta / (beta * 0.434933 + 1e-4)
+        assert noisy.tolist() == pytest.approx([0.425 * scale, -0.075 * scale, -0.575 * scale, 0.225 * scale], abs=1e-4)
+        assert noisy.abs().max() > 1.2
+        # with the scores: a flat group is only centred, -beta * (KL - mean KL) = -beta * [-0.425, 0.075, 0.575, -0.225]
+        guarded = grpo_advantages(returns, group_size=4, scores=FLAT_SCORES)
+        assert guarded.tolist() == pytest.approx((beta * torch.tensor([0.425, -0.075, -0.575, 0.225])).tolist(), abs=1e-6)
+    # a group whose scores differ is scaled as before: scores [1, 0, 1, 0] -> returns' std 0.57735 (unbiased)
+    scores = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    assert grpo_advantages(scores, 4, scores=scores).tolist() == pytest.approx([0.866, -0.866, 0.866, -0.866], abs=1e-3)
+
+
+def _one_token_rollouts(scores: torch.Tensor, kl: torch.Tensor):
+    from align.ppo.rollout import Rollouts
+
+    b = len(scores)
+    ones = torch.ones(b, 1)
+    return Rollouts(queries=[[]] * b, query_ids=ones.long(), query_mask=ones.long(), response_ids=ones.long(),
+                    response_mask=ones.bool(), has_eos=ones[:, 0].bool(), responses=[""] * b, raw_scores=scores,
+                    scores=scores, logprobs=kl[:, None], ref_logprobs=torch.zeros(b, 1), values=None)
+
+
+def test_grpo_puts_the_kl_in_the_loss_by_default_so_a_flat_group_has_zero_advantage():
+    from align.ppo.config import PPOSettings
+    from align.ppo.update import estimate_advantages
+
+    grpo = PPOSettings(advantage={"estimator": "grpo"}, rollout={"batch_size": 4, "group_size": 4})
+    assert grpo.kl_penalty == "loss"
+    assert PPOSettings(advantage={"estimator": "rloo"}, rollout={"group_size": 4}).kl_penalty == "reward"
+    assert PPOSettings().kl_penalty == "reward"  # gae: InstructGPT's placement
+    adv = estimate_advantages(_one_token_rollouts(FLAT_SCORES, KL_SUMS), 0.05, grpo)
+    assert adv.advantages.abs().max().item() == 0.0 and adv.flat_groups == 1.0
+    in_reward = PPOSettings(advantage={"estimator": "grpo"}, rollout={"batch_size": 4, "group_size": 4},
+                            kl={"penalty": "reward"})
+    adv = estimate_advantages(_one_token_rollouts(FLAT_SCORES, KL_SUMS), 0.05, in_reward)
+    assert adv.advantages[:, 0].tolist() == pytest.approx([0.02125, -0.00375, -0.02875, 0.01125], abs=1e-6)
+
+
+def test_std_scaling_with_kl_in_the_reward_warns_at_config_time(caplog):
+    from align.ppo.config import PPOSettings
+
+    with caplog.at_level("WARNING", logger="align.ppo"):
+        PPOSettings(advantage={"estimator": "grpo"}, rollout={"group_size": 4})
+        PPOSettings(advantage={"estimator": "grpo", "dr_grpo": True}, rollout={"group_size": 4},
+                    kl={"penalty": "reward"})
+    assert not caplog.records  # KL in the loss, or no std scaling: nothing to warn about
+    with caplog.at_level("WARNING", logger="align.ppo"):
+        PPOSettings(advantage={"estimator": "grpo"}, rollout={"group_size": 4}, kl={"penalty": "reward"})
+    assert "kl.penalty reward puts the KL in those returns" in caplog.text
