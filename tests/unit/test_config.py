@@ -258,3 +258,15 @@ def test_shipped_gold_sets_and_prompt_files_pass_the_input_check(tmp_path):
     prompts.write_text("{}\n")
     for spec in ("gold:heldout", "gold:focus:train", str(prompts)):
         check_recipe_inputs(load_recipe(REPO / "recipes" / "quickstart.yaml", [f"eval.prompts={spec}"]), "q")
+
+
+def test_misspelt_eval_llm_judge_key_fails_validation_before_any_stage(tmp_path):
+    recipe = GOOD + ("eval:\n  policies: {sft: '@sft'}\n  judge: llm\n  llm_judge:\n"
+                     "    teachr: {type: openai, model: m, base_url: 'http://127.0.0.1:1/v1'}\n")
+    path = write(tmp_path, recipe)
+    with pytest.raises(AlignError) as err:
+        load_recipe(path)
+    msg = str(err.value)
+    assert f"{path}:13" in msg and "eval.llm_judge.teachr" in msg and "did you mean 'teacher'" in msg
+    ok = load_recipe(write(tmp_path, recipe.replace("teachr", "teacher")))
+    assert ok.eval.llm_judge.teacher.model == "m"
