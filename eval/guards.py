@@ -30,19 +30,16 @@ DEFAULT_FIXED_STRINGS = ("Ok.", "Sure [name].", "[name] [place] *note* *tip* Ok.
 OFF_TOPIC_BELOW = 0.2
 
 
-def per_prompt_guards(prompts: Sequence[GoldPrompt], responses: Sequence[str]) -> dict[str, list[float]]:
-    """Per response: degenerate (0/1), distinct_1/2/3, on_topic_cosine, topic_recall, words."""
-    from align.eval.labeler import task_text
-    from align.eval.relevance import similarity
+def per_prompt_guards(prompts: Sequence[GoldPrompt], responses: Sequence[str],
+                      cosines: Sequence[float] | None = None) -> dict[str, list[float]]:
+    """Per response: degenerate (0/1), distinct_1/2/3, on_topic_cosine, topic_recall, words.
+
+    cosines: `align.eval.labeler.task_cosines` of these responses, when the caller already has them.
+    """
+    from align.eval.labeler import task_cosines, task_text
 
     anchors = [task_text(p) for p in prompts]
-    cosines = [0.0] * len(prompts)
-    by_anchor: dict[str, list[int]] = {}
-    for i, anchor in enumerate(anchors):
-        by_anchor.setdefault(anchor, []).append(i)
-    for anchor, idx in by_anchor.items():
-        for i, sim in zip(idx, similarity(anchor, [responses[i] for i in idx]), strict=True):
-            cosines[i] = sim if responses[i].strip() else 0.0
+    cosines = task_cosines(prompts, responses) if cosines is None else list(cosines)
     return {
         "degenerate": [float(T.is_degenerate(r)) for r in responses],
         "distinct_1": [T.distinct_n(r, 1) for r in responses],
@@ -89,17 +86,18 @@ def fixed_string_rows(prompts: Sequence[GoldPrompt], strings: Sequence[str]) -> 
     """One row per fixed string answered to every prompt: the labeler's score, compliance, strict accuracy and
     the guards, as a policy would get them."""
     from align.eval.gold import gold_score, strict_accuracy
-    from align.eval.labeler import careful_scores
+    from align.eval.labeler import careful_scores, task_cosines
 
     rows: dict[str, dict[str, Any]] = {}
     n = len(prompts)
     for text in strings:
         answers = [text] * n
-        labeler = careful_scores(prompts, answers)
+        cosines = task_cosines(prompts, answers)
+        labeler = careful_scores(prompts, answers, cosines)
         rows[text] = {
             "gold_score": sum(labeler) / n,
             "compliance": sum(gold_score(p, text) for p in prompts) / n,
             "strict_accuracy": sum(strict_accuracy(p, text) for p in prompts) / n,
-            **summarize_guards(per_prompt_guards(prompts, answers)),
+            **summarize_guards(per_prompt_guards(prompts, answers, cosines)),
         }
     return rows

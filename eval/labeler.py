@@ -41,7 +41,7 @@ Randomness comes from `random.Random(f"{seed}:{prompt id}")`, so a run is reprod
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -62,6 +62,7 @@ __all__ = [
     "quality_factors",
     "rank_by_gold",
     "ranking_to_pairs",
+    "task_cosines",
     "task_text",
 ]
 
@@ -145,21 +146,31 @@ def careful_score(record: PromptLike, response: str, relevance: float | None = N
     return quality * (COMPLIANCE_FLOOR + (1.0 - COMPLIANCE_FLOOR) * gold_score(record, response))
 
 
-def careful_scores(records: Sequence[PromptLike], responses: Sequence[str]) -> list[float]:
-    """`careful_score` over aligned lists, with one batched embedding call per task."""
+def task_cosines(records: Sequence[PromptLike], responses: Sequence[str]) -> list[float]:
+    """Embedding cosine of each response to its prompt's task (0 for an empty response), one batched
+    embedding call per task. The labeler's relevance and the eval's on-topic guard both read it."""
     from align.eval.relevance import similarity
 
     if len(records) != len(responses):
+        raise AlignError(f"task_cosines: {len(records)} prompts but {len(responses)} responses")
+    texts = [C.normalize_response(r) for r in responses]
+    by_task: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        by_task.setdefault(task_text(as_gold_prompt(record)), []).append(i)
+    cosines = [0.0] * len(texts)
+    for anchor, idx in by_task.items():
+        for i, sim in zip(idx, similarity(anchor, [texts[i] or "." for i in idx]), strict=True):
+            cosines[i] = sim if texts[i] else 0.0
+    return cosines
+
+
+def careful_scores(records: Sequence[PromptLike], responses: Sequence[str],
+                   cosines: Sequence[float] | None = None) -> list[float]:
+    """`careful_score` over aligned lists; `cosines` from `task_cosines` when the caller already has them."""
+    if len(records) != len(responses):
         raise AlignError(f"careful_scores: {len(records)} prompts but {len(responses)} responses")
     gold = [as_gold_prompt(r) for r in records]
-    cosines: list[float] = [0.0] * len(gold)
-    by_task: dict[str, list[int]] = {}
-    for i, record in enumerate(gold):
-        by_task.setdefault(task_text(record), []).append(i)
-    for anchor, idx in by_task.items():
-        sims = similarity(anchor, [C.normalize_response(responses[i]) or "." for i in idx])
-        for i, sim in zip(idx, sims, strict=True):
-            cosines[i] = sim if C.normalize_response(responses[i]) else 0.0
+    cosines = task_cosines(gold, responses) if cosines is None else cosines
     return [careful_score(r, resp, c) for r, resp, c in zip(gold, responses, cosines, strict=True)]
 
 
@@ -180,14 +191,6 @@ def gold_scores(prompts: Sequence[str], responses: Sequence[str]) -> list[float]
     if len(prompts) != len(responses):
         raise AlignError(f"gold_scores: {len(prompts)} prompts but {len(responses)} responses")
     return careful_scores([lookup_gold_prompt(p) for p in prompts], responses)
-
-
-def _scorer(name: Scorer) -> Callable[[GoldPrompt, str], float]:
-    if name == "careful":
-        return careful_score
-    if name == "compliance":
-        return gold_score
-    raise AlignError(f"scorer must be 'careful' or 'compliance', got {name!r}")
 
 
 def rank_by_gold(
@@ -218,9 +221,12 @@ def rank_by_gold(
         raise AlignError("rank_by_gold needs at least one response")
     record = as_gold_prompt(prompt)
     rng = random.Random(f"{seed}:{record.id}")
-    score = _scorer(scorer)
-    scores = careful_scores([record] * len(responses), responses) if scorer == "careful" else [
-        score(record, r) for r in responses]
+    if scorer == "careful":
+        scores = careful_scores([record] * len(responses), responses)
+    elif scorer == "compliance":
+        scores = [gold_score(record, r) for r in responses]
+    else:
+        raise AlignError(f"scorer must be 'careful' or 'compliance', got {scorer!r}")
 
     # Units to order, each with a key where larger is better and no two units share a key.
     if ties == "keep":

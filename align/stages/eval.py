@@ -101,7 +101,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     from align.eval.harness import run_lm_eval
     from align.eval.ifeval import compare_ifeval, load_ifeval_prompts, score_ifeval, trivial_baseline
     from align.eval.kl import kl_estimate
-    from align.eval.labeler import careful_scores
+    from align.eval.labeler import careful_scores, task_cosines
     from align.eval.loading import check_settings, describe_model, for_each_policy, load_reward
     from align.eval.results import headline, write_responses
     from align.eval.scoring import compare_to_baseline, gold_metrics, per_prompt, reward_scores
@@ -128,8 +128,9 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         with policy.active() as model:
             responses[name] = generate_chat(model, policy.tokenizer, conversations, max_new_tokens=cfg.max_new_tokens,
                                             temperature=0.0, batch_size=cfg.batch_size, seed=ctx.seed)
-        gold[name] = careful_scores(prompts, responses[name])
-        guards[name] = per_prompt_guards(prompts, responses[name])
+        cosines = task_cosines(prompts, responses[name])  # one embedding pass for the labeler and the guards
+        gold[name] = careful_scores(prompts, responses[name], cosines)
+        guards[name] = per_prompt_guards(prompts, responses[name], cosines)
         policies[name].update(gold_metrics(prompts, responses[name], gold[name]))
         policies[name].update(summarize_guards(guards[name]))
         log.info("eval: %s: greedy responses to %d prompts in %.0f s, gold %.3f (compliance %.3f), degenerate %.0f%%, "
