@@ -17,7 +17,8 @@ following the prompt's explicit constraints as one aspect of it. So does this la
   filler      share of tokens that are placeholders, markup, numbers or punctuation (1 at ≤ 20%, 0 at ≥ 50%);
   variety     distinct word 3-grams (1 at ≥ 85%, 0 at ≤ 50%), × 0.25 when a line repeats 3 or more times;
   novelty     share of the response's 3-grams copied from the prompt (1 at ≤ 25%, 0 at ≥ 70%), after
-              removing text a constraint requires (a requested repeat of the prompt is not an echo);
+              removing text a constraint requires (a requested repeat of the prompt is not an echo); a
+              passage the prompt asks to summarise does not count (extractive summaries quote it);
   substance   content words beyond text a constraint requires, 1 at ≥ 8 (fewer when a word limit asks for
               less): "Ok." does no task, and neither does the requested keyword alone;
   complete    0.85 for a reply cut off mid-sentence.
@@ -83,6 +84,19 @@ def _task_texts() -> dict[str, str]:
     return {task.id: task.text for task in BASE_TASKS}
 
 
+@lru_cache(maxsize=1)
+def _passages() -> dict[str, str]:
+    """The quoted passage of each summarisation task (the text after the instruction)."""
+    return {task.id: task.text.split("\n\n", 1)[1] for task in BASE_TASKS if task.has_passage}
+
+
+def _echo_source(record: GoldPrompt) -> str:
+    """The prompt text a response should not copy: the request and its constraints, not a passage it was
+    asked to summarise (an extractive summary quotes it, and a careful reader accepts that)."""
+    passage = _passages().get(record.task_id)
+    return record.prompt.replace(passage, " ") if passage else record.prompt
+
+
 def task_text(record: GoldPrompt) -> str:
     """What the prompt asks for without its constraint sentences: the anchor for relevance."""
     known = _task_texts().get(record.task_id)
@@ -129,7 +143,7 @@ def quality_factors(record: PromptLike, response: str, relevance: float | None =
         "prose": _ramp(T.stopword_share(text), 0.0, 0.25),
         "filler": _ramp(T.filler_share(text), 0.5, 0.2),
         "variety": variety,
-        "novelty": _ramp(T.echo_share(own, record.prompt), 0.7, 0.25),
+        "novelty": _ramp(T.echo_share(own, _echo_source(record)), 0.7, 0.25),
         "substance": _ramp(len(T.content_words(own)), 0, target_words),
         "complete": 1.0 if T.ends_complete(text) else 0.85,
     }

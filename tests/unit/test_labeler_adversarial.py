@@ -102,3 +102,13 @@ def test_recipe_functions():
     record = prompt("compare-remote-work-0")
     assert compliance_score_fn(record.prompt, "[a] [b]") == 1.0
     assert lookup_gold_prompt(record.prompt) == record
+
+
+def test_an_extractive_summary_is_not_an_echo_but_a_copied_instruction_is():
+    record = prompt("summarize-honeybees-0")
+    summary = ("The main points: honeybees live in colonies that can hold tens of thousands of individuals. "
+               "Workers collect nectar and pollen, and beekeepers have reported heavy colony losses.")
+    assert quality_factors(record, summary)["novelty"] == 1.0
+    assert careful_score(record, summary) > 0.3
+    copied = "Summarize the following passage. Summarize the following passage."
+    assert careful_score(record, copied) < 0.2
