@@ -45,10 +45,9 @@ def run_section(label: str, run: Path) -> list[str]:
              "",
              f"Stage times (2 CPU cores): {times}; {total:.1f} min in all.", ""]
     eval_metrics = _metrics(run, "eval")
-    rows = _read_jsonl(run / "eval" / "responses.jsonl")
-    headline = eval_headline(eval_metrics, rows)
-    return lines + [line.replace("## Result", "### Result").replace("### Side by side", "#### Side by side")
-                    for line in headline]
+    headline = eval_headline(eval_metrics, _read_jsonl(run / "eval" / "responses.jsonl"),
+                             _read_jsonl(run / "eval" / "ifeval_responses.jsonl"))
+    return lines + ["#" + line if line.startswith("##") else line for line in headline]  # one level down
 
 
 def main(argv: list[str] | None = None) -> None:

