@@ -18,17 +18,16 @@ import copy
 import difflib
 import os
 import re
+import types
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, Tag, ValidationError, create_model
 
 from align.errors import AlignError
-from align.moved_keys import moved_keys_in, moved_message, moved_to
 from align.sections import section_model, shorthand_key, walk
 from align.stages import STAGE_ORDER, stage_config_classes
-from align.training import TrainConfig  # noqa: F401  (its home is align.training; this import path keeps working)
 
 _REF = re.compile(r"\$\{([^}]+)\}")
 
@@ -61,7 +60,6 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> BaseMod
         raise AlignError(f"{yaml_error_where(exc, path)}: not valid YAML: {yaml_error_text(exc)}") from None
     if not isinstance(raw, dict):
         raise AlignError(f"{path}: a recipe must be a mapping of keys to values, got {type(raw).__name__}")
-    check_moved_keys(raw, str(path), text)
     for item in overrides or []:
         apply_override(raw, item, source=str(path))
     raw = resolve_references(raw, source=str(path))
@@ -85,7 +83,6 @@ def yaml_error_text(exc: yaml.YAMLError) -> str:
 
 
 def validate_recipe(raw: dict, source: str = "<recipe>", text: str | None = None) -> BaseModel:
-    check_moved_keys(raw, source, text)
     model = recipe_model()
     try:
         recipe = model.model_validate(raw)
@@ -106,8 +103,6 @@ def apply_override(raw: dict, item: str, source: str) -> None:
     parts = key.strip().split(".")
     if not all(parts):
         raise AlignError(f"override {item!r}: empty part in key {key!r}")
-    if moved := moved_to(key.strip()):
-        raise AlignError(f"override {item!r}: {moved_message(*moved)}")
     try:
         value = yaml.safe_load(value_text) if value_text.strip() else ""
     except yaml.YAMLError as exc:
@@ -124,20 +119,6 @@ def apply_override(raw: dict, item: str, source: str) -> None:
         kind = type(walk(raw, parts[: exc.args[0]])).__name__
         raise AlignError(f"override {item!r}: {where} is a {kind} in {source}, not a section") from None
     node[parts[-1]] = value
-
-
-def check_moved_keys(raw: dict, source: str = "<recipe>", text: str | None = None) -> None:
-    """A recipe that still uses keys which moved (align.moved_keys) fails with each key's new place."""
-    moved = moved_keys_in(raw)
-    if not moved:
-        return
-    lines = []
-    for old, new in moved:
-        line = _line_of(text, tuple(old.split(".")))
-        lines.append(f"{source}:{line}: {moved_message(old, new)}" if line else f"{source}: {moved_message(old, new)}")
-    if len(lines) == 1:
-        raise AlignError(lines[0])
-    raise AlignError(f"{source}: {len(lines)} keys moved:\n" + "\n".join(f"  {line}" for line in lines))
 
 
 def resolve_references(raw: dict, source: str = "<recipe>") -> dict:
@@ -281,28 +262,103 @@ def _did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
-    """The pydantic model class that owns the key at `loc` (to list valid keys)."""
-    current: Any = model
-    for part in loc:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        field = current.model_fields.get(str(part))
-        if field is None:
-            return None
-        current = _unwrap_model(field.annotation)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
-def _unwrap_model(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if get_origin(annotation) is not None or type(annotation).__name__ == "UnionType":
-        for arg in get_args(annotation):
-            found = _unwrap_model(arg)
-            if found is not None:
-                return found
+def _arms(annotation: Any) -> list[tuple[set[str], Any]]:
+    """The arms of a union annotation, each with the names pydantic may put in an error's location for it:
+    its class name, or its tag (a `Tag`, or the value of its `type` field, as in `judge: {type: gold}`)."""
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) not in (Union, types.UnionType):
+        return []
+    arms = []
+    for arm in get_args(annotation):
+        names: set[str] = set()
+        if get_origin(arm) is Annotated:
+            arm, *meta = get_args(arm)
+            names |= {m.tag for m in meta if isinstance(m, Tag)}
+        names.add(getattr(arm, "__name__", str(arm)))
+        if _is_model(arm) and "type" in arm.model_fields:
+            names |= {v for v in get_args(arm.model_fields["type"].annotation) if isinstance(v, str)}
+        arms.append((names, arm))
+    return arms
+
+
+def _child(annotation: Any, part: Any) -> Any:
+    """The annotation of `part` below `annotation` (a model's field, a dict's value, a list's item), or None."""
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if _is_model(annotation):
+        field = annotation.model_fields.get(str(part))
+        return field.annotation if field is not None else None
+    if get_origin(annotation) is dict:
+        return get_args(annotation)[1]
+    if get_origin(annotation) in (list, tuple) and isinstance(part, int):
+        return get_args(annotation)[0]
+    for _, arm in _arms(annotation):  # an untagged union (`DataConfig | None`): the arm that has the key
+        if (found := _child(arm, part)) is not None:
+            return found
     return None
+
+
+def _error_path(model: type[BaseModel], loc: tuple) -> tuple[tuple, type[BaseModel] | None, list[type[BaseModel]]]:
+    """A pydantic error location as the recipe's keys, without the markers pydantic adds (validator kinds,
+    union arms: 'str', a class name, a tag such as `simpo` in `dpo.method.simpo.gamma`); the model that owns
+    its last key; and the other models that union could have been (to name where a misplaced key belongs)."""
+    clean: list = []
+    node: Any = model
+    owner: type[BaseModel] | None = None
+    siblings: list[type[BaseModel]] = []
+    others: list[type[BaseModel]] = []
+    for part in loc:
+        if part in ("function-before", "function-after"):
+            continue
+        arms = _arms(node)
+        picked = next((arm for names, arm in arms if part in names), None)
+        if picked is not None:
+            siblings = [arm for _, arm in arms if arm is not picked and _is_model(arm)]
+            node = picked
+            continue
+        models = [node] if _is_model(node) else [arm for _, arm in arms if _is_model(arm)]
+        owner = next((m for m in models if str(part) in m.model_fields), models[0] if models else None)
+        others, siblings = siblings, []
+        clean.append(part)
+        node = _child(node, part)
+    return tuple(clean), owner, others
+
+
+def _unknown_key(name: str, owner: type[BaseModel] | None, others: list[type[BaseModel]]) -> str:
+    """Why `name` is no key of `owner`, and where it may belong: to another choice of the same union
+    (`dpo.method.loss_type` under `type: simpo`), to a section below (`dpo.beta` is `dpo.method.beta`), or
+    it is misspelt."""
+    allowed = list(owner.model_fields) if owner else []
+    listing = f"; allowed here: {', '.join(allowed)}" if allowed else ""
+    elsewhere = [_arm_name(m) for m in others if name in m.model_fields]
+    if elsewhere and owner is not None:
+        return f"not a setting of {_arm_name(owner)} (it is one of {', '.join(elsewhere)}){listing}"
+    below = [f"{field}.{name}" for field, section in _sections(owner) if name in section.model_fields]
+    if below:
+        return f"unknown key (did you mean '{below[0]}'?)"
+    hint = _did_you_mean(name, allowed)
+    return f"unknown key{hint}" + ("" if hint else listing)
+
+
+def _sections(model: type[BaseModel] | None) -> list[tuple[str, type[BaseModel]]]:
+    """(field, section model) of every section directly below `model`, each choice of a union included."""
+    found = []
+    for name, field in (model.model_fields.items() if model else []):
+        annotation = field.annotation
+        arms = [arm for _, arm in _arms(annotation)] or [annotation]
+        found += [(name, arm) for arm in arms if _is_model(arm)]
+    return found
+
+
+def _arm_name(model: type[BaseModel]) -> str:
+    """How a recipe names one arm of a union: its `type` (`simpo`), else its class name."""
+    field = model.model_fields.get("type")
+    return str(field.default) if field is not None and isinstance(field.default, str) else model.__name__
 
 
 def _line_of(text: str | None, loc: tuple) -> int | None:
@@ -329,23 +385,18 @@ def _line_of(text: str | None, loc: tuple) -> int | None:
 def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str, text: str | None) -> str:
     lines = [f"{source}: invalid recipe ({exc.error_count()} problem{'s' if exc.error_count() > 1 else ''}):"]
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("function-before", "function-after")))
-        # drop union branch markers like 'ModelConfig' or 'str' that pydantic inserts
-        clean = tuple(p for p in loc if not (isinstance(p, str) and p[:1].isupper()) and p not in ("str",))
+        clean, owner, others = _error_path(model, tuple(err["loc"]))
         key = ".".join(str(p) for p in clean) or "(top level)"
         line = _line_of(text, clean)
         where = f"{source}:{line}: " if line else ""
         if err["type"] == "extra_forbidden":
-            owner = _model_at(model, clean[:-1]) if clean[:-1] else model
-            allowed = list(owner.model_fields) if owner else []
-            hint = _did_you_mean(str(clean[-1]), allowed)
-            msg = f"unknown key{hint}" + (f"; allowed here: {', '.join(allowed)}" if allowed and not hint else "")
+            msg = _unknown_key(str(clean[-1]), owner, others)
         elif err["type"] == "missing":
             msg = "required key is missing"
         else:
             got = err.get("input")
             got_text = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
-            text = err["msg"].removeprefix("Value error, ")  # our validators' own sentences need no prefix
-            msg = f"{text}{got_text}"
+            what = err["msg"].removeprefix("Value error, ")  # our validators' own sentences need no prefix
+            msg = f"{what}{got_text}"
         lines.append(f"  {where}{key}: {msg}")
     return "\n".join(lines)

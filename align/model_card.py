@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from align.sections import walk
+
 log = logging.getLogger("align")
 
 CARD_FILE = "README.md"
@@ -86,10 +88,15 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def ppo_estimator(cfg: Any) -> str:
     """gae | rloo | grpo from a ppo stage's config (`train.advantage.estimator`)."""
-    advantage = find_key(cfg, "advantage")
-    if isinstance(advantage, dict):
-        advantage = advantage.get("estimator")
-    return advantage or "gae"
+    return setting(cfg, "train.advantage.estimator") or "gae"
+
+
+def setting(cfg: Any, dotted: str) -> Any:
+    """The value at a dotted key of a stage's config, or None."""
+    try:
+        return walk(cfg, dotted.split("."))
+    except KeyError:
+        return None
 
 
 def find_key(cfg: Any, key: str) -> Any:
@@ -260,24 +267,24 @@ def method_words(info: ModelInfo) -> str:
                else "the pairwise ranking loss -log sigmoid(r_better - r_worse) (InstructGPT)")
         return f"a reward model: a scalar score head (num_labels=1) trained on rankings with {how}"
     if info.stage == "dpo":
-        method = cfg.get("method", "dpo")
+        method = setting(cfg, "method.type") or "dpo"
         words = DPO_METHODS.get(method, method)
         if method == "dpo":
-            words += f", loss {'+'.join(cfg.get('loss_type') or ['sigmoid'])}"
-        return f"preference optimisation with {words}, beta={cfg.get('beta')} (TRL)"
+            words += f", loss {'+'.join(setting(cfg, 'method.loss_type') or ['sigmoid'])}"
+        return f"preference optimisation with {words}, beta={setting(cfg, 'method.beta')} (TRL)"
     if info.stage == "ppo":
         advantage = ppo_estimator(cfg)
         if advantage == "rloo":
-            algo = f"RLOO (REINFORCE leave-one-out, {find_key(cfg, 'group_size')} samples per prompt)"
+            algo = f"RLOO (REINFORCE leave-one-out, {setting(cfg, 'train.rollout.group_size')} samples per prompt)"
         elif advantage == "grpo":
-            algo = ("Dr. GRPO" if find_key(cfg, "dr_grpo") else "GRPO") + \
-                f" ({find_key(cfg, 'group_size')} samples per prompt)"
+            algo = ("Dr. GRPO" if setting(cfg, "train.advantage.dr_grpo") else "GRPO") + \
+                f" ({setting(cfg, 'train.rollout.group_size')} samples per prompt)"
         else:
             algo = "PPO with GAE and a value head"
         reward = _ref(cfg.get("reward")) or "?"
         reward = f"this run's `{reward[1:]}` stage" if reward.startswith("@") else f"`{reward}`"
         return (f"RLHF with {algo}, reward {reward}, KL penalty to the starting policy "
-                f"(beta={find_key(cfg, 'init_kl_coef')})")
+                f"(beta={setting(cfg, 'train.kl.init_coef')})")
     return f"the {info.stage} stage"
 
 
@@ -291,7 +298,7 @@ def tags(info: ModelInfo) -> list[str]:
     if info.reward:
         out.append("reward-model")
     if info.stage == "dpo":
-        out.append(info.config.get("method", "dpo"))
+        out.append(setting(info.config, "method.type") or "dpo")
     if info.stage == "ppo":
         out.append({"gae": "ppo", "rloo": "rloo", "grpo": "grpo"}.get(ppo_estimator(info.config)))
     if find_key(info.config, "quantization") == "4bit":

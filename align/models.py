@@ -52,13 +52,12 @@ CHATML_TEMPLATE = (
 )
 
 
-class ModelConfig(Shorthand):
-    """How to load a model: which one, in what precision, quantized or not."""
+class ModelSettings(BaseModel):
+    """How to load a model, whichever it is: precision, quantization, attention. `eval.model` applies one
+    of these to every model eval loads; `ModelConfig` adds the model's name."""
 
     model_config = ConfigDict(extra="forbid")
-    shorthand_key: ClassVar[str] = "name"  # a plain string stands for the name
 
-    name: str = Field(description="Model reference: built-in alias, local dir, .gguf file, hub id, or @stage.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Compute precision. auto: bf16 on GPUs that support it, fp32 on CPU."
     )
@@ -67,6 +66,14 @@ class ModelConfig(Shorthand):
     )
     attn_implementation: str | None = Field(None, description="e.g. sdpa, eager, flash_attention_2; None = default.")
     trust_remote_code: bool = False
+
+
+class ModelConfig(ModelSettings, Shorthand):
+    """How to load a model: which one, in what precision, quantized or not."""
+
+    shorthand_key: ClassVar[str] = "name"  # a plain string stands for the name
+
+    name: str = Field(description="Model reference: built-in alias, local dir, .gguf file, hub id, or @stage.")
 
 
 class AdapterConfig(BaseModel):

@@ -5,13 +5,13 @@
   overrides (``ppo.policy.precision=bf16`` on ``policy: "@sft"``) and pydantic validation all ask the
   same class.
 - ``a.b.c`` walks mappings (and list indices when reading): `walk` is the one walker, used by
-  ``${a.b}`` references, overrides and the table of moved keys.
+  ``${a.b}`` references and overrides.
 """
 
 from __future__ import annotations
 
 import types
-from typing import Any, ClassVar, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, model_validator
 
@@ -41,6 +41,8 @@ def section_model(annotation: Any, parts: list[str] | tuple[str, ...]) -> type[B
     (``judge: GoldJudgeConfig | LLMJudgeConfig``, ``data: DataConfig | None``) until one has the path.
     """
     origin = get_origin(annotation)
+    if origin is Annotated:  # `Annotated[DPOMethod, Tag("dpo")]`: the model it annotates
+        return section_model(get_args(annotation)[0], parts)
     if origin is Union or origin is types.UnionType:
         for arm in get_args(annotation):
             if (found := section_model(arm, parts)) is not None:

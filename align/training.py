@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("align.training")
 
+# Learning-rate schedules a `train:` block may name (transformers' lr_scheduler_type values).
+LRScheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
+
 
 class TrainConfig(BaseModel):
     """Optimisation settings shared by the training stages (mapped to TRL/transformers in one place)."""
@@ -35,7 +38,7 @@ class TrainConfig(BaseModel):
     max_length: int = Field(512, gt=8, description="Truncate tokenized examples to this many tokens.")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps for linear warm-up.")
     weight_decay: float = Field(0.0, ge=0)
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    lr_scheduler: LRScheduler = Field("cosine", description="Learning-rate schedule after warm-up.")
     max_grad_norm: float = Field(1.0, gt=0)
     optim: str = Field("adamw_torch", description="transformers optimizer name, e.g. adamw_torch, paged_adamw_8bit.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
@@ -186,12 +189,3 @@ def mean_train_loss(log_history: list[dict], run_loss: float, resumed_step: int,
     this_run = global_step - resumed_step
     return (total + run_loss * this_run) / (counted + this_run) if counted + this_run > 0 else run_loss
 
-
-def __getattr__(name: str) -> Any:
-    """NonFiniteGuard lives in align.divergence (it needs torch and transformers, which the recipe schema here
-    must not import); the old import path keeps working."""
-    if name in ("NonFiniteGuard", "FP16_SKIPPED_STEPS"):
-        from align import divergence
-
-        return getattr(divergence, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -63,7 +63,7 @@ ARMS: dict[str, dict] = {
     "dpo": {"label": "DPO (sigmoid, beta 0.1, best vs each, 1 epoch, lr 1e-4)", "reward": "rankings (offline)",
             "stage": "dpo",
             "overrides": ["dpo.model='@sft'", "dpo.data='@rank'", "dpo.pairs=best_vs_each", "dpo.eval_fraction=0.2",
-                          "dpo.loss_type=sigmoid", "dpo.beta=0.1", "dpo.train.lr=1e-4", "dpo.train.epochs=1",
+                          "dpo.method.loss_type=sigmoid", "dpo.method.beta=0.1", "dpo.train.lr=1e-4", "dpo.train.epochs=1",
                           "dpo.train.batch_size=4", "dpo.train.max_length=256", "dpo.train.logging_steps=2",
                           "dpo.train.save_steps=1000", "dpo.train.warmup_ratio=0.1"]},
 }

@@ -93,7 +93,7 @@ def worker_align(args, work: Path) -> dict:
     from align.stages.dpo import Config, build_trainer
 
     cfg = Config.model_validate({"model": args.model, "data": str(work / "rankings.jsonl"), "eval_fraction": 0.0,
-                                 "beta": 0.1, "adapter": LORA, "train": train_settings(args)})
+                                 "method": {"type": "dpo", "beta": 0.1}, "adapter": LORA, "train": train_settings(args)})
     stage_dir = work / "align"
     stage_dir.mkdir(parents=True, exist_ok=True)
     ctx = StageContext(name="dpo", stage_dir=stage_dir, run_dir=work, seed=0, upstream={})

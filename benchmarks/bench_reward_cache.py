@@ -48,7 +48,6 @@ def rankings(n_prompts: int, k: int, seed: int):
 def train_once(groups, epochs: float, cache_gib: float, work: Path) -> dict:
     from peft import get_peft_model
 
-    from align.config import TrainConfig
     from align.models import (
         AdapterConfig,
         ModelConfig,
@@ -59,6 +58,7 @@ def train_once(groups, epochs: float, cache_gib: float, work: Path) -> dict:
         resolve_model_ref,
     )
     from align.stages.reward import build_trainer
+    from align.training import TrainConfig
 
     base = resolve_model_ref("smollm2-135m-instruct")
     tokenizer = load_tokenizer(base)

@@ -127,8 +127,9 @@ class AlpacaSettings(BaseModel):
     temperature: float = Field(1.0, ge=0, description="alpaca: sampling temperature.")
 
 
-class GenerationConfig(BaseModel):
-    """How the teacher is prompted and how hard the loop tries (defaults follow the Self-Instruct code)."""
+class SelfInstructSettings(BaseModel):
+    """The loop's settings (a recipe's `self_instruct.sampling`): how the teacher is prompted, which
+    instructions are kept, and how hard the loop tries (defaults follow the Self-Instruct code)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -208,7 +209,7 @@ class _Loop:
     """State of one invocation: pool, writer, counters. Methods are the steps of a round."""
 
     def __init__(self, teacher: Any, seed_tasks: Sequence[SeedTask], out_dir: Path, num_instructions: int,
-                 method: Method, cfg: GenerationConfig, seed: int):
+                 method: Method, cfg: SelfInstructSettings, seed: int):
         self.teacher, self.seed_tasks, self.out_dir = teacher, list(seed_tasks), out_dir
         self.target, self.method, self.cfg, self.seed = num_instructions, method, cfg, seed
         self.seed_instructions = [t.instruction for t in self.seed_tasks]
@@ -380,7 +381,7 @@ def generate(
     *,
     num_instructions: int,
     method: Method = "self_instruct",
-    config: GenerationConfig | None = None,
+    config: SelfInstructSettings | None = None,
     seed: int = 0,
     formats: Sequence[ExportFormat] = ("alpaca", "self_instruct", "chat"),
     progress: bool = True,
@@ -399,7 +400,7 @@ def generate(
     """
     from tqdm.auto import tqdm
 
-    cfg = config or GenerationConfig()
+    cfg = config or SelfInstructSettings()
     if num_instructions <= 0:
         raise AlignError(f"num_instructions must be positive, got {num_instructions}")
     if method not in ("self_instruct", "alpaca"):

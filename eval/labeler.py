@@ -59,7 +59,6 @@ __all__ = [
     "flatten_ranking",
     "gold_score_fn",
     "gold_scores",
-    "lookup_gold_prompt",
     "quality_factors",
     "rank_by_gold",
     "ranking_to_pairs",

@@ -2,8 +2,8 @@
 
 Policies and a reference that are LoRA adapters on the same base (e.g. ``@sft``, ``@ppo``) share ONE
 copy of the base: the adapters are loaded side by side and switched (a plain base is the same weights
-with adapters disabled). ``ModelSettings`` (precision / quantization) applies to every model eval
-loads, so a QLoRA recipe can evaluate in 4-bit.
+with adapters disabled). ``eval.model`` (`align.models.ModelSettings`: precision / quantization) applies to
+every model eval loads, so a QLoRA recipe can evaluate in 4-bit.
 """
 
 from __future__ import annotations
@@ -13,25 +13,10 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
 from align.errors import AlignError
-
-
-class ModelSettings(BaseModel):
-    """How eval loads its models: align.models.ModelConfig without the name (each model has its own)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="Compute precision. auto: bf16 on GPUs that support it, fp32 on CPU.")
-    quantization: Literal["none", "8bit", "4bit"] = Field(
-        "none", description="Load base weights quantized with bitsandbytes (4bit = NF4 + double quant, as QLoRA "
-        "trained them).")
-    attn_implementation: str | None = Field(None, description="e.g. sdpa, eager, flash_attention_2; None = default.")
-    trust_remote_code: bool = False
+from align.models import ModelSettings
 
 
 def check_settings(settings: ModelSettings | None) -> None:

@@ -70,8 +70,6 @@ from align.plan.settings import Role
 from align.plan.suggest import suggest
 from align.plan.training_stages import trl_tiled_head
 
-_trl_tiled_head = trl_tiled_head  # the name tests and benchmarks used before the package split
-
 __all__ = [
     "CUDA_OVERHEAD", "DEFAULT_REWARD_K", "GIB", "KIB", "MIB", "PROMPT_GUESS", "Dtypes", "Planner", "Role",
     "StageEstimate", "Suggestion", "Tensors", "Term", "TrainSetup", "activation_terms", "adapter_tensors",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from align.config import TrainConfig
 from align.model_configs import Arch
 from align.models import AdapterConfig, ModelConfig
 from align.plan.memory import (
@@ -27,6 +26,7 @@ from align.plan.memory import (
     weights_term,
 )
 from align.plan.settings import as_adapter
+from align.training import TrainConfig
 
 _TRAIN = TrainConfig.model_fields
 _MODEL = ModelConfig.model_fields

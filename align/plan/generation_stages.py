@@ -158,7 +158,7 @@ def kl_terms(arch: Arch, d: Dtypes, n: int, kl_batch: int, new: int, phase: str,
 
 def _eval_reward(planner: Planner, ref: str, v: Any, eval_dtypes: Dtypes, notes: list[str]) -> list[Term]:
     """The reward model's weights (+ adapter) and one scoring forward (RewardModel.score: 8 rows)."""
-    from align.config import TrainConfig
+    from align.training import TrainConfig
 
     arch, adapter = planner.resolve(ref)
     max_length, trained_quant = TrainConfig.model_fields["max_length"].default, "none"

@@ -200,7 +200,7 @@ class Planner:
     def generic_training(self, name: str, section: dict[str, Any], role: Role) -> StageEstimate:
         """A stage align does not know that trains a model: its own loop (full logits, peft's fp32 adapters).
         Its ``train`` and ``adapter`` mappings read as align's TrainConfig and AdapterConfig read them."""
-        from align.config import TrainConfig
+        from align.training import TrainConfig
 
         train = TrainConfig.model_validate({k: v for k, v in (section.get("train") or {}).items()
                                             if k in TrainConfig.model_fields})

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from align.errors import AlignError
-from align.models import AdapterConfig, ModelConfig
+from align.models import AdapterConfig, ModelConfig, ModelSettings
 from align.teachers import TeacherConfig
 
 # --------------------------------------------------------------------------- validation
@@ -172,12 +172,14 @@ def rank_k(cfg: BaseModel) -> int:
 class DPOView:
     train: TrainView
     method: str
+    reference_free: bool
     continues: bool
     precompute_ref_log_probs: bool
 
 
 def dpo_view(cfg: BaseModel) -> DPOView:
-    return DPOView(_train_view(cfg, packing=False), cfg.method, dpo_continues(cfg), cfg.precompute_ref_log_probs)
+    return DPOView(_train_view(cfg, packing=False), cfg.method.type, cfg.reference_free, dpo_continues(cfg),
+                   cfg.precompute_ref_log_probs)
 
 
 # --------------------------------------------------------------------------- ppo
@@ -266,7 +268,7 @@ class EvalView:
     reward_model: str | None
     batch_size: int
     max_new_tokens: int
-    precision: str  # how every model loads: eval.model over ModelConfig's defaults, as the stage does
+    precision: str  # how every model loads: eval.model, or ModelSettings' defaults, as the stage does
     quantization: str
     model_given: bool  # eval.model is set (else the reward model loads as it was trained)
     kl_samples: int
@@ -276,7 +278,7 @@ class EvalView:
 
 def eval_view(cfg: BaseModel) -> EvalView:
     judge = cfg.llm_judge.teacher if cfg.judge == "llm" and cfg.llm_judge else None
-    loads = ModelConfig(name="-", **(cfg.model.model_dump() if cfg.model else {}))  # align.stages.eval._model_config
+    loads = cfg.model or ModelSettings()  # as align.eval.loading loads every model
     return EvalView(dict(cfg.policies), cfg.reference if cfg.kl_samples > 0 else None, cfg.reward_model,
                     cfg.batch_size, cfg.max_new_tokens, loads.precision, loads.quantization, cfg.model is not None,
                     cfg.kl_samples, cfg.kl_batch_size, judge)

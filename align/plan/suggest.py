@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from align.config import TrainConfig
 from align.errors import AlignError
 from align.models import AdapterConfig
 from align.plan.estimate import StageEstimate, Suggestion
+from align.training import TrainConfig
 
 if TYPE_CHECKING:
     from align.plan.planner import Planner

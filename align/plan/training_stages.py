@@ -103,7 +103,7 @@ def dpo(planner: Planner, name: str, cfg: BaseModel) -> StageEstimate:
     if continued:  # the SFT adapter itself trains: nothing is merged in
         est.terms = [t for t in est.terms if not t.name.startswith("upstream adapter")]
     setup, _, _ = trained_setup(planner, train, seqs_per_example=pairs)
-    if view.method in ("orpo", "cpo", "simpo"):
+    if view.reference_free:
         est.notes.append(f"{view.method}: no reference model")
     elif view.precompute_ref_log_probs:
         est.notes.append("reference log-probs precomputed before training: no reference during training")

@@ -18,8 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from align.data import DataConfig
 from align.sections import Shorthand
+from align.training import LRScheduler
 
 log = logging.getLogger("align.ppo")
+
+PPO_LR_SCHEDULERS = ("constant", "linear")  # of align.training.LRScheduler
 
 
 class RewardTerm(BaseModel):
@@ -196,7 +199,9 @@ class PPOSettings(BaseModel):
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step (an optimizer step sees "
                                                  "mini_batch_size * grad_accum rollouts).")
     lr: float = Field(3e-5, gt=0, description="Adam learning rate (policy adapter, value head/adapter).")
-    lr_schedule: Literal["constant", "linear"] = Field("constant", description="linear: decay to 0 at the last step.")
+    lr_scheduler: LRScheduler = Field(
+        "constant", description="constant, or linear: decay to 0 at the last step (the PPO loop has no warm-up, "
+                                "so cosine and constant_with_warmup are for the trainer-based stages).")
     adam_eps: float = Field(1e-5, gt=0, description="Adam epsilon (1e-5 as in OpenAI's lm-human-preferences).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Clip the global gradient norm to this value.")
@@ -220,6 +225,14 @@ class PPOSettings(BaseModel):
     value: ValueSettings = Field(default_factory=ValueSettings, description="The value model (gae only).")
     ptx: PtxSettings = Field(default_factory=PtxSettings, description="PPO-ptx: SFT loss on demonstrations.")
     log: LogSettings = Field(default_factory=LogSettings, description="Stats, samples, gold score, progress bar.")
+
+    @field_validator("lr_scheduler")
+    @classmethod
+    def _loop_scheduler(cls, value: str) -> str:
+        if value not in PPO_LR_SCHEDULERS:
+            raise ValueError(f"the PPO loop supports {' and '.join(PPO_LR_SCHEDULERS)}; {value} is a schedule of "
+                             "the trainer-based stages (sft, reward, dpo)")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> PPOSettings:

@@ -1,5 +1,6 @@
 """Direct preference optimisation from rankings: DPO (and IPO, robust, hinge, … — TRL's losses), KTO,
-and the reference-free ORPO / CPO / SimPO. The offline alternative to `reward` + `ppo`.
+and the reference-free ORPO / CPO / SimPO. The offline alternative to `reward` + `ppo`. `method` picks
+one, with the settings of that method only (``method: simpo``, ``method: {type: kto, desirable_top: 2}``).
 
 Data: rankings (`@rank`, K responses best → worst, ties allowed) become (chosen, rejected) pairs by
 `pairs` (all K·(K−1)/2, best_vs_worst or best_vs_each; tied responses never form a pair); plain pair
@@ -11,7 +12,7 @@ One base: the policy is the SFT LoRA adapter trained further (start: continue) a
 a frozen copy of that adapter on the SAME base weights — TRL adds it as the adapter "ref" when it is
 given a PeftModel without a ref_model — or, for a fresh adapter (start: new, or a plain model), the
 base with adapters disabled. Only full fine-tuning (adapter.type: full) loads a second copy of the
-weights, unless precompute_ref_log_probs computes the reference log-probs once before training.
+weights, unless method.precompute_ref_log_probs computes the reference log-probs once before training.
 
 Built on TRL's DPOTrainer / KTOTrainer / trl.experimental ORPOTrainer, CPOTrainer: their losses,
 loop, checkpoints and resume; we map settings and rankings to them.
@@ -25,13 +26,14 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from align.errors import AlignError
 from align.models import AdapterConfig, ModelConfig
 from align.rankings import MAX_BAD_RECORDS_HELP
+from align.sections import Shorthand
 from align.stages import StageContext, StageResult
 from align.training import TrainConfig
 
@@ -41,8 +43,6 @@ log = logging.getLogger("align.dpo")
 # needs no TRL import. "sigmoid" is DPO, "robust" is cDPO-style label noise (label_smoothing).
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
-METHODS = ("dpo", "kto", "orpo", "cpo", "simpo")
-REFERENCE_FREE = ("orpo", "cpo", "simpo")
 HISTORY_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected",
                 "logps/chosen", "logps/rejected", "kl", "nll_loss", "log_odds_ratio", "learning_rate")
 
@@ -53,16 +53,129 @@ class DPOTrainConfig(TrainConfig):
     lr: float = Field(5e-5, gt=0, description="Peak learning rate (DPO with LoRA: ~1e-5..1e-4; full: ~5e-7..5e-6).")
 
 
-class KTOSettings(BaseModel):
-    """How rankings become KTO's unpaired desirable / undesirable examples."""
+class _Method(Shorthand):
+    """A preference-optimisation method and its own settings: ``method: simpo`` (its defaults) or
+    ``method: {type: simpo, gamma: 0.5}``."""
 
     model_config = ConfigDict(extra="forbid")
+    shorthand_key: ClassVar[str] = "type"  # a plain string names the method
 
+    type: str
+
+    def trl_args(self) -> dict[str, Any]:
+        """The method's own settings of its TRL trainer config (the shared ones come from align.training)."""
+        raise NotImplementedError
+
+
+class _ReferenceMethod(_Method):
+    """A method that scores the policy against a reference model (dpo, kto)."""
+
+    precompute_ref_log_probs: bool = Field(False, description="Score every example with the reference once before "
+                                           "training (no reference forward per step; no reference copy for full).")
+
+
+class DPOMethod(_ReferenceMethod):
+    """DPO and the other losses of TRL's DPOTrainer."""
+
+    type: Literal["dpo"] = "dpo"
+    loss_type: list[str] = Field(default_factory=lambda: ["sigmoid"], description="TRL DPO loss(es): "
+                                 f"{', '.join(DPO_LOSSES)}; several are summed with loss_weights.")
+    loss_weights: list[float] | None = Field(None, description="Weights of several loss_type entries (e.g. MPO).")
+    beta: float = Field(0.1, gt=0, description="Strength of the pull towards the reference (IPO: τ).")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="robust / exo_pair: assumed label noise.")
+
+    @field_validator("loss_type", mode="before")
+    @classmethod
+    def _one_loss(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check(self) -> DPOMethod:
+        bad = [x for x in self.loss_type if x not in DPO_LOSSES]
+        if bad:
+            raise ValueError(f"loss_type {bad[0]!r} is not a TRL DPO loss; expected one of {', '.join(DPO_LOSSES)}")
+        if not self.loss_type:
+            raise ValueError("loss_type: name at least one loss")
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise ValueError(f"loss_weights has {len(self.loss_weights)} entries for {len(self.loss_type)} loss_type")
+        return self
+
+    def trl_args(self) -> dict[str, Any]:
+        return dict(loss_type=list(self.loss_type), loss_weights=self.loss_weights, beta=self.beta,
+                    label_smoothing=self.label_smoothing, precompute_ref_log_probs=self.precompute_ref_log_probs)
+
+
+class KTOMethod(_ReferenceMethod):
+    """KTO (TRL's KTOTrainer): unpaired desirable / undesirable examples taken from the rankings."""
+
+    type: Literal["kto"] = "kto"
+    beta: float = Field(0.1, gt=0, description="Strength of the pull towards the reference.")
+    loss_type: Literal["kto", "apo_zero_unpaired"] = Field("kto", description="TRL KTO loss.")
     desirable_top: int = Field(1, gt=0, description="The best N tie groups of a ranking are desirable.")
     undesirable_bottom: int = Field(1, gt=0, description="The worst N tie groups are undesirable (middle unused).")
     desirable_weight: float = Field(1.0, gt=0, description="Weight of desirable examples' loss (TRL KTOConfig).")
     undesirable_weight: float = Field(1.0, gt=0, description="Weight of undesirable examples' loss.")
-    loss_type: Literal["kto", "apo_zero_unpaired"] = Field("kto", description="TRL KTO loss.")
+
+    def trl_args(self) -> dict[str, Any]:
+        return dict(loss_type=self.loss_type, beta=self.beta, desirable_weight=self.desirable_weight,
+                    undesirable_weight=self.undesirable_weight, precompute_ref_log_probs=self.precompute_ref_log_probs)
+
+
+class ORPOMethod(_Method):
+    """ORPO (trl.experimental ORPOTrainer): an odds-ratio term on top of the SFT loss; no reference."""
+
+    type: Literal["orpo"] = "orpo"
+    beta: float = Field(0.1, gt=0, description="λ: weight of the odds-ratio term.")
+
+    def trl_args(self) -> dict[str, Any]:
+        return dict(beta=self.beta)
+
+
+class CPOMethod(_Method):
+    """CPO (trl.experimental CPOTrainer): a sigmoid preference loss plus an NLL term; no reference."""
+
+    type: Literal["cpo"] = "cpo"
+    beta: float = Field(0.1, gt=0, description="Scale of the preference term.")
+    alpha: float = Field(1.0, ge=0, description="Weight of the NLL (behaviour cloning) term.")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Assumed label noise.")
+
+    def trl_args(self) -> dict[str, Any]:
+        return dict(loss_type="sigmoid", beta=self.beta, cpo_alpha=self.alpha, label_smoothing=self.label_smoothing)
+
+
+class SimPOMethod(_Method):
+    """SimPO: CPOTrainer's length-normalised loss with a target margin, no NLL term; no reference."""
+
+    type: Literal["simpo"] = "simpo"
+    beta: float = Field(0.1, gt=0, description="Scale of the length-normalised reward.")
+    gamma: float = Field(0.5, ge=0, description="Target reward margin γ.")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Assumed label noise.")
+
+    def trl_args(self) -> dict[str, Any]:
+        return dict(loss_type="simpo", beta=self.beta, simpo_gamma=self.gamma, cpo_alpha=0.0,
+                    label_smoothing=self.label_smoothing)
+
+
+METHODS = ("dpo", "kto", "orpo", "cpo", "simpo")
+
+
+def _method_name(value: Any) -> str | None:
+    """Which method a `method:` value names: the string itself, or its `type` (dpo when left out)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return value.get("type", "dpo")
+    return getattr(value, "type", None)
+
+
+# One settings block per method, picked by name: `method: kto` or `method: {type: kto, desirable_top: 2}`.
+MethodConfig = Annotated[
+    Annotated[DPOMethod, Tag("dpo")] | Annotated[KTOMethod, Tag("kto")] | Annotated[ORPOMethod, Tag("orpo")]
+    | Annotated[CPOMethod, Tag("cpo")] | Annotated[SimPOMethod, Tag("simpo")],
+    Discriminator(_method_name, custom_error_type="method", custom_error_message=(
+        f"expected one of {', '.join(METHODS)}, as a name (method: simpo) or with its settings "
+        "(method: {type: simpo, gamma: 0.5})")),
+]
 
 
 class Config(BaseModel):
@@ -77,94 +190,76 @@ class Config(BaseModel):
     max_records: int | None = Field(None, gt=0, description="Use only the first N records of data.")
     max_bad_records: float = Field(0.01, ge=0, description=MAX_BAD_RECORDS_HELP)
     pairs: Literal["all", "best_vs_worst", "best_vs_each"] = Field(
-        "all", description="Which pairs a K-way ranking gives: all K(K-1)/2, best vs worst, or best vs each other.")
-    method: Literal["dpo", "kto", "orpo", "cpo", "simpo"] = Field(
-        "dpo", description="dpo (TRL DPOTrainer, loss_type picks the loss), kto (KTOTrainer), or the "
-        "reference-free orpo / cpo / simpo (trl.experimental).")
-    loss_type: list[str] = Field(default_factory=lambda: ["sigmoid"], description="method dpo: TRL loss(es): "
-                                 f"{', '.join(DPO_LOSSES)}; several are summed with loss_weights.")
-    loss_weights: list[float] | None = Field(None, description="Weights of several loss_type entries (e.g. MPO).")
-    beta: float = Field(0.1, gt=0, description="Strength of the pull towards the reference (IPO: τ; ORPO: λ).")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="robust / exo_pair / cpo: assumed label noise.")
+        "all", description="Which pairs a K-way ranking gives: all K(K-1)/2, best vs worst, or best vs each other "
+        "(kto takes labelled examples instead: method.desirable_top, method.undesirable_bottom).")
+    method: MethodConfig = Field(
+        default_factory=DPOMethod, description="dpo (TRL DPOTrainer, loss_type picks the loss), kto (KTOTrainer), "
+        "or the reference-free orpo / cpo / simpo (trl.experimental): a name, or {type: NAME, ...its settings}.")
     start: Literal["continue", "new"] = Field(
         "continue", description="When model is an adapter: continue = train it further, reference = a frozen "
         "copy on the same base; new = fold it into the base (written once to base/) and train a fresh adapter, "
         "reference = that base with adapters disabled.")
     adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="Adapter to train when the policy is "
                                    "not already one (lora/dora; full trains every weight).")
-    precompute_ref_log_probs: bool = Field(False, description="Score every pair with the reference once before "
-                                           "training (no reference forward per step; no reference copy for full).")
-    kto: KTOSettings = Field(default_factory=KTOSettings, description="method kto: labels from rankings, weights.")
-    simpo_gamma: float = Field(0.5, ge=0, description="method simpo: target reward margin γ.")
-    cpo_alpha: float = Field(1.0, ge=0, description="method cpo: weight of the NLL (behaviour cloning) term.")
     train: DPOTrainConfig = Field(default_factory=DPOTrainConfig, description="batch_size counts PAIRS "
                                   "(KTO: examples, at least 2).")
 
-    @field_validator("loss_type", mode="before")
-    @classmethod
-    def _one_loss(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
     @model_validator(mode="after")
     def _check(self) -> Config:
-        bad = [x for x in self.loss_type if x not in DPO_LOSSES]
-        if bad:
-            raise ValueError(f"loss_type {bad[0]!r} is not a TRL DPO loss; expected one of {', '.join(DPO_LOSSES)}")
-        if not self.loss_type:
-            raise ValueError("loss_type: name at least one loss")
-        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
-            raise ValueError(f"loss_weights has {len(self.loss_weights)} entries for {len(self.loss_type)} loss_type")
-        if self.method != "dpo" and self.loss_type != ["sigmoid"]:
-            raise ValueError(f"loss_type applies to method dpo only (method is {self.method})")
         if self.adapter.type in ("prefix", "prompt"):
             raise ValueError("adapter.type: the dpo stage trains lora, dora or full")
-        if self.method in REFERENCE_FREE and self.precompute_ref_log_probs:
-            raise ValueError(f"precompute_ref_log_probs: method {self.method} uses no reference model")
-        if self.eval_data and self.method in REFERENCE_FREE:
-            raise ValueError(f"eval_data: supported for methods dpo and kto (TRL's {self.method} trainer cannot "
+        if self.eval_data and self.reference_free:
+            raise ValueError(f"eval_data: supported for methods dpo and kto (TRL's {self.method.type} trainer cannot "
                              "prepare a dataset passed to evaluate()); use eval_fraction")
-        if self.method == "kto" and self.train.batch_size < 2 and self.kto.loss_type == "kto":
+        if isinstance(self.method, KTOMethod) and self.train.batch_size < 2 and self.method.loss_type == "kto":
             raise ValueError("train.batch_size: KTO needs at least 2 examples per micro-batch (its KL estimate "
                              "pairs each prompt with another example's response)")
         return self
+
+    @property
+    def reference_free(self) -> bool:
+        return not isinstance(self.method, _ReferenceMethod)
+
+    @property
+    def precompute_ref_log_probs(self) -> bool:
+        return isinstance(self.method, _ReferenceMethod) and self.method.precompute_ref_log_probs
 
 
 # --------------------------------------------------------------------------- data
 
 
+def method_rows(cfg: Config, records: list) -> tuple[list[dict], list[str]]:
+    """Rows in TRL's format for the method: (chosen, rejected) pairs, or KTO's labelled completions; plus the
+    ids of records that give none."""
+    from align.rankings import kto_examples, preference_pairs
+
+    if isinstance(cfg.method, KTOMethod):
+        return kto_examples(records, cfg.method.desirable_top, cfg.method.undesirable_bottom)
+    return preference_pairs(records, cfg.pairs)
+
+
 def load_rows(cfg: Config, ctx: StageContext) -> tuple[list[dict], list[dict], dict[str, Any]]:
     """Train / held-out rows in TRL's format for the method (pairs, or KTO's labelled completions)."""
-    from align.rankings import (
-        drop_duplicate_rows,
-        kto_examples,
-        preference_pairs,
-        read_stage_rankings,
-        split_records_by_prompt,
-    )
+    from align.rankings import drop_duplicate_rows, read_stage_rankings, split_records_by_prompt
 
     records, read_info = read_stage_rankings(cfg.data, "dpo", cfg.max_records, cfg.max_bad_records)
     train_records, held_records = split_records_by_prompt(records, cfg.eval_fraction, ctx.seed)
-
-    def convert(recs):
-        if cfg.method == "kto":
-            return kto_examples(recs, cfg.kto.desirable_top, cfg.kto.undesirable_bottom)
-        return preference_pairs(recs, cfg.pairs)
-
-    train_rows, empty = convert(train_records)
-    held_rows, held_empty = convert(held_records) if held_records else ([], [])
+    kto = isinstance(cfg.method, KTOMethod)
+    train_rows, empty = method_rows(cfg, train_records)
+    held_rows, held_empty = method_rows(cfg, held_records) if held_records else ([], [])
     (train_rows, train_dups), (held_rows, held_dups) = drop_duplicate_rows(train_rows), drop_duplicate_rows(held_rows)
     if train_dups + held_dups:
         log.info("dpo: dropped %d duplicate %s (a record repeated: it would weigh its pair twice)",
-                 train_dups + held_dups, "examples" if cfg.method == "kto" else "pairs")
+                 train_dups + held_dups, "examples" if kto else "pairs")
     skipped = empty + held_empty
     if skipped:
         log.warning("dpo: %d record(s) give no %s (every response tied, or identical texts), e.g. %s", len(skipped),
-                    "example" if cfg.method == "kto" else "pair", ", ".join(skipped[:5]))
+                    "example" if kto else "pair", ", ".join(skipped[:5]))
     if not train_rows:
-        raise AlignError(f"dpo: {cfg.data} gives no training {'examples' if cfg.method == 'kto' else 'pairs'}: "
+        raise AlignError(f"dpo: {cfg.data} gives no training {'examples' if kto else 'pairs'}: "
                          f"every ranking of the {len(train_records)} training records is one tie group "
                          f"(or its responses are identical texts), e.g. {', '.join(empty[:3])}")
-    if cfg.method == "kto" and len({r["label"] for r in train_rows}) < 2:
+    if kto and len({r["label"] for r in train_rows}) < 2:
         raise AlignError(f"dpo: KTO needs desirable and undesirable examples; {cfg.data} gives only one kind")
     info = {**read_info, "train_prompts": len({json.dumps(r.prompt) for r in train_records}),
             "heldout_prompts": len({json.dumps(r.prompt) for r in held_records}),
@@ -198,7 +293,7 @@ def load_policy(cfg: Config, ctx: StageContext):
                              "adapter (use start: new to fold it into the base and train a fresh one)")
         model = load_causal_lm(model_cfg, for_training=True)
         base = model.peft_config["default"].base_model_name_or_path
-        reference = ("none (reference-free)" if cfg.method in REFERENCE_FREE else
+        reference = ("none (reference-free)" if cfg.reference_free else
                      f"the starting adapter {resolved}, frozen, on the same base weights")
         lora = None
     else:
@@ -208,7 +303,7 @@ def load_policy(cfg: Config, ctx: StageContext):
         base = str(base_path.resolve()) if base_path.exists() else model_cfg.name
         model = load_causal_lm(model_cfg, for_training=True)
         lora = peft_config(cfg.adapter, model=model)
-        if cfg.method in REFERENCE_FREE:
+        if cfg.reference_free:
             reference = "none (reference-free)"
         elif lora is not None:
             reference = f"the base {base} with adapters disabled"
@@ -239,23 +334,6 @@ def trainer_classes(method: str):
     return CPOConfig, CPOTrainer
 
 
-def method_args(cfg: Config) -> dict[str, Any]:
-    """The method's own TRL settings (the shared ones come from align.training.trainer_args)."""
-    if cfg.method == "dpo":
-        return dict(loss_type=list(cfg.loss_type), loss_weights=cfg.loss_weights, beta=cfg.beta,
-                    label_smoothing=cfg.label_smoothing, precompute_ref_log_probs=cfg.precompute_ref_log_probs,
-                    max_length=cfg.train.max_length)
-    if cfg.method == "kto":
-        return dict(loss_type=cfg.kto.loss_type, beta=cfg.beta, desirable_weight=cfg.kto.desirable_weight,
-                    undesirable_weight=cfg.kto.undesirable_weight, max_length=cfg.train.max_length,
-                    precompute_ref_log_probs=cfg.precompute_ref_log_probs)
-    if cfg.method == "orpo":
-        return dict(beta=cfg.beta, max_length=cfg.train.max_length)
-    return dict(beta=cfg.beta, max_length=cfg.train.max_length, label_smoothing=cfg.label_smoothing,
-                loss_type="simpo" if cfg.method == "simpo" else "sigmoid",
-                cpo_alpha=0.0 if cfg.method == "simpo" else cfg.cpo_alpha, simpo_gamma=cfg.simpo_gamma)
-
-
 def build_trainer(cfg: Config, ctx: StageContext):
     """Rows, model and TRL trainer for the method (not yet trained), plus facts for metrics."""
     from datasets import Dataset
@@ -269,9 +347,10 @@ def build_trainer(cfg: Config, ctx: StageContext):
     model, lora, reference, base, model_cfg = load_policy(cfg, ctx)
     tokenizer = load_tokenizer(model_cfg.name)
     precision = pick_precision(model_cfg.precision)
-    args_cls, trainer_cls = trainer_classes(cfg.method)
+    args_cls, trainer_cls = trainer_classes(cfg.method.type)
     args = trainer_args(
-        args_cls, cfg.train, ctx.stage_dir / "checkpoints", precision, ctx.seed, **method_args(cfg),
+        args_cls, cfg.train, ctx.stage_dir / "checkpoints", precision, ctx.seed, **cfg.method.trl_args(),
+        max_length=cfg.train.max_length,
         **held_out_eval_args(cfg.train, bool(held_rows)),
         dataset_num_proc=None,
     )
@@ -322,7 +401,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
 
     trainer, info = build_trainer(cfg, ctx)
     tokenizer, model_cfg = info["tokenizer"], info["model_cfg"]
-    log.info("dpo: method %s; reference = %s", cfg.method, info["reference"])
+    log.info("dpo: method %s; reference = %s", cfg.method.type, info["reference"])
     started = time.perf_counter()
     output, resume, resumed_step = train(trainer, "dpo")  # stops at the first NaN/inf; resumes from the last checkpoint
     seconds = time.perf_counter() - started
@@ -334,8 +413,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     _, last_margin = _first_last(history, "rewards/margins")
     losses = loss_history(trainer.state.log_history, "loss")
     metrics: dict[str, Any] = {
-        "method": cfg.method,
-        "loss_type": ",".join(cfg.loss_type) if cfg.method == "dpo" else cfg.method,
+        "method": cfg.method.type,
+        "loss_type": ",".join(cfg.method.loss_type) if isinstance(cfg.method, DPOMethod) else cfg.method.type,
         "reference": info["reference"],
         "train_loss": mean_train_loss(trainer.state.log_history, output.training_loss, resumed_step,
                                       trainer.state.global_step),
@@ -386,21 +465,20 @@ def heldout_metrics(result: dict[str, float], cfg: Config) -> dict[str, Any]:
     for key, name in names.items():
         if key in result:
             out[name] = result[key]
-    if "eval_rewards/chosen" in result and cfg.method not in REFERENCE_FREE:
+    if "eval_rewards/chosen" in result and not cfg.reference_free:
         # β·log π/π_ref on the chosen responses → mean log-ratio (how far the policy moved on data it saw
         # nothing of; eval's sampled KL against @sft is the KL proper)
-        out["heldout_logratio_chosen"] = result["eval_rewards/chosen"] / cfg.beta
+        out["heldout_logratio_chosen"] = result["eval_rewards/chosen"] / cfg.method.beta
     return out
 
 
 def extra_eval(cfg: Config, ctx: StageContext, trainer) -> dict[str, float]:
     from datasets import Dataset
 
-    from align.rankings import kto_examples, preference_pairs, read_stage_rankings
+    from align.rankings import read_stage_rankings
 
     records, _ = read_stage_rankings(cfg.eval_data, "dpo", None, cfg.max_bad_records)
-    rows, _ = (kto_examples(records, cfg.kto.desirable_top, cfg.kto.undesirable_bottom) if cfg.method == "kto"
-               else preference_pairs(records, cfg.pairs))
+    rows, _ = method_rows(cfg, records)
     if not rows:
         raise AlignError(f"dpo.eval_data: {cfg.eval_data} gives no pairs")
     return trainer.evaluate(Dataset.from_list(rows))

@@ -24,9 +24,10 @@ KL is a Monte-Carlo estimate on SAMPLED responses (``kl_samples`` per prompt fro
 that IS the reference gets 0 without sampling. Gold, strict, reward-model scores and win rates stay on
 the greedy responses.
 
-Models: ``model`` (precision / quantization, as in align.models.ModelConfig) applies to every model
-eval loads, so a QLoRA recipe can evaluate in 4-bit. Policies and the reference that are LoRA
-adapters on the same base (e.g. ``@sft``, ``@ppo``) share ONE copy of the base (align.eval.loading).
+Models: ``model`` (align.models.ModelSettings: a ModelConfig without the name, i.e. precision,
+quantization, ...) applies to every model eval loads, so a QLoRA recipe can evaluate in 4-bit. Policies
+and the reference that are LoRA adapters on the same base (e.g. ``@sft``, ``@ppo``) share ONE copy of
+the base (align.eval.loading).
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ from align.errors import AlignError
 from align.eval.guards import DEFAULT_FIXED_STRINGS
 from align.eval.harness import LmEvalConfig
 from align.eval.ifeval import IFEvalConfig
-from align.eval.loading import ModelSettings
 from align.judges import LLMJudgeConfig
+from align.models import ModelSettings
 from align.stages import StageContext, StageResult
 
 log = logging.getLogger("align.eval")

@@ -145,7 +145,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     last_loss: tuple[int, float] | None = None  # for the message if training diverges
     for step in bar:
         t0 = time.perf_counter()
-        lr = s.lr * (1 - step / s.steps) if s.lr_schedule == "linear" else s.lr
+        lr = s.lr * (1 - step / s.steps) if s.lr_scheduler == "linear" else s.lr
         for group in optimizer.param_groups:
             group["lr"] = lr
         # this process's shard of the step's queries, each group_size times in a row (a group)

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from align.data_gen.generate import EXPORT_FILES, GenerationConfig
+from align.data_gen.generate import EXPORT_FILES, SelfInstructSettings
 from align.errors import AlignError
 from align.stages import StageContext, StageResult
 from align.teachers import TeacherConfig
@@ -41,8 +41,8 @@ class Config(BaseModel):
         "self_instruct", description="self_instruct: instructions, then classification, then instances; "
         "alpaca: whole tasks in one prompt.")
     num_instructions: int = Field(100, gt=0, description="Tasks to keep.")
-    sampling: GenerationConfig = Field(default_factory=GenerationConfig, description="Prompting, token budgets, "
-                                       "filters and stopping rules.")
+    sampling: SelfInstructSettings = Field(default_factory=SelfInstructSettings,
+                                           description="Prompting, token budgets, filters and stopping rules.")
     formats: list[Literal["alpaca", "self_instruct", "chat"]] = Field(
         default_factory=lambda: ["alpaca", "chat", "self_instruct"], min_length=1,
         description="Files to export; the first is the stage's `data` output.")

@@ -67,7 +67,7 @@ def settings(root: Path, **extra) -> dict:
     train = {"lr": 5e-3, "epochs": 2, "batch_size": 4, "max_length": 64, "save_steps": 1000, **QUIET,
              **extra.pop("train", {})}
     return {"model": str(sft_adapter(root / "sft")), "data": str(marker_rankings(root / "rankings.jsonl")),
-            "eval_fraction": 0.25, "beta": 0.1, "train": train, **extra}
+            "eval_fraction": 0.25, "train": train, **extra}
 
 
 def sequence_logps(model, batch) -> torch.Tensor:
@@ -206,11 +206,12 @@ def test_simpo_runs_without_a_reference(tmp_path, tiny_model_dir):
 
 def test_bad_settings_are_clear_errors():
     with pytest.raises(ValueError, match="'dpo2' is not a TRL DPO loss"):
-        Config.model_validate({"model": "tiny-llama", "data": "x.jsonl", "loss_type": "dpo2"})
+        Config.model_validate({"model": "tiny-llama", "data": "x.jsonl", "method": {"loss_type": "dpo2"}})
     with pytest.raises(ValueError, match="KTO needs at least 2 examples"):
         Config.model_validate({"model": "tiny-llama", "data": "x.jsonl", "method": "kto", "train": {"batch_size": 1}})
-    with pytest.raises(ValueError, match="no reference model"):
-        Config.model_validate({"model": "tiny-llama", "data": "x", "method": "orpo", "precompute_ref_log_probs": True})
+    with pytest.raises(ValueError, match="Extra inputs are not permitted"):  # orpo has no reference to precompute
+        Config.model_validate({"model": "tiny-llama", "data": "x",
+                               "method": {"type": "orpo", "precompute_ref_log_probs": True}})
 
 
 def test_all_tied_rankings_name_the_file(tmp_path, tiny_model_dir):
@@ -238,7 +239,7 @@ dpo:
   model: {sft}
   data: {data}
   eval_fraction: 0.25
-  loss_type: ipo
+  method: {{type: dpo, loss_type: ipo}}
   train: {{max_steps: 4, batch_size: 2, max_length: 64, logging_steps: 1, report_to: [none]}}
 eval:
   policies: {{sft: {sft}, dpo: "@dpo"}}

@@ -10,8 +10,9 @@ import torch
 
 from align.errors import AlignError
 from align.eval.kl import kl_estimate, sample_responses, sequence_logprobs
-from align.eval.loading import ModelSettings, ModelView, describe_model, load_reward, load_views
+from align.eval.loading import ModelView, describe_model, load_reward, load_views
 from align.generation import sampling_config
+from align.models import ModelSettings
 from align.stages import StageContext
 from align.stages.eval import Config, run
 from tests.conftest import make_reward_adapter

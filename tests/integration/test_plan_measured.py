@@ -194,7 +194,7 @@ def run_worker(cases: dict[str, dict]) -> dict[str, dict]:
 
 def estimate(case: dict) -> float:
     from align.model_configs import Arch
-    from align.plan import StageEstimate, TrainSetup, _trl_tiled_head, training_terms
+    from align.plan import StageEstimate, TrainSetup, training_terms, trl_tiled_head
 
     arch = Arch("measured", case["hidden"], case["inter"], case["layers"], case["heads"], case["kv"],
                 case["vocab"], tie_embeddings=False)
@@ -202,7 +202,7 @@ def estimate(case: dict) -> float:
                        adapter={"type": case["adapter"], "r": 16, "dropout": 0.0, "target_modules": "all-linear"},
                        batch_size=case["batch"], seq_len=case["seq"], optim=case["optim"], padded=False,
                        checkpointing=case.get("checkpointing", False),
-                       head="lm-fused" if _trl_tiled_head() else "lm-full", trainer="trl")
+                       head="lm-fused" if trl_tiled_head() else "lm-full", trainer="trl")
     return StageEstimate("sft", "training", training_terms(setup)).total
 
 

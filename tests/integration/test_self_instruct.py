@@ -110,10 +110,10 @@ RESUME_SCRIPT = """
 import sys
 sys.path.insert(0, {here!r})
 from test_self_instruct_scripted import ScriptedTeacher
-from align.data_gen.generate import GenerationConfig, generate
+from align.data_gen.generate import SelfInstructSettings, generate
 from align.data_gen.seeds import load_seed_tasks
 result = generate(ScriptedTeacher(delay_s=0.1), load_seed_tasks(), {out!r}, num_instructions=24,
-                  config=GenerationConfig(request_batch_size=1), progress=False)
+                  config=SelfInstructSettings(request_batch_size=1), progress=False)
 print("COMPLETE" if result.complete else "INCOMPLETE", len(result.records))
 """
 
@@ -158,14 +158,14 @@ def tiny_backend(tiny_model_dir):
 
 def test_real_tiny_model_server_run_stops_cleanly(tmp_path, tiny_backend):
     """A real model over real HTTP: tiny-llama writes noise, so the run must end, incomplete, and say why."""
-    from align.data_gen.generate import GenerationConfig, generate
+    from align.data_gen.generate import SelfInstructSettings, generate
     from align.data_gen.seeds import load_seed_tasks
     from align.teachers import make_teacher
 
     with running_server("tiny-llama", backend=tiny_backend) as srv:
         teacher = make_teacher({"type": "openai", "model": "tiny-llama", "base_url": srv.url, "endpoint": "completions",
                                 "batch_size": 4})
-        cfg = GenerationConfig(request_batch_size=4, bootstrap={"max_tokens": 24}, instances={"max_tokens": 24},
+        cfg = SelfInstructSettings(request_batch_size=4, bootstrap={"max_tokens": 24}, instances={"max_tokens": 24},
                                max_idle_rounds=2, max_teacher_calls=6)
         result = generate(teacher, load_seed_tasks(), tmp_path, num_instructions=3, config=cfg, seed=5, progress=False)
     assert srv.stats["status_200"] == teacher.attempts >= 2

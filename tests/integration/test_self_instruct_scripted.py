@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from align.data_gen.generate import GenerationConfig, generate
+from align.data_gen.generate import SelfInstructSettings, generate
 from align.data_gen.seeds import load_seed_tasks
 
 FRESH = [  # five of these are ROUGE-L near-duplicates of shipped seed tasks
@@ -186,7 +186,7 @@ class ScriptedBackend:
         return [[(t, "stop", self.count_tokens(t))] * n for t in texts]
 
 
-SMALL = GenerationConfig(request_batch_size=2)
+SMALL = SelfInstructSettings(request_batch_size=2)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -275,7 +275,7 @@ def test_target_is_exact_rerun_is_a_no_op_and_a_higher_target_continues(tmp_path
 
 def test_useless_teacher_stops_with_incomplete_stats(tmp_path, seeds):
     teacher = ScriptedTeacher(useless=True)
-    cfg = GenerationConfig(request_batch_size=2, max_idle_rounds=3)
+    cfg = SelfInstructSettings(request_batch_size=2, max_idle_rounds=3)
     result = generate(teacher, seeds, tmp_path, num_instructions=5, config=cfg, progress=False)
     assert not result.complete
     assert teacher.calls == 3  # 3 idle rounds of one bootstrap call each (nothing to classify)
@@ -287,7 +287,7 @@ def test_useless_teacher_stops_with_incomplete_stats(tmp_path, seeds):
 
 def test_max_teacher_calls_is_a_hard_limit(tmp_path, seeds):
     teacher = ScriptedTeacher()
-    cfg = GenerationConfig(request_batch_size=1, max_teacher_calls=4)
+    cfg = SelfInstructSettings(request_batch_size=1, max_teacher_calls=4)
     result = generate(teacher, seeds, tmp_path, num_instructions=40, config=cfg, progress=False)
     assert not result.complete
     assert teacher.calls <= 4 + 2  # the limit is checked between rounds (a round makes up to 3 calls)
@@ -346,7 +346,7 @@ def test_a_failed_continuation_removes_the_earlier_exports(tmp_path, seeds):
 
 
 def test_an_incomplete_run_exports_only_when_asked_and_never_an_empty_file(tmp_path, seeds):
-    cfg = GenerationConfig(request_batch_size=1, max_teacher_calls=3)
+    cfg = SelfInstructSettings(request_batch_size=1, max_teacher_calls=3)
     result = generate(ScriptedTeacher(), seeds, tmp_path / "a", num_instructions=40, config=cfg, progress=False)
     assert not result.complete and result.records and result.files == {}
     assert not (tmp_path / "a" / "alpaca_data.json").exists()
@@ -354,5 +354,5 @@ def test_an_incomplete_run_exports_only_when_asked_and_never_an_empty_file(tmp_p
                       export_incomplete=True)
     assert len(json.loads((tmp_path / "b" / "alpaca_data.json").read_text())) == result.stats["instances"]["total"] > 0
     useless = generate(ScriptedTeacher(useless=True), seeds, tmp_path / "c", num_instructions=5,
-                       config=GenerationConfig(max_idle_rounds=1), progress=False, export_incomplete=True)
+                       config=SelfInstructSettings(max_idle_rounds=1), progress=False, export_incomplete=True)
     assert useless.records == [] and not (tmp_path / "c" / "alpaca_data.json").exists()

@@ -270,3 +270,85 @@ def test_misspelt_eval_llm_judge_key_fails_validation_before_any_stage(tmp_path)
     assert f"{path}:13" in msg and "eval.llm_judge.teachr" in msg and "did you mean 'teacher'" in msg
     ok = load_recipe(write(tmp_path, recipe.replace("teachr", "teacher")))
     assert ok.eval.llm_judge.teacher.model == "m"
+
+
+PPO = """\
+name: t
+ppo:
+  policy: tiny-llama
+  reward: m:f
+  prompts: examples/data/alpaca_tiny.json
+  train:
+    steps: 2
+"""
+
+
+def test_a_key_that_is_gone_gets_did_you_mean_with_file_and_line(tmp_path):
+    path = write(tmp_path, PPO + "    lr_schedule: linear\n")  # lr_scheduler, as in every train: block
+    with pytest.raises(AlignError) as err:
+        load_recipe(path)
+    assert str(err.value).splitlines()[1] == (f"  {path}:8: ppo.train.lr_schedule: unknown key "
+                                              "(did you mean 'lr_scheduler'?)")
+    text = "name: t\nself_instruct:\n  teacher: tiny-llama\n  sampling:\n    bootstrap_max_tokens: 64\n"
+    with pytest.raises(AlignError, match=r"r\.yaml:5: self_instruct\.sampling\.bootstrap_max_tokens: unknown key "
+                                         r"\(did you mean 'bootstrap'\?\)"):
+        load_recipe(write(tmp_path, text))
+
+
+def test_ppo_takes_the_schedulers_its_loop_has(tmp_path):
+    assert load_recipe(write(tmp_path, PPO + "    lr_scheduler: linear\n")).ppo.train.lr_scheduler == "linear"
+    path = write(tmp_path, PPO + "    lr_scheduler: cosine\n")
+    with pytest.raises(AlignError, match=r"r\.yaml:8: ppo\.train\.lr_scheduler: the PPO loop supports constant and "
+                                         r"linear; cosine is a schedule of the trainer-based stages"):
+        load_recipe(path)
+
+
+DPO = """\
+name: t
+dpo:
+  model: tiny-llama
+  data: pairs.jsonl
+"""
+
+
+def test_dpo_method_is_a_name_or_its_own_settings_block(tmp_path):
+    assert load_recipe(write(tmp_path, DPO)).dpo.method.type == "dpo"  # the default
+    recipe = load_recipe(write(tmp_path, DPO + "  method: simpo\n"))
+    assert (recipe.dpo.method.type, recipe.dpo.method.gamma) == ("simpo", 0.5)
+    recipe = load_recipe(write(tmp_path, DPO + "  method: {type: kto, desirable_top: 2}\n"))
+    assert (recipe.dpo.method.type, recipe.dpo.method.desirable_top) == ("kto", 2)
+    recipe = load_recipe(write(tmp_path, DPO + "  method: {loss_type: ipo}\n"))  # type left out: dpo
+    assert recipe.dpo.method.loss_type == ["ipo"]
+    # overrides: a setting under a plain name, and another method in place of a settings block
+    recipe = load_recipe(write(tmp_path, DPO + "  method: simpo\n"), ["dpo.method.gamma=1.5"])
+    assert (recipe.dpo.method.type, recipe.dpo.method.gamma) == ("simpo", 1.5)
+    recipe = load_recipe(write(tmp_path, DPO + "  method: {type: dpo, beta: 0.2}\n"), ["dpo.method=orpo"])
+    assert (recipe.dpo.method.type, recipe.dpo.method.beta) == ("orpo", 0.1)
+
+
+def test_dpo_method_errors_name_the_line_and_whose_setting_it_is(tmp_path):
+    path = write(tmp_path, DPO + "  method:\n    type: simpo\n    loss_type: ipo\n    gama: 1\n")
+    with pytest.raises(AlignError) as err:
+        load_recipe(path)
+    assert str(err.value).splitlines()[1:] == [
+        f"  {path}:7: dpo.method.loss_type: not a setting of simpo (it is one of dpo, kto); allowed here: type, "
+        "beta, gamma, label_smoothing",
+        f"  {path}:8: dpo.method.gama: unknown key (did you mean 'gamma'?)"]
+    path = write(tmp_path, DPO + "  beta: 0.1\n")  # a method's setting at the stage's level: where it goes
+    with pytest.raises(AlignError, match=r"r\.yaml:5: dpo\.beta: unknown key \(did you mean 'method\.beta'\?\)"):
+        load_recipe(path)
+    path = write(tmp_path, DPO + "  method: simp0\n")
+    with pytest.raises(AlignError, match=r"r\.yaml:5: dpo\.method: expected one of dpo, kto, orpo, cpo, simpo, .* "
+                                         r"\(got 'simp0'\)"):
+        load_recipe(path)
+
+
+def test_eval_model_takes_every_model_setting_but_the_name(tmp_path):
+    from align.models import ModelConfig, ModelSettings
+
+    assert set(ModelConfig.model_fields) == set(ModelSettings.model_fields) | {"name"}
+    text = "name: t\neval:\n  policies: {a: tiny-llama}\n  model: {quantization: 4bit, precision: fp32}\n"
+    recipe = load_recipe(write(tmp_path, text))
+    assert (recipe.eval.model.quantization, recipe.eval.model.precision) == ("4bit", "fp32")
+    with pytest.raises(AlignError, match=r"r\.yaml:4: eval\.model\.name: unknown key"):
+        load_recipe(write(tmp_path, text.replace("precision: fp32", "name: x")))

@@ -16,7 +16,7 @@ import pytest
 
 from align.data_gen import filters
 from align.data_gen.filters import filter_instances, instance_drop_reason, instruction_drop_reason
-from align.data_gen.generate import GenerationConfig, generate
+from align.data_gen.generate import SelfInstructSettings, generate
 from align.data_gen.prompts import (
     bootstrap_stop,
     build_bootstrap_prompt,
@@ -151,7 +151,7 @@ def test_default_bootstrap_stops_are_the_originals():
     instructions; the guided style stops at "Task 16"."""
     assert bootstrap_stop(8) == ["\n\n", "\n16", "16.", "16 ."]
     assert bootstrap_stop(8, "guided") == ["\n\n", "Task 16"]
-    assert GenerationConfig().bootstrap.prompt == "original"
+    assert SelfInstructSettings().bootstrap.prompt == "original"
 
 
 def test_guided_prompt_style_is_a_named_option():
@@ -196,7 +196,7 @@ def test_loop_drops_a_bootstrap_continuation_cut_at_the_limit(tmp_path):
     """bootstrap_instructions.post_process_gpt3_response: ``if response is None or
     response["choices"][0]["finish_reason"] == "length": return []``; instances cut at the limit lose the last."""
     teacher = ReasonTeacher([(GOOD, "stop"), (CUT, "length")])
-    cfg = GenerationConfig(request_batch_size=2, max_teacher_calls=3)
+    cfg = SelfInstructSettings(request_batch_size=2, max_teacher_calls=3)
     result = generate(teacher, load_seed_tasks(), tmp_path, num_instructions=2, config=cfg, progress=False)
     assert [r["instruction"] for r in result.records] == ["Invent a riddle whose answer is the moon.",
                                                           "Describe a typical morning for a ferry captain."]
@@ -207,7 +207,7 @@ def test_loop_drops_a_bootstrap_continuation_cut_at_the_limit(tmp_path):
 
 def test_loop_can_keep_the_complete_items_of_a_cut_off_bootstrap(tmp_path):
     teacher = ReasonTeacher([(CUT, "length")])
-    cfg = GenerationConfig(request_batch_size=1, max_teacher_calls=3, bootstrap={"on_length": "drop_last"})
+    cfg = SelfInstructSettings(request_batch_size=1, max_teacher_calls=3, bootstrap={"on_length": "drop_last"})
     result = generate(teacher, load_seed_tasks(), tmp_path, num_instructions=1, config=cfg, progress=False)
     assert [r["instruction"] for r in result.records] == ["Plan a two-day itinerary for a first visit to Rome."]
 
@@ -219,7 +219,7 @@ def test_loop_alpaca_drops_extra_blacklist_and_cut_off_last_task(tmp_path):
             "Rise & Shine, Crumb, The Starter.\n###\n"
             "6. Instruction: Explain why bread goes stale.\n6. Input:\n<noinput>\n6. Output:\nStarch")
     teacher = ReasonTeacher([], alpaca=[(text, "length")])
-    cfg = GenerationConfig(request_batch_size=1, max_teacher_calls=1)
+    cfg = SelfInstructSettings(request_batch_size=1, max_teacher_calls=1)
     result = generate(teacher, load_seed_tasks(), tmp_path, num_instructions=3, method="alpaca", config=cfg,
                       progress=False, export_incomplete=True)
     assert [r["instruction"] for r in result.records] == ["Suggest three names for a sourdough bakery."]

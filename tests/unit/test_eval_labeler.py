@@ -4,13 +4,12 @@ import pytest
 
 from align.errors import AlignError
 from align.eval import constraints as C
-from align.eval.gold import GoldPrompt, gold_score, load_gold_prompts
+from align.eval.gold import GoldPrompt, gold_score, load_gold_prompts, lookup_gold_prompt
 from align.eval.labeler import (
     SimulatedLabeler,
     flatten_ranking,
     gold_score_fn,
     gold_scores,
-    lookup_gold_prompt,
     ranking_to_pairs,
 )
 from align.eval.labeler import rank_by_gold as rank_by_score

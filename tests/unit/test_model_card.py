@@ -58,12 +58,14 @@ def test_ppo_card_follows_stage_references_and_names_the_estimator(tmp_path):
     fake_stage(run, "sft", {"model": {"name": "smollm2-135m-instruct"}, "data": "x.json"}, {}, LORA)
     ppo = fake_stage(run, "ppo", {"policy": {"name": "@sft"}, "reward": {"source": "@reward"},
                                   "prompts": {"path": "gold:focus:train"},
-                                  "ppo": {"advantage": "rloo", "group_size": 4, "init_kl_coef": 0.05}},
+                                  "train": {"advantage": {"estimator": "rloo"}, "rollout": {"group_size": 4},
+                                            "kl": {"init_coef": 0.05}}},
                      {"first_score": 0.1, "last_score": 0.4, "final_kl": 0.02, "steps": 20}, LORA)
     text = render_card(describe_model(ppo / "model", ppo))
     meta = front_matter(text)
     assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"  # the alias's Hub original
     assert {"rloo", "rlhf", "ppo"} <= set(meta["tags"]) and "RLOO" in text and "4 samples per prompt" in text
+    assert "KL penalty to the starting policy (beta=0.05)" in text
     assert "this run's `reward` stage" in text and "this run's `sft` stage output" in text
     assert "| last_score | 0.4 |" in text
 
@@ -71,9 +73,10 @@ def test_ppo_card_follows_stage_references_and_names_the_estimator(tmp_path):
 def test_dpo_and_reward_cards(tmp_path):
     run = tmp_path / "run"
     fake_stage(run, "rank", {"prompts": {"path": "p.json"}, "k": 4, "judge": {"type": "gold", "function": "m:f"}}, {})
-    dpo = fake_stage(run, "dpo", {"model": {"name": "org/m"}, "data": "@rank", "method": "kto", "beta": 0.1}, {}, None)
+    dpo = fake_stage(run, "dpo", {"model": {"name": "org/m"}, "data": "@rank", "method": {"type": "kto", "beta": 0.2}},
+                     {}, None)
     text = render_card(describe_model(dpo / "model", dpo))
-    assert "KTO" in text and "rankings of K=4" in text and "judge m:f" in text
+    assert "preference optimisation with KTO, beta=0.2" in text and "rankings of K=4" in text and "judge m:f" in text
     meta = front_matter(text)
     assert meta["library_name"] == "transformers" and "kto" in meta["tags"]
     assert "AutoModelForCausalLM.from_pretrained(model_id" in text and "PeftModel" not in text

@@ -11,10 +11,10 @@ from align.plan import (
     Planner,
     StageEstimate,
     TrainSetup,
-    _trl_tiled_head,
     overhead_term,
     plan_recipe,
     training_terms,
+    trl_tiled_head,
 )
 from tests.conftest import write_llama_config
 
@@ -72,7 +72,7 @@ def test_sft_is_the_training_formula(recipe_file):
     arch, _ = planner.resolve(str(recipe_file.parent / "base"))
     setup = TrainSetup(arch=arch, adapter={"type": "lora", "r": 8, "alpha": 16, "dropout": 0.0,
                                            "target_modules": "all-linear", "num_virtual_tokens": 16},
-                       batch_size=2, seq_len=64, head="lm-fused" if _trl_tiled_head() else "lm-full")
+                       batch_size=2, seq_len=64, head="lm-fused" if trl_tiled_head() else "lm-full")
     expected = StageEstimate("sft", "training", training_terms(setup) + overhead_term("cuda")).total
     assert ests["sft"].total == expected
 

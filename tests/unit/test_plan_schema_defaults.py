@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from align.config import TrainConfig, load_recipe
-from align.data_gen.generate import GenerationConfig
+from align.config import load_recipe
+from align.data_gen.generate import SelfInstructSettings
 from align.model_configs import Arch
 from align.models import AdapterConfig
 from align.plan import TrainSetup, kv_cache_bytes, plan_recipe
@@ -21,6 +21,7 @@ from align.ppo.config import PPOSettings
 from align.stages.eval import Config as EvalConfig
 from align.stages.rank import Config as RankConfig
 from align.teachers import TeacherConfig
+from align.training import TrainConfig
 from tests.conftest import write_llama_config
 
 ARCH = Arch("hand", hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -84,14 +85,14 @@ def test_ppo_settings_left_out_are_the_schema_defaults(base):
 
 def test_self_instruct_token_budgets_are_the_schema_defaults(base):
     est = plan_one("self_instruct", {"teacher": base})
-    new = max(default(GenerationConfig, "bootstrap.max_tokens"), default(GenerationConfig, "instances.max_tokens"))
+    new = max(default(SelfInstructSettings, "bootstrap.max_tokens"), default(SelfInstructSettings, "instances.max_tokens"))
     batch = default(TeacherConfig, "batch_size")
     assert kv_term(est) == kv_cache_bytes(ARCH, batch, 2 * PROMPT_GUESS + new, 2)
     assert any(f"teacher batch {batch}; in-context prompts assumed {2 * PROMPT_GUESS} tokens + {new} new" in n
                for n in est.notes)
     alpaca = plan_one("self_instruct", {"teacher": base, "method": "alpaca"})
     assert kv_term(alpaca) == kv_cache_bytes(ARCH, batch, 2 * PROMPT_GUESS
-                                             + default(GenerationConfig, "alpaca.max_tokens"), 2)
+                                             + default(SelfInstructSettings, "alpaca.max_tokens"), 2)
 
 
 def test_rank_and_eval_generation_settings_are_the_schema_defaults(base):
