@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from align.jsonl import iter_jsonl
 from align.stages import STAGE_ORDER
 
 PPO_CURVES = (
@@ -36,15 +37,8 @@ def _read_json(path: Path) -> Any:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue  # a torn last line from a killed run
-    return rows
+    """A run file's records; a report shows what a killed or damaged run left, so bad lines are skipped."""
+    return [rec for _, rec in iter_jsonl(path, skip_bad=True, missing_ok=True)]
 
 
 def _fmt(value: Any) -> str:
