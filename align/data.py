@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import ConfigDict, Field
 
 from align.errors import AlignError
+from align.jsonl import read_records
 from align.sections import Shorthand
 
 DataFormat = Literal["auto", "alpaca", "self_instruct", "chat", "prompt_completion"]
@@ -40,44 +41,6 @@ class DataConfig(Shorthand):
     where: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="Keep only records whose fields have these values, e.g. {split: train} "
         "(local JSON/JSONL files).")
-
-
-class EmptyFileError(AlignError):
-    """A data file with nothing in it (callers with a more specific message catch this one)."""
-
-
-def read_records(path: str | Path) -> list[tuple[str, dict]]:
-    """Records of a local .json (list) or .jsonl file, each with 'file:line' for error messages."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    if not text.strip():  # json.loads would say "Expecting value", which names neither the file nor the cause
-        raise EmptyFileError(f"{path}: empty file; expected a JSON list of records (.json) or one JSON object per "
-                         "line (.jsonl)")
-    if path.suffix == ".json" or text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise AlignError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
-        if not isinstance(data, list):
-            raise AlignError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-        out = []
-        for i, rec in enumerate(data):
-            if not isinstance(rec, dict):
-                raise AlignError(f"{path}: record {i}: expected an object, got {type(rec).__name__}")
-            out.append((f"{path} record {i}", rec))
-        return out
-    out = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise AlignError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from None
-        if not isinstance(rec, dict):
-            raise AlignError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-        out.append((f"{path}:{lineno}", rec))
-    return out
 
 
 def detect_format(rec: dict) -> str | None:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from align.errors import AlignError
+from align.jsonl import iter_jsonl, read_records
 
 log = logging.getLogger("align.rankings")
 
@@ -419,7 +420,7 @@ def read_rankings_checked(path: str | Path, max_records: int | None = None,
     read)` of them; past that the read fails, naming the first few by file:line. With 0 the first one
     fails it with its own message. Lines that are not valid JSON always fail the read (a damaged file).
     """
-    from align.data import _records_from_datasets, read_records
+    from align.data import _records_from_datasets
 
     source = check_rankings_source(path)
     if source.is_file() and source.suffix in (".json", ".jsonl"):
@@ -670,9 +671,7 @@ class JsonlAppender:
         self.done: set[str] = set()
         if self.path.exists():
             self._repair_tail()
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    self.done.add(self.key(json.loads(line).get(key_field)))
+            self.done = {self.key(rec.get(key_field)) for _, rec in iter_jsonl(self.path)}
         self.key_field = key_field
         self._fh = self.path.open("a", encoding="utf-8")
 

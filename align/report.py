@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from align.jsonl import iter_jsonl
 from align.report_plots import plot_bars, plot_gains, plot_lines
 from align.stages import STAGE_ORDER
 
@@ -90,17 +91,8 @@ def _read_json(path: Path) -> Any:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a torn last line from a killed run
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    """A run file's records; a report shows what a killed or damaged run left, so bad lines are skipped."""
+    return [rec for _, rec in iter_jsonl(path, skip_bad=True, missing_ok=True)]
 
 
 def _fmt(value: Any) -> str:

@@ -37,9 +37,12 @@ import sys
 import time
 from pathlib import Path
 
+from _common import RESULTS, machine, write_results
+
+from align.jsonl import iter_jsonl
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-RESULTS = HERE / "results"
 RECIPE = ROOT / "recipes" / "quickstart.yaml"
 UPSTREAM = ("self_instruct", "sft", "rank", "reward")  # copied from the base run: the same start for every arm
 
@@ -111,9 +114,14 @@ def train_arm(arm: str, arm_dir: Path, minutes: float, steps: int, threads: int)
     return time.time() - t0
 
 
+def read_stats(path: Path) -> list[dict]:
+    """A ppo stage's stats.jsonl; an arm stopped at its time limit may leave a cut-off last line."""
+    return [row for _, row in iter_jsonl(path, torn_tail=True)]
+
+
 def ppo_points(arm_dir: Path, marks: list[float]) -> list[dict]:
     """For each time mark, the last checkpoint written before it: {minutes, step, path, rl_seconds}."""
-    stats = [json.loads(line) for line in (arm_dir / "ppo" / "stats.jsonl").read_text().splitlines() if line.strip()]
+    stats = read_stats(arm_dir / "ppo" / "stats.jsonl")
     elapsed, total = {}, 0.0
     for row in stats:
         total += row["time/step_s"]
@@ -162,7 +170,7 @@ def quickstart_arm(run: Path, threads: int) -> dict:
     """The rloo arm read from a finished quickstart run itself: its eval stage already compared the final
     PPO policy with SFT on the same 75 prompts with the same settings, so nothing is evaluated again."""
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    stats = [json.loads(line) for line in (run / "ppo" / "stats.jsonl").read_text().splitlines() if line.strip()]
+    stats = read_stats(run / "ppo" / "stats.jsonl")
     seconds, steps = sum(r["time/step_s"] for r in stats), max(int(r["step"]) for r in stats)
     renamed = {"sft": metrics["policies"]["sft"], f"t{seconds / 60:.0f}m_step{steps}": metrics["policies"]["ppo"]}
     point = {"minutes": float(f"{seconds / 60:.0f}"), "step": steps, "path": str(run / "ppo" / "policy"),
@@ -194,8 +202,7 @@ def summarize(arm: str, points: list[dict], metrics: dict, wall_s: float, thread
     cmd = f"python benchmarks/bench_alignment.py --base runs/quickstart --arms {arm} {reproduce}".strip()
     return {"label": spec["label"], "reward": spec["reward"], "threads": threads, "wall_seconds": round(wall_s),
             "prompts": metrics.get("num_prompts") or 75, "command": cmd, "points": rows,
-            "date": time.strftime("%Y-%m-%d"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+            "date": time.strftime("%Y-%m-%d"), "machine": machine()}
 
 
 def ordered(res: dict) -> list[tuple[str, dict]]:
@@ -204,8 +211,13 @@ def ordered(res: dict) -> list[tuple[str, dict]]:
     return [(name, res["arms"][name]) for name in names]
 
 
-def render(res: dict, store: Path) -> None:
-    """Markdown and plot next to the results JSON (alignment.json → alignment.md, alignment.png)."""
+def save(res: dict, store: Path) -> None:
+    """The results JSON, and markdown and plot next to it (alignment.json → alignment.md, alignment.png)."""
+    write_results(store.stem, res, render(res), store.parent, echo=False)
+    plot(res, store.with_suffix(".png"))
+
+
+def render(res: dict) -> str:
     lines = [
         "# Alignment on 2 CPU cores: held-out gold gain over SFT, per algorithm and wall-clock",
         "",
@@ -237,8 +249,7 @@ def render(res: dict, store: Path) -> None:
         lines += ["", "## Notes", "", *notes]
     if res.get("env"):
         lines += ["", f"Environment: {res['env']}."]
-    store.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    plot(res, store.with_suffix(".png"))
+    return "\n".join(lines)
 
 
 def plot(res: dict, path: Path) -> None:
@@ -318,15 +329,11 @@ def main() -> None:
             res["arms"][arm] = summarize(arm, points, metrics, time.time() - t0, args.threads, " ".join(options))
             if store.exists():  # arms another process wrote meanwhile stay
                 res["arms"] = {**json.loads(store.read_text())["arms"], **res["arms"]}
-            store.parent.mkdir(parents=True, exist_ok=True)
-            store.write_text(json.dumps(res, indent=2) + "\n")
-            render(res, store)
+            save(res, store)
             print(f"[{arm}] " + "; ".join(f"{p['rl_seconds'] / 60:.1f} min: {p['gain']:+.3f} "
                                           f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]" for p in res["arms"][arm]["points"]),
                   flush=True)
-    if args.merge or args.quickstart_run or args.note:
-        store.write_text(json.dumps(res, indent=2) + "\n")
-    render(res, store)
+    save(res, store)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,7 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from _common import RESULTS, machine, peak_rss_mb, print_result, run_worker, train_timed, write_results
+
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "went", "to", "sleep", "near", "warm", "fire",
          "with", "some", "milk", "bread", "apple", "tree", "river"]
 LORA = {"type": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
@@ -54,26 +53,6 @@ def train_settings(args) -> dict:
     return {"lr": 1e-4, "max_steps": args.steps, "batch_size": args.batch_size, "max_length": args.max_length,
             "logging_steps": 1, "save_steps": 10_000, "warmup_ratio": 0.0, "lr_scheduler": "constant",
             "report_to": ["none"]}
-
-
-class StepTimer:
-    """A TrainerCallback recording wall time per optimizer step."""
-
-    def __init__(self):
-        from transformers import TrainerCallback
-
-        timer = self
-
-        class Callback(TrainerCallback):
-            def on_step_begin(self, *a, **k):
-                timer.started = time.perf_counter()
-
-            def on_step_end(self, *a, **k):
-                timer.steps.append(time.perf_counter() - timer.started)
-
-        self.steps: list[float] = []
-        self.started = 0.0
-        self.callback = Callback()
 
 
 def curves(log_history: list[dict]) -> dict[str, list[float]]:
@@ -100,11 +79,8 @@ def worker_align(args, work: Path) -> dict:
     started = time.perf_counter()
     trainer, info = build_trainer(cfg, ctx)
     setup = time.perf_counter() - started
-    timer = StepTimer()
-    trainer.add_callback(timer.callback)
-    started = time.perf_counter()
-    trainer.train()
-    return {"setup_s": setup, "train_s": time.perf_counter() - started, "step_s": timer.steps,
+    _, train_s, timer = train_timed(trainer)
+    return {"setup_s": setup, "train_s": train_s, "step_s": timer.durations,
             "reference": info["reference"], **curves(trainer.state.log_history)}
 
 
@@ -143,11 +119,8 @@ def worker_trl(args, work: Path, separate_reference: bool) -> dict:
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=config, processing_class=tokenizer,
                          train_dataset=Dataset.from_list(rows), peft_config=lora)
     setup = time.perf_counter() - started
-    timer = StepTimer()
-    trainer.add_callback(timer.callback)
-    started = time.perf_counter()
-    trainer.train()
-    return {"setup_s": setup, "train_s": time.perf_counter() - started, "step_s": timer.steps,
+    _, train_s, timer = train_timed(trainer)
+    return {"setup_s": setup, "train_s": train_s, "step_s": timer.durations,
             **curves(trainer.state.log_history)}
 
 
@@ -160,22 +133,17 @@ def worker(args) -> None:
         out = worker_align(args, work)
     else:
         out = worker_trl(args, work, separate_reference=args.worker == "trl-separate-ref")
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps(out))
+    out["peak_rss_mib"] = peak_rss_mb()
+    print_result(out)
 
 
 # --------------------------------------------------------------------------- driver
 
 
-def run_worker(name: str, args, work: Path) -> dict:
+def run_dpo_worker(name: str, args, work: Path) -> dict:
     cmd = [sys.executable, __file__, "--worker", name, "--work", str(work), "--model", args.model,
            "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
-    if done.returncode != 0 or not lines:
-        raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_worker(cmd, {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}, name)
 
 
 def main() -> None:
@@ -198,7 +166,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         write_rankings(work / "rankings.jsonl", n=args.steps * args.batch_size)
-        results = {name: run_worker(name, args, work) for name in ("align", "trl", "trl-separate-ref")}
+        results = {name: run_dpo_worker(name, args, work) for name in ("align", "trl", "trl-separate-ref")}
     load_end = os.getloadavg()[0]
     ours, plain, separate = results["align"], results["trl"], results["trl-separate-ref"]
     loss_diff = max(abs(a - b) for a, b in zip(ours["loss"], plain["loss"], strict=True))
@@ -211,7 +179,7 @@ def main() -> None:
     summary = {
         "model": args.model, "steps": args.steps, "batch_size_pairs": args.batch_size, "max_length": args.max_length,
         "lora": LORA, "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs",
+        "machine": f"{machine()} shared with other jobs",
         "load_average": [round(load_start, 2), round(load_end, 2)], "torch_threads": 1,
         "max_abs_loss_diff": loss_diff, "max_abs_accuracy_diff": acc_diff,
         "median_step_ratio": med["align"] / med["trl"],
@@ -220,8 +188,6 @@ def main() -> None:
         "results": results,
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     rows = [("align dpo stage (reference: base, adapters disabled)", ours),
             ("plain TRL DPOTrainer + peft_config (same reference)", plain),
             ("plain TRL DPOTrainer + peft_config + separate ref_model", separate)]
@@ -255,8 +221,7 @@ def main() -> None:
         "",
         "Per-step loss (align | TRL): " + ", ".join(f"{a:.4f}|{b:.4f}" for a, b in zip(ours["loss"], plain["loss"])),
     ]
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    write_results(out.stem, summary, "\n".join(md), out.parent)
 
 
 if __name__ == "__main__":

@@ -50,9 +50,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from _common import RESULTS, machine, step_timer, write_results
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-RESULTS = HERE / "results"
 WORK = HERE / ".cache" / "bench-gpu"
 if str(REPO) not in sys.path:  # `import align` without an install (the device machine gets a plain copy)
     sys.path.insert(0, str(REPO))
@@ -175,7 +176,7 @@ def environment() -> dict[str, Any]:
         env.update(device=torch.cuda.get_device_name(0), device_memory_bytes=props.total_memory,
                    cuda=torch.version.cuda, bf16=torch.cuda.is_bf16_supported())
     else:
-        env.update(device=f"CPU ({platform.machine()}, {os.cpu_count()} cores)", cuda=None)
+        env.update(device=f"CPU ({machine()})", cuda=None)
     return env
 
 
@@ -224,23 +225,6 @@ def worker_assets(job: dict) -> dict:
     info_file.write_text(json.dumps(info))
     del model
     return {**info, "environment": environment(), "reused": False}
-
-
-def step_timer():
-    """A TrainerCallback recording the (synchronised) time at the end of every optimizer step."""
-    import torch
-    from transformers import TrainerCallback
-
-    class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.ends: list[float] = []
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.ends.append(time.perf_counter())
-
-    return StepTimer()
 
 
 def train_and_measure(trainer, meter: Meter, sft: dict, row_tokens: list[int]) -> dict:
@@ -305,8 +289,9 @@ def worker_sft_align(job: dict) -> dict:
 def plain_rows(tokenizer, data_file: str, max_length: int) -> dict[str, list]:
     """The same examples as the SFT stage reads, tokenized by hand: loss on the completion only."""
     ids_rows, labels_rows = [], []
-    for line in Path(data_file).read_text().splitlines():
-        rec = json.loads(line)
+    from align.jsonl import iter_jsonl
+
+    for _, rec in iter_jsonl(data_file):
         prompt = tokenizer.apply_chat_template(rec["prompt"], add_generation_prompt=True, tokenize=False)
         full = tokenizer.apply_chat_template(rec["prompt"] + rec["completion"], tokenize=False)
         n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
@@ -545,12 +530,6 @@ def fmt_pct(x: float | None) -> str:
     return "-" if x is None else f"{x:+.1f}%"
 
 
-def write_results(data: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu.json").write_text(json.dumps(data, indent=2, default=str))
-    (out / "gpu.md").write_text(render_markdown(data))
-
-
 def render_markdown(data: dict) -> str:
     env = data.get("environment") or {}
     versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
@@ -700,14 +679,13 @@ def main(argv: list[str] | None = None) -> int:
                 data["ratios"][model_key] = {"tokens_per_s": a["tokens_per_s"] / b["tokens_per_s"],
                                              "peak_bytes": a["peak_bytes"] / b["peak_bytes"]}
             data["benchmark_seconds"] = time.perf_counter() - started
-            write_results(data, out)
+            write_results("gpu", data, render_markdown(data), out, echo=False)
             summary = (f"peak {fmt_gib(result.get('peak_bytes'))} GiB, plan error "
                        f"{fmt_pct(result.get('plan', {}).get('error_pct'))}")
             print(f"[{model_key}] {case}: {result['status']} {result.get('error', summary)} "
                   f"({result.get('wall_s', 0):.0f} s)", flush=True)
     data["benchmark_seconds"] = time.perf_counter() - started
-    write_results(data, out)
-    print((out / "gpu.md").read_text())
+    write_results("gpu", data, render_markdown(data), out)
     return 0
 
 

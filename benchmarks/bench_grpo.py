@@ -24,17 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _common import machine, peak_rss_mb, print_result, run_worker, write_results
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CACHE = HERE / ".cache" / "bench-grpo"
-RESULTS = HERE / "results"
 PROMPTS = ["Tell me about the sea.", "Write a short poem.", "Name a color.", "Describe a cat.",
            "How do plants grow?", "Why is the sky blue?", "Give three tips.", "Say something."]
 G, QUERIES, NEW_TOKENS, LR = 4, 4, 12, 1e-3
@@ -73,6 +71,7 @@ def sft_model() -> Path:
 def run_align(kind: str, steps: int) -> dict:
     import shutil
 
+    from align.ppo.stats import read_stats
     from align.stages import StageContext
     from align.stages.ppo import Config, run
 
@@ -92,7 +91,7 @@ def run_align(kind: str, steps: int) -> dict:
                   "log": {"report_to": ["none"], "progress": False}},
     })
     result = run(cfg, StageContext("ppo", stage_dir, CACHE, seed=0, upstream={}))
-    stats = [json.loads(line) for line in (stage_dir / "stats.jsonl").read_text().splitlines()]
+    stats = read_stats(stage_dir / "stats.jsonl")
     return {"s_per_step": result.metrics["train_seconds"] / steps, "rewards": [s["objective/scores"] for s in stats],
             "trainable_params": result.metrics["trainable_params"]}
 
@@ -142,8 +141,8 @@ def child(arm: str, steps: int) -> None:
     time.perf_counter = time.process_time  # every timer (ours and this file's) counts this process's CPU time
     kind = "grpo" if "grpo" in arm.lower() else "rloo"
     out = run_align(kind, steps) if arm.startswith("align") else run_trl(kind, steps)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps(out), flush=True)
+    out["peak_rss_mb"] = peak_rss_mb()
+    print_result(out)
 
 
 def main() -> None:
@@ -160,17 +159,9 @@ def main() -> None:
     load = round(os.getloadavg()[0], 1)
     results = {}
     for arm in ARMS:
-        proc = subprocess.run([sys.executable, __file__, "--arm", arm, "--steps", str(args.steps)], env=env,
-                              capture_output=True, text=True)
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if line is None:
-            raise SystemExit(f"{arm} failed:\n{proc.stderr[-3000:]}")
-        results[arm] = json.loads(line[7:])
+        results[arm] = run_worker([sys.executable, __file__, "--arm", arm, "--steps", str(args.steps)], env, arm)
         print(arm, {k: v for k, v in results[arm].items() if k != "rewards"}, flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    meta = {"date": time.strftime("%Y-%m-%d"), "steps": args.steps, "load_before": load,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
-    (RESULTS / "grpo.json").write_text(json.dumps({**meta, "arms": results}, indent=2))
+    meta = {"date": time.strftime("%Y-%m-%d"), "steps": args.steps, "load_before": load, "machine": machine()}
     lines = [
         "# Critic-free RL: align's ppo stage (grpo / rloo) vs TRL 1.16 GRPOTrainer / RLOOTrainer (CPU)",
         "",
@@ -197,8 +188,7 @@ def main() -> None:
               "", "Reward per step:", ""]
     for arm, r in results.items():
         lines.append(f"- {arm}: " + " ".join(f"{x:.2f}" for x in r["rewards"]))
-    (RESULTS / "grpo.md").write_text("\n".join(lines) + "\n")
-    print((RESULTS / "grpo.md").read_text())
+    write_results("grpo", {**meta, "arms": results}, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -14,16 +14,17 @@ Writes benchmarks/results/ifeval.{md,json}.
 from __future__ import annotations
 
 import dataclasses
-import json
 import platform
 import string
 import time
 from pathlib import Path
 
+from _common import write_results
+
 from align.eval import ifeval, ifeval_punkt
+from align.jsonl import iter_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 RESPONSES = ROOT / "benchmarks" / "data" / "ifeval_gpt4_20231107_145030.jsonl"
 PAPER = {"prompt_strict": 0.7689, "instruction_strict": 0.8357, "prompt_loose": 0.7930, "instruction_loose": 0.8537}
 METRICS = list(PAPER)
@@ -67,7 +68,7 @@ def with_forced(result: ifeval.IFEvalResult, where: dict[int, int], value: bool)
 
 def main() -> None:
     prompts = ifeval.load_ifeval_prompts()
-    rows = [json.loads(line) for line in RESPONSES.read_text().splitlines()]
+    rows = [row for _, row in iter_jsonl(RESPONSES)]
     responses = [r["response"] for r in rows]
     text_differs = [p.key for p, r in zip(prompts, rows, strict=True) if p.prompt != r["prompt"]]
 
@@ -108,10 +109,7 @@ def main() -> None:
         "splitters": alternatives, "trivial_ok": {k: floor.metrics()[k] for k in METRICS},
         "trivial_ok_by_type": {k: v for k, v in floor.per_instruction_type().items() if v["strict"] > 0},
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ifeval.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "ifeval.md").write_text(render(report))
-    print((RESULTS / "ifeval.md").read_text())
+    write_results("ifeval", report, render(report))
 
 
 def implied_passes(r: dict) -> str:

@@ -25,28 +25,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _common import machine, peak_rss_mb, print_result, run_worker, write_results
+
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
 VENV = CACHE / "venv-trl112"
 WORK = CACHE / "bench-ppo"
-RESULTS = HERE / "results"
 TRL_REQUIREMENTS = ["torch==2.13.0", "trl==1.12.0", "transformers>=4.56,<5", "peft", "accelerate", "datasets"]
 
 # shared settings (both sides)
 MODEL = dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4)
 BATCH, MINI_BATCH, EPOCHS, RESPONSE_LEN, LR, KL_COEF = 16, 4, 2, 32, 1e-5, 0.05
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def rss_now_mb() -> float:
@@ -126,6 +121,7 @@ def worker_align(paths: dict[str, str], steps: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
+    from align.ppo.stats import read_stats
     from align.stages import StageContext
     from align.stages.ppo import Config, run
 
@@ -144,7 +140,7 @@ def worker_align(paths: dict[str, str], steps: int) -> dict:
                   "log": {"report_to": ["none"], "progress": False}},
     })
     result = run(cfg, StageContext("ppo", out, WORK, seed=0, upstream={}))
-    stats = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
+    stats = read_stats(out / "stats.jsonl")
     return {
         "name": "align (shared base)", "steps": len(stats),
         "sec_per_step": sum(s["time/step_s"] for s in stats) / len(stats),  # rollout + update, no loading
@@ -206,19 +202,14 @@ def worker_trl(paths: dict[str, str], steps: int) -> dict:
     }
 
 
-def run_worker(python: str, which: str, steps: int) -> dict:
+def run_ppo_worker(python: str, which: str, steps: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([python, __file__, "--worker", which, "--steps", str(steps)], env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{which} worker failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_worker([python, __file__, "--worker", which, "--steps", str(steps)], env, f"{which} worker")
 
 
-def write_results(ours: dict, theirs: dict, steps: int, seconds: float) -> None:
+def report(ours: dict, theirs: dict, steps: int, seconds: float) -> None:
     import torch
 
-    RESULTS.mkdir(exist_ok=True)
     n_params = None
     try:
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -229,13 +220,12 @@ def write_results(ours: dict, theirs: dict, steps: int, seconds: float) -> None:
     except Exception:  # meta-device init is a nicety for the table
         pass
     data = {
-        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), CPU only",
+        "date": time.strftime("%Y-%m-%d"), "machine": f"{machine()} (shared), CPU only",
         "threads": 1, "model": {**MODEL, "vocab_size": 1024, "params": n_params},
         "settings": {"batch_size": BATCH, "mini_batch_size": MINI_BATCH, "ppo_epochs": EPOCHS,
                      "response_length": RESPONSE_LEN, "lora": LORA, "steps": steps},
         "align": ours, "trl": theirs, "benchmark_seconds": round(seconds, 1),
     }
-    (RESULTS / "ppo.json").write_text(json.dumps(data, indent=2))
     ratio_t = theirs["sec_per_step"] / ours["sec_per_step"]
     ratio_m = theirs["peak_rss_mb"] / ours["peak_rss_mb"]
     md = f"""# PPO: align vs TRL 1.12 PPOTrainer (CPU)
@@ -264,7 +254,7 @@ minibatch), and the reward model is a second, frozen LoRA adapter on the same ba
 Loss details differ slightly (TRL adds the score one position after the last response token and
 bootstraps values there; align puts it on the last token), so this compares cost, not learning curves.
 """
-    (RESULTS / "ppo.md").write_text(md)
+    write_results("ppo", data, md)
 
 
 def main() -> None:
@@ -276,18 +266,17 @@ def main() -> None:
     paths["prompts"] = str(WORK / "prompts.jsonl")
     if args.worker:
         result = worker_align(paths, args.steps) if args.worker == "align" else worker_trl(paths, args.steps)
-        print(json.dumps(result))
+        print_result(result)
         return
     started = time.perf_counter()
     trl_python = ensure_trl_venv()
     os.environ.setdefault("ALIGN_CACHE", str(CACHE / "align-cache"))
     build_assets()
-    ours = run_worker(sys.executable, "align", args.steps)
+    ours = run_ppo_worker(sys.executable, "align", args.steps)
     print(f"align: {ours['sec_per_step']:.2f} s/step, peak RSS {ours['peak_rss_mb']:.0f} MB", flush=True)
-    theirs = run_worker(str(trl_python), "trl", args.steps)
+    theirs = run_ppo_worker(str(trl_python), "trl", args.steps)
     print(f"trl:   {theirs['sec_per_step']:.2f} s/step, peak RSS {theirs['peak_rss_mb']:.0f} MB", flush=True)
-    write_results(ours, theirs, args.steps, time.perf_counter() - started)
-    print((RESULTS / "ppo.md").read_text())
+    report(ours, theirs, args.steps, time.perf_counter() - started)
 
 
 if __name__ == "__main__":

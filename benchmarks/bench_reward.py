@@ -41,8 +41,8 @@ import time
 from pathlib import Path
 
 import torch
+from _common import RESULTS, peak_rss_mb, train_timed, write_results
 
-RESULTS = Path(__file__).resolve().parent / "results"
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "went", "to", "sleep", "near", "warm", "fire",
          "with", "some", "milk", "bread", "apple", "tree", "river", "blue", "stone", "quietly"]
 POSITIVE = ["good", "great", "excellent", "nice", "happy"]
@@ -135,28 +135,6 @@ class RowCounter:
             self.tokens += int(mask.sum()) if mask is not None else ids.numel()
 
 
-def step_timer():
-    """A TrainerCallback recording each optimizer step's wall time (the median resists other jobs' bursts)."""
-    from transformers import TrainerCallback
-
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.durations: list[float] = []
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.durations.append(time.perf_counter() - self.start)
-
-        def summary(self, seconds: float, steps: int) -> dict:
-            median = statistics.median(self.durations)
-            return {"steps": steps, "train_seconds": round(seconds, 2),
-                    "median_step_seconds": round(median, 4), "steps_per_second": round(1 / median, 2)}
-
-    return StepTimer()
-
-
 def heldout_accuracy(model, tokenizer, groups, max_length: int) -> float:
     from align.reward_model import RewardModel, pair_metrics
 
@@ -175,11 +153,7 @@ def train_align(model_dir, groups, heldout, train_cfg, work: Path, loss: str = "
     model, tokenizer = fresh_classifier(model_dir)
     counter = RowCounter(model)
     trainer = build_trainer(model, tokenizer, groups, train_cfg, work / "ckpt", pick_precision("fp32"), 0, loss=loss)
-    timer = step_timer()
-    trainer.add_callback(timer)
-    started = time.perf_counter()
-    output = trainer.train()
-    seconds = time.perf_counter() - started
+    output, seconds, timer = train_timed(trainer)
     return {**timer.summary(seconds, trainer.state.global_step), "train_loss": round(output.training_loss, 4),
             "forward_calls": counter.calls, "forward_rows": counter.rows,
             "heldout_accuracy": heldout_accuracy(trainer.model, tokenizer, heldout, train_cfg.max_length)}
@@ -199,11 +173,7 @@ def train_trl(model_dir, pair_groups, heldout, train_cfg, work: Path) -> dict:
     args = trainer_args(RewardConfig, train_cfg, work / "ckpt", pick_precision("fp32"), 0,
                         max_length=train_cfg.max_length, dataset_num_proc=None, disable_dropout=True)
     trainer = RewardTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=Dataset.from_list(rows))
-    timer = step_timer()
-    trainer.add_callback(timer)
-    started = time.perf_counter()
-    output = trainer.train()
-    seconds = time.perf_counter() - started
+    output, seconds, timer = train_timed(trainer)
     return {**timer.summary(seconds, trainer.state.global_step), "train_loss": round(output.training_loss, 4),
             "forward_calls": counter.calls, "forward_rows": counter.rows,
             "heldout_accuracy": heldout_accuracy(trainer.model, tokenizer, heldout, train_cfg.max_length)}
@@ -284,17 +254,12 @@ def encoder_dir(explicit: str | None) -> str | None:
     return str(Path(list(spec.submodule_search_locations)[0]) / "model")
 
 
-def peak_rss_mb() -> float:
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
 def long_worker(spec: dict) -> dict:
     """One contender of the long case, in its own process (so its peak RSS is its own)."""
     from functools import partial
 
     import align.reward_model as rm_mod
+    from align.jsonl import iter_jsonl
     from align.models import pick_precision, resolve_model_ref
     from align.rankings import group_by_prompt, read_rankings_checked
     from align.reward_model import RewardModel
@@ -308,12 +273,11 @@ def long_worker(spec: dict) -> dict:
     if name == "align_keep_earliest":  # the encoder's prompt keeps its START (the tokenizer's own truncation)
         rm_mod.encode_pair = partial(rm_mod.encode_pair, keep="earliest")
     train_records, report = read_rankings_checked(spec["train_file"], max_bad_records=0.01)
-    held_rows = [json.loads(line) for line in Path(spec["heldout_file"]).read_text().splitlines()]
+    held_rows = [row for _, row in iter_jsonl(spec["heldout_file"])]
     held_groups = group_by_prompt(read_rankings_checked(spec["heldout_file"])[0])
     model, tokenizer = fresh_classifier(model_dir)
     counter = RowCounter(model)
-    rss_loaded = peak_rss_mb()
-    timer = step_timer()
+    rss_loaded = round(peak_rss_mb(), 1)
     if name.startswith("align"):
         from align.stages.reward import build_trainer
 
@@ -331,7 +295,7 @@ def long_worker(spec: dict) -> dict:
         from align.rankings import hh_messages
         from align.training import trainer_args
 
-        rows = [json.loads(line) for line in Path(spec["train_file"]).read_text().splitlines()]
+        rows = [row for _, row in iter_jsonl(spec["train_file"])]
         if fmt == "pair" and tokenizer.eos_token is None:
             tokenizer.eos_token = tokenizer.sep_token  # TRL appends EOS to plain-text rows; BERT has none
         if name == "trl_truncated":  # every pair, truncated to max_length keeping its END, tokenized here
@@ -346,11 +310,8 @@ def long_worker(spec: dict) -> dict:
         trained_pairs = len(trainer.train_dataset)
         if not trained_pairs:
             return {"trained_pairs": 0, "note": "TRL dropped every pair (all longer than max_length)"}
-    trainer.add_callback(timer)
-    started = time.perf_counter()
-    output = trainer.train()
-    seconds = time.perf_counter() - started
-    rss_train = peak_rss_mb()
+    output, seconds, timer = train_timed(trainer)
+    rss_train = round(peak_rss_mb(), 1)
     model = trainer.model.eval()
     if name.startswith("align") or fmt == "chat":
         if fmt == "chat":
@@ -645,10 +606,7 @@ def main_losses(args) -> None:
             "model": f"LlamaForSequenceClassification 4 layers x 256, {n_params / 1e6:.2f}M params, fp32, full FT",
             "train_prompts": args.loss_prompts, "seeds": args.seeds}
     results = {"meta": meta, "losses": losses}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "reward_losses.json").write_text(json.dumps(results, indent=2))
-    (args.out / "reward_losses.md").write_text(render_losses(results))
-    print(render_losses(results))
+    write_results("reward_losses", results, render_losses(results), args.out)
 
 
 # --------------------------------------------------------------------------- main
@@ -693,7 +651,7 @@ def main() -> None:
             long_results = run_long(args, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        write_results(args.out, {"long_multi_turn": long_results})
+        merge_results(args.out, {"long_multi_turn": long_results})
         return
 
     import transformers
@@ -742,20 +700,17 @@ def main() -> None:
             "k2_train_prompts": len(pairs_train), "k2_heldout_prompts": len(pairs_held),
             "k4_train_prompts": len(rank_train), "k4_heldout_prompts": len(rank_held),
             "k4_responses": sum(len(g.responses) for g in rank_train), "k4_pairs": len(expanded)}
-    write_results(args.out, {"meta": meta, "k2_pairs": k2, "k4_rankings": k4})
+    merge_results(args.out, {"meta": meta, "k2_pairs": k2, "k4_rankings": k4})
 
 
-def write_results(out: Path, update: dict) -> None:
+def merge_results(out: Path, update: dict) -> None:
     """Merge `update` into reward.json (cases 1-2 and case 3 run separately) and render reward.md."""
-    out.mkdir(parents=True, exist_ok=True)
     path = out / "reward.json"
     results = {**(json.loads(path.read_text()) if path.exists() else {}), **update}
-    path.write_text(json.dumps(results, indent=2))
     text = render(results) if "k2_pairs" in results else "# Reward-model training benchmark\n"
     if "long_multi_turn" in results:
         text += "\n" + render_long(results["long_multi_turn"])
-    (out / "reward.md").write_text(text)
-    print(text)
+    write_results("reward", results, text, out)
 
 
 def render(r: dict) -> str:

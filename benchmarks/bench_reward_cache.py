@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import torch
+from _common import write_results
 
-RESULTS = Path(__file__).resolve().parent / "results"
 WORDS = ["the", "a", "river", "stone", "quietly", "bread", "warm", "fire", "tree", "apple", "milk", "near", "went",
          "sleep", "cat", "mat", "blue", "green", "because", "however", "answer", "question", "simple", "clear"]
 
@@ -108,9 +108,7 @@ def main() -> None:
         "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
         "env": f"{platform.machine()}, torch {torch.__version__}, transformers {transformers.__version__}",
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "reward_cache.json").write_text(json.dumps(res, indent=2) + "\n")
-    (RESULTS / "reward_cache.md").write_text(f"""# Reward stage: the frozen-layer cache
+    write_results("reward_cache", res, f"""# Reward stage: the frozen-layer cache
 
 SmolLM2-135M-Instruct, LoRA r 16 on the top 8 of 30 blocks + a fresh score head, {args.prompts} prompts x K = 4
 synthetic responses (40-90 words), batch 4 prompts, lr 1e-3, {args.epochs:g} epochs ({on["steps"]} steps), fp32,
@@ -126,7 +124,7 @@ their per-step losses: {loss_diff:.2e} (float rounding: a batch's padding differ
 computed a row and the one that replays it).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_reward_cache.py --prompts {args.prompts} --epochs {args.epochs:g}
-""")
+""", echo=False)
     print(json.dumps({k: v for k, v in res.items()}, indent=2))
 
 

@@ -32,13 +32,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+from _common import RESULTS, write_results
+
+from align.jsonl import iter_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
@@ -99,7 +97,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
-def render(res: dict) -> None:
+def render(res: dict) -> str:
     lines = [
         "# Reward model: held-out pairwise accuracy vs ranked prompts",
         "",
@@ -126,7 +124,7 @@ def render(res: dict) -> None:
                      f"{r['train_accuracy']:.3f} | {r['steps']} | {r['train_seconds']:.0f} |")
     lines += ["", "Reproduce:", "", f"    {res['command']}", ""]
     lines += [f"{n}" for n in res.get("notes", [])]
-    (RESULTS / "reward_data.md").write_text("\n".join(lines).rstrip() + "\n")
+    return "\n".join(lines)
 
 
 def plot(res: dict) -> None:
@@ -166,12 +164,12 @@ def main() -> None:
     args = parser.parse_args()
 
     recipe = yaml.safe_load(Path(args.recipe).read_text())
-    records = read_jsonl(Path(args.rankings))
+    records = [rec for _, rec in iter_jsonl(args.rankings)]
     pool, heldout, all_tied = split(records, args.heldout, seed=0)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     heldout_file = out / "heldout.jsonl"
-    if heldout_file.exists() and read_jsonl(heldout_file) != heldout:
+    if heldout_file.exists() and [rec for _, rec in iter_jsonl(heldout_file)] != heldout:
         sys.exit(f"{out} holds arms scored on other held-out prompts; use another --out")
     write_jsonl(heldout_file, heldout)
     arms = []
@@ -217,11 +215,8 @@ def main() -> None:
                    + f" --heldout {args.heldout}",
         "notes": args.note,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "reward_data.json").write_text(json.dumps(res, indent=2) + "\n")
-    render(res)
+    write_results("reward_data", res, render(res))
     plot(res)
-    print((RESULTS / "reward_data.md").read_text())
 
 
 if __name__ == "__main__":

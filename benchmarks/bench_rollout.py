@@ -31,15 +31,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
+from _common import machine, write_results
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CACHE = HERE / ".cache" / "bench-rollout"
-RESULTS = HERE / "results"
 BASE = "smollm2-135m-instruct"
 # the earlier recipes/quickstart.yaml's PPO-GAE settings (and its sft/reward adapters: r 16, alpha 32, top 8 layers)
 QUICKSTART = dict(mini_batch_size=4, ppo_epochs=2, lr=1e-4, kl={"init_coef": 0.05},
@@ -166,6 +166,7 @@ def bench_sampling(assets: dict[str, str], rounds: int) -> dict:
 
 def bench_ppo(assets: dict[str, str], steps: int, variants: list[str]) -> dict:
     """Run the ppo stage for `steps` steps per variant; per-phase means over steps 2..N (step 1 warms up)."""
+    from align.ppo.stats import read_stats
     from align.stages import StageContext
     from align.stages.ppo import Config, run
 
@@ -185,7 +186,7 @@ def bench_ppo(assets: dict[str, str], steps: int, variants: list[str]) -> dict:
                                          "log": {"report_to": ["none"], "progress": False, "sample_every": 10_000}}),
         })
         result = run(cfg, StageContext("ppo", stage_dir, stage_dir.parent, seed=0, upstream={}))
-        stats = [json.loads(line) for line in (stage_dir / "stats.jsonl").read_text().splitlines()]
+        stats = read_stats(stage_dir / "stats.jsonl")
         timed = stats[1:] or stats
         keys = ("time/generate_s", "time/score_s", "time/logprobs_s", "time/update_s", "time/step_s")
         out[name] = {k.split("/")[1][:-2]: round(sum(s[k] for s in timed) / len(timed), 2) for k in keys}
@@ -237,9 +238,7 @@ def bench_bf16_drift(assets: dict[str, str]) -> dict:
     }
 
 
-def write_results(res: dict) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "rollout.json").write_text(json.dumps(res, indent=2))
+def render(res: dict) -> str:
     sampling, ppo, drift = res["sampling"], res["ppo"], res["bf16_drift"]
     lines = [
         "# Rollout speed: the PPO loop on the quickstart model (CPU)",
@@ -300,7 +299,7 @@ def write_results(res: dict) -> None:
         "bf16 is opt-in: the update (fp32) then starts from old log-probs that were computed in bf16, so the "
         "first update's ratio is not exactly 1; the drift above is what that costs.",
     ]
-    (RESULTS / "rollout.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -322,7 +321,7 @@ def main() -> None:
 
     meta = {"date": time.strftime("%Y-%m-%d"), "steps": args.steps, "rounds": args.rounds,
             "threads": args.threads, "load_before": round(os.getloadavg()[0], 1),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"}
+            "machine": f"{machine()}, torch {torch.__version__}"}
     assets = build_assets(resolve_model_ref(BASE))
     sections = {"sampling": lambda: bench_sampling(assets, args.rounds), "ppo": lambda: bench_ppo(assets, args.steps, args.variants.split(",")),
                 "bf16_drift": lambda: bench_bf16_drift(assets)}
@@ -338,8 +337,7 @@ def main() -> None:
         return
     res = {**saved["ppo"], "load_before": max(v["load_before"] for v in saved.values()),
            "rounds": saved["sampling"]["rounds"], **{key: v["result"] for key, v in saved.items()}}
-    write_results(res)
-    print((RESULTS / "rollout.md").read_text())
+    write_results("rollout", res, render(res))
 
 
 if __name__ == "__main__":

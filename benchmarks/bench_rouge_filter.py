@@ -30,12 +30,11 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from _common import RESULTS, write_results
 from rouge_score import rouge_scorer
 
 from align.data_gen.rouge_filter import DEFAULT_THRESHOLD, SimilarityPool
 from align.data_gen.seeds import load_seed_tasks
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 # ---------------------------------------------------------------------------------------------------------
 # Synthetic instructions
@@ -359,10 +358,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def write_results(results: list[dict], meta: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+def render(results: list[dict], meta: dict) -> str:
     lines = [
         "# ROUGE-L near-duplicate filter: SimilarityPool vs rouge_score loop",
         "",
@@ -411,8 +407,7 @@ def write_results(results: list[dict], meta: dict, out_dir: Path, stem: str) -> 
                 f"alpaca-style {r['pretokenized_sampled_s']} s; naive reference estimate (mean time per "
                 f"sampled candidate x N) {r['reference_naive_estimate_s']} s."
             )
-    md_path.write_text("\n".join(lines) + "\n")
-    return json_path, md_path
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -446,8 +441,9 @@ def main(argv: list[str] | None = None) -> int:
         r = bench_size(seed_instructions, stream, n, args.full_ref_max, args.samples)
         print(json.dumps(r), flush=True)
         results.append(r)
-    json_path, md_path = write_results(results, meta, out_dir, "rouge_filter")
-    print(f"wrote {md_path} and {json_path}")
+    md_path = write_results("rouge_filter", {"meta": meta, "results": results}, render(results, meta), out_dir,
+                            echo=False)
+    print(f"wrote {md_path} and {md_path.with_suffix('.json')}")
     return 0 if all(r["agreement"] == 1.0 for r in results) else 1
 
 

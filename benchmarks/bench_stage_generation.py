@@ -29,12 +29,12 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
+from _common import RESULTS, machine, write_results
+
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 WORKLOADS = {
     "rank (32 prompts x K 4, T 1.0, 48 tokens)": dict(prompts=32, k=4, temperature=1.0, max_new_tokens=48),
     "eval (75 prompts greedy, 64 tokens)": dict(prompts=75, k=1, temperature=0.0, max_new_tokens=64),
@@ -64,8 +64,7 @@ def main() -> None:
         res = json.loads((RESULTS / "stage_generation.json").read_text())
         if args.note:
             res["notes"] = args.note
-            (RESULTS / "stage_generation.json").write_text(json.dumps(res, indent=2) + "\n")
-        write_markdown(res)
+        write_results("stage_generation", res, render(res), echo=False)
         return
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     load_before = os.getloadavg()[0]
@@ -121,16 +120,14 @@ def main() -> None:
     names = list(arms)
     same = sum(a == b for a, b in zip(greedy[names[0]], greedy[names[1]]))
     result = {
-        "load_before": round(load_before, 1), "notes": args.note, "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "load_before": round(load_before, 1), "notes": args.note, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
         "env": f"torch {torch.__version__}, transformers {transformers.__version__}", "policy": described,
         "rows": rows, "greedy_identical": [same, len(greedy[names[0]])],
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "stage_generation.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_markdown(result)
+    write_results("stage_generation", result, render(result), echo=False)
 
 
-def write_markdown(res: dict) -> None:
+def render(res: dict) -> str:
     lines = [
         "# Rank and eval generation with a LoRA policy: unmerged vs merged (CPU)",
         "",
@@ -150,7 +147,7 @@ def write_markdown(res: dict) -> None:
               "a float-rounding tie between two tokens).", ""]
     if res.get("notes"):
         lines += ["## Notes", "", *res["notes"], ""]
-    (RESULTS / "stage_generation.md").write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ the run, the reward-model score and the gold score. Run: `python benchmarks/benc
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -19,8 +18,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _common import RESULTS, write_results
+
+from align.jsonl import iter_jsonl
+
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 ARMS = ("zero", "reward")
 
 
@@ -29,7 +31,7 @@ def run_arm(out: Path, seed: int, init: str) -> list[dict]:
                f"seed={seed}", "ppo.train.value.model=adapter", f"ppo.train.value.init={init}",
                "ppo.train.log.progress=false"]
     subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return [json.loads(line) for line in (out / "ppo" / "stats.jsonl").read_text().splitlines()]
+    return [row for _, row in iter_jsonl(out / "ppo" / "stats.jsonl")]
 
 
 def mean(history: list[dict], key: str, start: int, stop: int) -> float:
@@ -78,10 +80,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results = {"runs": runs}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "value_init.json").write_text(json.dumps(results, indent=2))
-    (args.out / "value_init.md").write_text(render(results))
-    print(render(results))
+    write_results("value_init", results, render(results), args.out)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from align.errors import AlignError
+from align.jsonl import parse_jsonl
 
 
 def repair(path: str | Path) -> int:
@@ -46,19 +46,10 @@ def repair(path: str | Path) -> int:
         return size - keep
 
 
-def _parse_lines(path: Path, data: bytes) -> list[dict[str, Any]]:
-    records = []
-    for lineno, raw in enumerate(data.split(b"\n")[:-1], start=1):
-        if not raw.strip():
-            continue
-        try:
-            rec = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise AlignError(f"{path}:{lineno}: not a valid JSON record ({exc}); the file is corrupt there") from None
-        if not isinstance(rec, dict):
-            raise AlignError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-        records.append(rec)
-    return records
+def _committed(path: Path) -> list[dict[str, Any]]:
+    """The records of the newline-terminated lines: the bytes after the last newline were never committed."""
+    data = path.read_bytes()
+    return [rec for _, rec in parse_jsonl(data[: data.rfind(b"\n") + 1], path)]
 
 
 def load_records(path: str | Path, fix: bool = True) -> list[dict[str, Any]]:
@@ -72,7 +63,7 @@ def load_records(path: str | Path, fix: bool = True) -> list[dict[str, Any]]:
         return []
     if fix:
         repair(path)
-    return _parse_lines(path, path.read_bytes())
+    return _committed(path)
 
 
 def count_records(path: str | Path) -> int:
@@ -95,7 +86,7 @@ class RecordWriter:
         self.fsync = fsync
         self.path.parent.mkdir(parents=True, exist_ok=True)
         repair(self.path)
-        self.count = len(_parse_lines(self.path, self.path.read_bytes())) if self.path.exists() else 0
+        self.count = len(_committed(self.path)) if self.path.exists() else 0
         self._file = open(self.path, "ab")  # noqa: SIM115 - closed in close()/__exit__
 
     def append(self, record: dict[str, Any]) -> None:

@@ -12,13 +12,13 @@ naming the file and line.
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from align.errors import AlignError
+from align.jsonl import iter_jsonl
 
 SEED_FORMAT = (
     '{"id": "seed_task_0", "name": "short_name", "instruction": "...", '
@@ -71,20 +71,6 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_seed_line(line: str, where: str) -> SeedTask:
-    """One JSONL line -> SeedTask, or AlignError saying where and what was expected."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise AlignError(f"{where}: not valid JSON ({exc.msg}); expected one object per line like {SEED_FORMAT}") from None
-    if not isinstance(record, dict):
-        raise AlignError(f"{where}: expected a JSON object like {SEED_FORMAT}, got {type(record).__name__}")
-    try:
-        return SeedTask.model_validate(record)
-    except ValidationError as exc:
-        raise AlignError(f"{where}: bad seed task: {_describe(exc)}; expected {SEED_FORMAT}") from None
-
-
 def load_seed_tasks(path: str | Path | None = None) -> list[SeedTask]:
     """All tasks of a seed JSONL file (ours when path is None). Blank lines are skipped; ids must be unique."""
     path = default_seed_path() if path is None else Path(path).expanduser()
@@ -92,10 +78,11 @@ def load_seed_tasks(path: str | Path | None = None) -> list[SeedTask]:
         raise AlignError(f"seed task file not found: {path}")
     tasks: list[SeedTask] = []
     first_line: dict[str, int] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        task = parse_seed_line(line, f"{path}:{lineno}")
+    for lineno, record in iter_jsonl(path, like=SEED_FORMAT):
+        try:
+            task = SeedTask.model_validate(record)
+        except ValidationError as exc:
+            raise AlignError(f"{path}:{lineno}: bad seed task: {_describe(exc)}; expected {SEED_FORMAT}") from None
         if task.id in first_line:
             raise AlignError(f"{path}:{lineno}: duplicate id {task.id!r} (first used on line {first_line[task.id]})")
         first_line[task.id] = lineno

@@ -30,6 +30,7 @@ from typing import Any
 
 from align.errors import AlignError
 from align.eval import constraints as C
+from align.jsonl import iter_jsonl
 
 GOLD_PROMPTS_PATH = Path(__file__).with_name("gold_prompts.jsonl")
 SEED = 20231114  # IFEval's arXiv date; any fixed value works
@@ -465,17 +466,7 @@ def read_gold_prompts(path: str | Path) -> list[GoldPrompt]:
     path = Path(path)
     if not path.is_file():
         raise AlignError(f"gold prompt file not found: {path}")
-    prompts = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            record = json.loads(line)
-        except ValueError as err:
-            raise AlignError(f"{where}: invalid JSON ({err})") from None
-        prompts.append(GoldPrompt.from_record(record, where=where))
-    return prompts
+    return [GoldPrompt.from_record(record, where=f"{path}:{lineno}") for lineno, record in iter_jsonl(path)]
 
 
 @lru_cache(maxsize=4)

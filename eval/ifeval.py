@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import random
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -39,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from align.errors import AlignError
 from align.eval.bootstrap import paired_bootstrap
+from align.jsonl import parse_jsonl
 
 INPUT_DATA = Path(__file__).with_name("ifeval_input_data.jsonl")
 INPUT_DATA_SHA256 = "67ffeee0fcb87c317c5b08a2de85557b4a7e96ada6178aa645b4954fe4b53d49"
@@ -161,7 +161,7 @@ def load_ifeval_prompts(num: int | None = None) -> list[IFEvalPrompt]:
                          "reinstall align")
     prompts = [IFEvalPrompt(key=d["key"], prompt=d["prompt"], instruction_id_list=list(d["instruction_id_list"]),
                             kwargs=list(d["kwargs"]))
-               for d in map(json.loads, raw.decode("utf-8").splitlines())]
+               for _, d in parse_jsonl(raw, INPUT_DATA)]
     return prompts[:num] if num is not None else prompts
 
 

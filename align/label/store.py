@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from align.errors import AlignError
+from align.jsonl import iter_jsonl
 from align.label.tasks import Task
 
 try:
@@ -95,24 +96,7 @@ def label_record(task: Task, labeler: str, ranking: list[list[int]] | None, flag
 
 def read_label_lines(path: Path) -> list[dict]:
     """Every complete record of a labels file, in file order (a torn last line is ignored)."""
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    records = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if lineno == len(lines):  # no newline after it: a write cut off by a crash
-                continue
-            raise AlignError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from None
-        if not isinstance(rec, dict):
-            raise AlignError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-        records.append(rec)
-    return records
+    return [rec for _, rec in iter_jsonl(path, torn_tail=True, missing_ok=True)]
 
 
 def label_key(rec: dict) -> tuple[str, str] | None:

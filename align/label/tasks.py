@@ -59,7 +59,7 @@ def parse_task(index: int, rec: dict, where: str) -> Task:
 
 def load_tasks(path: str | Path) -> list[Task]:
     """Every task of a JSONL (or JSON list) file, in file order."""
-    from align.data import EmptyFileError, read_records
+    from align.jsonl import EmptyFileError, read_records
 
     path = Path(path).expanduser()
     if not path.is_file():

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from align.errors import AlignError
+from align.jsonl import iter_jsonl
 from align.ppo.policy import ModelRoles, load_policy_state_dict, policy_state_dict, save_policy
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -143,5 +144,5 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
     """Drop lines logged after the checkpoint a run resumes from (they will be logged again)."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= last_step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = [rec for _, rec in iter_jsonl(path, torn_tail=True) if rec.get("step", 0) <= last_step]
+    path.write_text("".join(json.dumps(rec) + "\n" for rec in kept))

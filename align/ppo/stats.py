@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from align.jsonl import iter_jsonl
 from align.ppo.queries import last_user_message
 from align.ppo.rollout import Rollouts
 from align.ppo.update import Advantages
@@ -80,7 +81,8 @@ class StatsLog:
 
 
 def read_stats(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    """Every step logged so far (a line cut off by a kill is not a step)."""
+    return [rec for _, rec in iter_jsonl(path, torn_tail=True, missing_ok=True)]
 
 
 def mean_of(values: list[float]) -> float | None:

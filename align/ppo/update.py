@@ -14,6 +14,7 @@ count, and gradients are summed over processes before clipping: the same update 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -168,6 +169,85 @@ def check_update(update_stats: dict[str, float], grad_norm: torch.Tensor, update
         raise TrainingDiverged(f"gradient norm is {describe(float(grad_norm))} {where}")
 
 
+def micro_batch_loss(roles: ModelRoles, r: Rollouts, adv: Advantages, rows: torch.Tensor, s: PPOSettings,
+                     value_scale: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The PPO objective on one micro-batch of rollouts `rows`: clipped policy loss + value loss
+    + beta * KL (kl.penalty: loss) - entropy bonus, and its stats (tensors, detached).
+
+    `value_scale` re-weights the value loss, which is always a token mean, where the caller weights
+    the whole loss by something else than this micro-batch's share of response tokens.
+    """
+    device = roles.device
+    ids, attn, width = r.inputs(rows)
+    ids, attn = ids.to(device), attn.to(device)
+    mask = r.response_mask[rows, :width].to(device)
+    old_logprobs = r.logprobs[rows, :width].to(device)
+    advantages = adv.advantages[rows, :width].to(device)
+
+    logits, values = policy_forward(roles, ids, attn, width, trunk=r.trunk_rows(rows))
+    logprobs = logprobs_from_logits(logits, ids[:, -width:], s.rollout.temperature)
+    loss, pg_stats = ppo_policy_loss(logprobs, old_logprobs, advantages, mask, s.cliprange,
+                                     s.aggregation, s.rollout.max_new_tokens)
+    stats = dict(pg_stats)
+    if values is not None:  # gae: the value model's clipped regression on the returns
+        old_values = r.values[rows, :width].to(device)
+        returns = adv.returns[rows, :width].to(device)
+        vf_loss, vf_stats = ppo_value_loss(values.float(), old_values, returns, mask, s.value.cliprange)
+        loss = loss + s.value.coef * vf_loss * value_scale
+        stats.update(vf_stats)
+    if s.kl_penalty == "loss" and adv.kl_coef > 0:  # GRPO: beta * k3 KL to the ref_policy
+        ref_logprobs = r.ref_logprobs[rows, :width].to(device)
+        kl_term = kl_loss(logprobs, ref_logprobs, mask, s.aggregation, s.rollout.max_new_tokens)
+        loss = loss + adv.kl_coef * kl_term
+        stats["loss/kl"] = kl_term.detach()
+    with torch.set_grad_enabled(s.entropy_coef > 0):  # a stat only, unless it is a bonus
+        entropy = masked_mean(entropy_from_logits(logits, s.rollout.temperature), mask)
+    loss = loss - s.entropy_coef * entropy
+    stats.update({"policy/entropy": entropy.detach(), "loss/total": loss.detach()})
+    return loss, stats
+
+
+def accumulate_gradients(roles: ModelRoles, r: Rollouts, adv: Advantages, group: torch.Tensor, s: PPOSettings,
+                         ptx: PtxBatches | None, ptx_key: int) -> dict[str, float]:
+    """Backward passes over the micro-batches of one optimizer batch `group`, on this process's rows;
+    returns their stats, each weighted by its micro-batch's share of the optimizer batch.
+
+    A micro-batch's loss is weighted by its share of the optimizer batch's response tokens (token
+    aggregation) or of its rollouts, so accumulation gives the gradient of the whole batch at once.
+    `ptx_key` numbers this optimizer batch for drawing PPO-ptx demonstrations.
+    """
+    world, rank = distributed.world_size(), distributed.rank()
+    local = rows_per_process(s, world)
+    n_tokens = r.response_mask[group].sum().clamp(min=1)
+    stats: dict[str, float] = defaultdict(float)
+    for m in range(s.grad_accum):
+        lo = m * s.mini_batch_size + rank * local  # this process's share of the micro-batch
+        rows = group[lo : lo + local]
+        token_share = float(r.response_mask[rows].sum() / n_tokens)
+        weight = token_share if s.aggregation == "token" else len(rows) / len(group)
+        # the value loss is a token mean under every aggregation: its weight stays the token share
+        loss, micro_stats = micro_batch_loss(roles, r, adv, rows, s, token_share / weight if weight else 0.0)
+        (loss * weight).backward()
+        for k, v in micro_stats.items():
+            stats[k] += float(v) * weight
+        if ptx is not None and s.ptx.coef > 0:  # InstructGPT's PPO-ptx: + gamma * log-likelihood
+            p_ids, p_mask, p_labels = (t.to(roles.device) for t in ptx.sample(len(rows), (ptx_key + m) * world + rank))
+            nll = ptx_loss(roles, p_ids, p_mask, p_labels)
+            (s.ptx.coef * nll / (s.grad_accum * world)).backward()
+            stats["loss/ptx"] += float(nll.detach()) / (s.grad_accum * world)
+    return stats
+
+
+def optimizer_batches(n: int, per_update: int, epochs: int, seed: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(epoch, index in the epoch, rollout indices) of each optimizer batch: every epoch a fresh shuffle
+    of the n rollouts, from a generator seeded with `seed` (the same shuffles on resume)."""
+    g = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=g)
+        for u, start in enumerate(range(0, n, per_update)):
+            yield epoch, u, order[start : start + per_update]
+
+
 def step_with_rollouts(
     roles: ModelRoles,
     optimizer: torch.optim.Optimizer,
@@ -186,80 +266,29 @@ def step_with_rollouts(
     params = roles.trainable_parameters()
     B = len(r)
     per_update = s.mini_batch_size * s.grad_accum
-    world, rank = distributed.world_size(), distributed.rank()
-    local = rows_per_process(s, world)
+    world = distributed.world_size()
+    rows_per_process(s, world)  # rejects batch sizes that do not split over the processes
     if world > 1 and B % per_update:
         raise AlignError(f"ppo: {B} rollouts do not split into optimizer batches of ppo.train.mini_batch_size * "
                          f"ppo.train.grad_accum = {per_update} (needed with {world} processes)")
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step)  # same shuffles on resume
-    device = roles.device
     totals: dict[str, float] = defaultdict(float)
-    n_updates, stopped = 0, False
-    for epoch in range(s.ppo_epochs):
-        if stopped:
-            break
-        order = torch.randperm(B, generator=g)
-        for u, start in enumerate(range(0, B, per_update)):
-            group = order[start : start + per_update]
-            n_tokens = r.response_mask[group].sum().clamp(min=1)
-            by_tokens = s.aggregation == "token"
-            optimizer.zero_grad(set_to_none=True)
-            update_stats: dict[str, float] = defaultdict(float)
-            for m, micro_start in enumerate(range(0, per_update, s.mini_batch_size)):
-                lo = micro_start + rank * local  # this process's share of the micro-batch
-                rows = group[lo : lo + local]
-                token_share = float(r.response_mask[rows].sum() / n_tokens)
-                weight = token_share if by_tokens else len(rows) / len(group)
-                ids, attn, width = r.inputs(rows)
-                ids, attn = ids.to(device), attn.to(device)
-                mask = r.response_mask[rows, :width].to(device)
-                old_logprobs = r.logprobs[rows, :width].to(device)
-                advantages = adv.advantages[rows, :width].to(device)
-
-                logits, values = policy_forward(roles, ids, attn, width, trunk=r.trunk_rows(rows))
-                logprobs = logprobs_from_logits(logits, ids[:, -width:], s.rollout.temperature)
-                pg_loss, pg_stats = ppo_policy_loss(logprobs, old_logprobs, advantages, mask, s.cliprange,
-                                                    s.aggregation, s.rollout.max_new_tokens)
-                loss = pg_loss
-                micro_stats = dict(pg_stats)
-                if values is not None:  # value loss: token mean, weighted like the policy loss
-                    old_values = r.values[rows, :width].to(device)
-                    returns = adv.returns[rows, :width].to(device)
-                    vf_loss, vf_stats = ppo_value_loss(values.float(), old_values, returns, mask, s.value.cliprange)
-                    loss = loss + s.value.coef * vf_loss * (token_share / weight if weight else 0.0)
-                    micro_stats.update(vf_stats)
-                if s.kl_penalty == "loss" and adv.kl_coef > 0:  # GRPO: beta * k3 KL to the ref_policy
-                    ref_logprobs = r.ref_logprobs[rows, :width].to(device)
-                    kl_term = kl_loss(logprobs, ref_logprobs, mask, s.aggregation, s.rollout.max_new_tokens)
-                    loss = loss + adv.kl_coef * kl_term
-                    micro_stats["loss/kl"] = kl_term.detach()
-                with torch.set_grad_enabled(s.entropy_coef > 0):  # a stat only, unless it is a bonus
-                    entropy = masked_mean(entropy_from_logits(logits, s.rollout.temperature), mask)
-                loss = loss - s.entropy_coef * entropy
-                (loss * weight).backward()
-                micro_stats.update({"policy/entropy": entropy.detach(), "loss/total": loss.detach()})
-                for k, v in micro_stats.items():
-                    update_stats[k] += float(v) * weight
-                del logits
-                if ptx is not None and s.ptx.coef > 0:  # InstructGPT's PPO-ptx: + gamma * log-likelihood
-                    key = (((step * s.ppo_epochs + epoch) * 10_000 + u) * 100 + m) * world + rank
-                    p_ids, p_mask, p_labels = (t.to(device) for t in ptx.sample(len(rows), key))
-                    nll = ptx_loss(roles, p_ids, p_mask, p_labels)
-                    (s.ptx.coef * nll / (s.grad_accum * world)).backward()
-                    update_stats["loss/ptx"] += float(nll.detach()) / (s.grad_accum * world)
-            if world > 1:  # sums: each process's weights already divide by the global token count
-                distributed.reduce_gradients(params)
-                update_stats = defaultdict(float, distributed.all_reduce_stats(update_stats))
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
-            check_update(update_stats, grad_norm, n_updates + 1)  # before the step: the weights stay the last finite ones
-            optimizer.step()
-            update_stats["policy/grad_norm"] = float(grad_norm)
-            for k, v in update_stats.items():
-                totals[k] += v
-            n_updates += 1
-            if s.max_approxkl is not None and update_stats["policy/approxkl"] > s.max_approxkl:
-                stopped = True  # the policy already moved far from the rollouts' policy: stop this step
-                break
+    n_updates = 0
+    for epoch, u, group in optimizer_batches(B, per_update, s.ppo_epochs, seed * 1_000_003 + step):
+        optimizer.zero_grad(set_to_none=True)
+        ptx_key = ((step * s.ppo_epochs + epoch) * 10_000 + u) * 100
+        update_stats = accumulate_gradients(roles, r, adv, group, s, ptx, ptx_key)
+        if world > 1:  # sums: each process's weights already divide by the global token count
+            distributed.reduce_gradients(params)
+            update_stats = defaultdict(float, distributed.all_reduce_stats(update_stats))
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+        check_update(update_stats, grad_norm, n_updates + 1)  # before the step: the weights stay the last finite ones
+        optimizer.step()
+        update_stats["policy/grad_norm"] = float(grad_norm)
+        for k, v in update_stats.items():
+            totals[k] += v
+        n_updates += 1
+        if s.max_approxkl is not None and update_stats["policy/approxkl"] > s.max_approxkl:
+            break  # the policy already moved far from the rollouts' policy: stop this step
     optimizer.zero_grad(set_to_none=True)
     stats = {k: v / n_updates for k, v in totals.items()}
     stats["policy/updates"] = float(n_updates)

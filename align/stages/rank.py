@@ -178,17 +178,11 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
 
 def written_so_far(path, keys: set[str]) -> tuple[int, int]:
     """(rankings already in the file for these prompts, how many of them are informative), for resume."""
-    import json
-
+    from align.jsonl import iter_jsonl
     from align.rankings import JsonlAppender
 
     drawn = informative = 0
-    if not path.exists():
-        return 0, 0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for _, row in iter_jsonl(path, missing_ok=True):
         if JsonlAppender.key(row.get("prompt")) in keys:
             drawn += 1
             informative += is_informative(row.get("ranking") or [])

@@ -93,7 +93,7 @@ def test_line_missing_only_its_newline_is_treated_as_uncommitted(tmp_path):
 def test_corrupt_middle_line_is_an_error_naming_the_line(tmp_path):
     path = tmp_path / "out.jsonl"
     path.write_text('{"i": 0}\n{"i": \n{"i": 2}\n')
-    with pytest.raises(AlignError, match=r"out.jsonl:2: not a valid JSON record"):
+    with pytest.raises(AlignError, match=r"out.jsonl:2: not valid JSON"):
         load_records(path)
     path.write_text('{"i": 0}\n[1]\n')
     with pytest.raises(AlignError, match=r"out.jsonl:2: expected a JSON object"):

@@ -203,7 +203,7 @@ def test_read_gold_prompts_names_file_and_line_on_bad_input(tmp_path):
     with pytest.raises(AlignError, match=r"bad\.jsonl:2, constraints\[0\].*must be an integer"):
         gold.read_gold_prompts(path)
     path.write_text("{not json\n", encoding="utf-8")
-    with pytest.raises(AlignError, match=r"bad\.jsonl:1: invalid JSON"):
+    with pytest.raises(AlignError, match=r"bad\.jsonl:1: not valid JSON"):
         gold.read_gold_prompts(path)
     with pytest.raises(AlignError, match="expected keys"):
         gold.GoldPrompt.from_record({"id": "x"})
