@@ -246,7 +246,8 @@ def recipe_inputs(section: Any, where: str) -> list[tuple[str, str, str]]:
 
 
 def check_recipe_inputs(recipe: BaseModel, source: str = "<recipe>", stages: list[str] | None = None) -> None:
-    """Every local input of the given stages (default: all) exists: model folders, data and rankings files.
+    """Every local input of the given stages (default: all) exists: model folders, data and rankings files;
+    and every tracker their `train.report_to` names is installed.
 
     The same checks the loaders start with (`check_model_ref`, `check_data_source`, `check_rankings_source`),
     run without loading a model or going online, so `align validate` rejects what `align run` would, and
@@ -256,6 +257,7 @@ def check_recipe_inputs(recipe: BaseModel, source: str = "<recipe>", stages: lis
     from align.eval.gold import check_prompt_set
     from align.models import check_model_ref
     from align.rankings import check_rankings_source
+    from align.trackers import check_installed
 
     checks = {"model": check_model_ref, "data": check_data_source, "rankings": check_rankings_source,
               "gold_prompts": check_prompt_set, "file": _check_file}
@@ -266,6 +268,12 @@ def check_recipe_inputs(recipe: BaseModel, source: str = "<recipe>", stages: lis
                 checks[kind](ref)
             except AlignError as exc:
                 raise AlignError(f"{source}: {key}: {exc}") from None
+        report_to = getattr(getattr(getattr(recipe, stage, None), "train", None), "report_to", None)
+        if report_to:  # a tracker the stage would report to is installed
+            try:
+                check_installed(report_to, f"{stage}.train.report_to")
+            except AlignError as exc:
+                raise AlignError(f"{source}: {exc}") from None
 
 
 def _check_file(ref: str) -> None:
@@ -279,6 +287,16 @@ def _check_file(ref: str) -> None:
 def _did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _higher_up(model: type[BaseModel], loc: tuple) -> str:
+    """A did-you-mean for a key written one section too deep (`ppo.train.log.report_to` for
+    `ppo.train.report_to`): the nearest section above that has it."""
+    for n in range(len(loc) - 2, -1, -1):
+        owner = _model_at(model, loc[:n]) if n else model
+        if owner is not None and str(loc[-1]) in owner.model_fields:
+            return f" (did you mean '{'.'.join(str(p) for p in (*loc[:n], loc[-1]))}'?)"
+    return ""
 
 
 def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
@@ -338,7 +356,7 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], source
         if err["type"] == "extra_forbidden":
             owner = _model_at(model, clean[:-1]) if clean[:-1] else model
             allowed = list(owner.model_fields) if owner else []
-            hint = _did_you_mean(str(clean[-1]), allowed)
+            hint = _did_you_mean(str(clean[-1]), allowed) or _higher_up(model, clean)
             msg = f"unknown key{hint}" + (f"; allowed here: {', '.join(allowed)}" if allowed and not hint else "")
         elif err["type"] == "missing":
             msg = "required key is missing"
