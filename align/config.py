@@ -227,7 +227,8 @@ def recipe_inputs(section: Any, where: str) -> list[tuple[str, str, str]]:
 
 
 def check_recipe_inputs(recipe: BaseModel, source: str = "<recipe>", stages: list[str] | None = None) -> None:
-    """Every local input of the given stages (default: all) exists: model folders, data and rankings files.
+    """Every local input of the given stages (default: all) exists: model folders, data and rankings files;
+    and every tracker their `train.report_to` names is installed.
 
     The same checks the loaders start with (`check_model_ref`, `check_data_source`, `check_rankings_source`),
     run without loading a model or going online, so `align validate` rejects what `align run` would, and
@@ -237,6 +238,7 @@ def check_recipe_inputs(recipe: BaseModel, source: str = "<recipe>", stages: lis
     from align.eval.gold import check_prompt_set
     from align.models import check_model_ref
     from align.rankings import check_rankings_source
+    from align.trackers import check_installed
 
     checks = {"model": check_model_ref, "data": check_data_source, "rankings": check_rankings_source,
               "gold_prompts": check_prompt_set, "file": _check_file}
@@ -247,6 +249,12 @@ def check_recipe_inputs(recipe: BaseModel, source: str = "<recipe>", stages: lis
                 checks[kind](ref)
             except AlignError as exc:
                 raise AlignError(f"{source}: {key}: {exc}") from None
+        report_to = getattr(getattr(getattr(recipe, stage, None), "train", None), "report_to", None)
+        if report_to:  # a tracker the stage would report to is installed
+            try:
+                check_installed(report_to, f"{stage}.train.report_to")
+            except AlignError as exc:
+                raise AlignError(f"{source}: {exc}") from None
 
 
 def _check_file(ref: str) -> None:
@@ -329,10 +337,10 @@ def _error_path(model: type[BaseModel], loc: tuple) -> tuple[tuple, type[BaseMod
     return tuple(clean), owner, others
 
 
-def _unknown_key(name: str, owner: type[BaseModel] | None, others: list[type[BaseModel]]) -> str:
+def _unknown_key(name: str, owner: type[BaseModel] | None, others: list[type[BaseModel]], higher: str = "") -> str:
     """Why `name` is no key of `owner`, and where it may belong: to another choice of the same union
-    (`dpo.method.loss_type` under `type: simpo`), to a section below (`dpo.beta` is `dpo.method.beta`), or
-    it is misspelt."""
+    (`dpo.method.loss_type` under `type: simpo`), to a section below (`dpo.beta` is `dpo.method.beta`), to a
+    section above (`higher`: `ppo.train.log.report_to` is `ppo.train.report_to`), or it is misspelt."""
     allowed = list(owner.model_fields) if owner else []
     listing = f"; allowed here: {', '.join(allowed)}" if allowed else ""
     elsewhere = [_arm_name(m) for m in others if name in m.model_fields]
@@ -341,8 +349,21 @@ def _unknown_key(name: str, owner: type[BaseModel] | None, others: list[type[Bas
     below = [f"{field}.{name}" for field, section in _sections(owner) if name in section.model_fields]
     if below:
         return f"unknown key (did you mean '{below[0]}'?)"
-    hint = _did_you_mean(name, allowed)
+    hint = _did_you_mean(name, allowed) or higher
     return f"unknown key{hint}" + ("" if hint else listing)
+
+
+def _higher_up(model: type[BaseModel], loc: tuple) -> str:
+    """A did-you-mean for a key written one section too deep (`ppo.train.log.report_to` for
+    `ppo.train.report_to`): the nearest section above that has it."""
+    for n in range(len(loc) - 2, -1, -1):
+        node: Any = model
+        for part in loc[:n]:
+            node = _child(node, part) if node is not None else None
+        models = [node] if _is_model(node) else [arm for _, arm in _arms(node)] if node is not None else []
+        if any(_is_model(m) and str(loc[-1]) in m.model_fields for m in models):
+            return f" (did you mean '{'.'.join(str(p) for p in (*loc[:n], loc[-1]))}'?)"
+    return ""
 
 
 def _sections(model: type[BaseModel] | None) -> list[tuple[str, type[BaseModel]]]:
@@ -390,7 +411,7 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], source
         line = _line_of(text, clean)
         where = f"{source}:{line}: " if line else ""
         if err["type"] == "extra_forbidden":
-            msg = _unknown_key(str(clean[-1]), owner, others)
+            msg = _unknown_key(str(clean[-1]), owner, others, _higher_up(model, clean))
         elif err["type"] == "missing":
             msg = "required key is missing"
         else:

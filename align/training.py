@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from align.errors import TrainingDiverged
+from align.trackers import ReportTo, check_installed, end_runs, report_to_field, resolve
 
 if TYPE_CHECKING:
     from align.models import Precision
@@ -44,12 +45,13 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
     logging_steps: int = Field(5, gt=0)
     save_steps: int = Field(50, gt=0, description="Checkpoint every N optimizer steps (resume point after a kill).")
-    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description="tensorboard, wandb, none...")
+    report_to: ReportTo = report_to_field()
 
 
 def trainer_args(args_cls: type, train: TrainConfig, output_dir: Path, precision: Precision, seed: int,
                  **extra: Any) -> Any:
     """Build `args_cls` (SFTConfig, RewardConfig, TrainingArguments) from our settings."""
+    check_installed(train.report_to, "train.report_to")  # one line now, not transformers' error at Trainer()
     fields = getattr(args_cls, "__dataclass_fields__", {})
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
@@ -75,7 +77,7 @@ def trainer_args(args_cls: type, train: TrainConfig, output_dir: Path, precision
         use_cpu=precision.use_cpu,
         seed=seed,
         data_seed=seed,
-        report_to=[r for r in train.report_to if r != "none"] or "none",
+        report_to=resolve(train.report_to) or "none",
         dataloader_num_workers=0,
         remove_unused_columns=False,
         disable_tqdm=False,
@@ -145,6 +147,8 @@ def train(trainer: Any, stage: str, hint: str | None = None) -> tuple[Any, str |
             if bar is not None:
                 bar.close()
         raise
+    finally:
+        end_runs(trainer.args.report_to)  # each stage its own W&B run
 
 
 def _resume_note(stage: str, checkpoint: str, step: int) -> Any:

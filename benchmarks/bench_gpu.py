@@ -379,7 +379,7 @@ def worker_ppo(job: dict) -> dict:
     s = PPOSettings(steps=p["steps"], mini_batch_size=p["mini_batch_size"], ppo_epochs=p["ppo_epochs"],
                     rollout={"batch_size": p["batch_size"], "max_new_tokens": p["max_new_tokens"], "temperature": 1.0,
                              "max_prompt_length": max(p["prompt_tokens"] * 2, 8)},
-                    log={"report_to": ["none"], "progress": False})
+                    report_to=["none"], log={"progress": False})
     set_seed(0)
     roles = load_roles(ModelConfig(name=job["model_dir"], quantization=job["quantization"]),
                        AdapterConfig(**LORA), s.value.model)

@@ -88,7 +88,7 @@ def run_align(kind: str, steps: int) -> dict:
                   "rollout": {"batch_size": G * QUERIES, "group_size": G, "temperature": 1.0,
                               "max_new_tokens": NEW_TOKENS},
                   "advantage": {"estimator": kind, "whiten_advantages": False}, "kl": {"init_coef": 0.0},
-                  "log": {"report_to": ["none"], "progress": False}},
+                  "report_to": ["none"], "log": {"progress": False}},
     })
     result = run(cfg, StageContext("ppo", stage_dir, CACHE, seed=0, upstream={}))
     stats = read_stats(stage_dir / "stats.jsonl")

@@ -137,7 +137,7 @@ def worker_align(paths: dict[str, str], steps: int) -> dict:
         "train": {"steps": steps, "mini_batch_size": MINI_BATCH, "grad_accum": 1, "ppo_epochs": EPOCHS, "lr": LR,
                   "save_steps": 10_000, "kl": {"init_coef": KL_COEF},
                   "rollout": {"batch_size": BATCH, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": RESPONSE_LEN},
-                  "log": {"report_to": ["none"], "progress": False}},
+                  "report_to": ["none"], "log": {"progress": False}},
     })
     result = run(cfg, StageContext("ppo", out, WORK, seed=0, upstream={}))
     stats = read_stats(out / "stats.jsonl")

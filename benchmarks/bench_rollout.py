@@ -183,7 +183,7 @@ def bench_ppo(assets: dict[str, str], steps: int, variants: list[str]) -> dict:
         cfg = Config.model_validate({
             "policy": assets["sft"], "reward": assets["reward"], "prompts": assets["prompts"],
             "train": merged(QUICKSTART, {**extra, "steps": steps, "save_steps": 10_000,
-                                         "log": {"report_to": ["none"], "progress": False, "sample_every": 10_000}}),
+                                         "report_to": ["none"], "log": {"progress": False, "sample_every": 10_000}}),
         })
         result = run(cfg, StageContext("ppo", stage_dir, stage_dir.parent, seed=0, upstream={}))
         stats = read_stats(stage_dir / "stats.jsonl")

@@ -113,7 +113,7 @@ TINY_PIPELINE = [
     "dpo.train={max_steps: 2, batch_size: 2, max_length: 128, report_to: [none]}",
     "ppo.prompts.max_samples=4",
     *[f"ppo.train.{key}" for key in ("steps=1", "rollout.batch_size=2", "mini_batch_size=2",
-                                     "rollout.max_new_tokens=8", "ppo_epochs=1", "log.report_to=[none]",
+                                     "rollout.max_new_tokens=8", "ppo_epochs=1", "report_to=[none]",
                                      "save_steps=1", "log.sample_every=1", "log.progress=false")],
 ]
 

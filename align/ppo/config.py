@@ -6,7 +6,8 @@ The advantage estimator is GAE with a value model by default; rloo and grpo are 
 (a group of samples per query is its own baseline) and run in the same loop.
 
 The loop's settings (`ppo.train`) keep the update's optimisation knobs at the top and group the rest
-by concern: ``rollout``, ``advantage``, ``kl``, ``value``, ``ptx``, ``log``.
+by concern: ``rollout``, ``advantage``, ``kl``, ``value``, ``ptx``, ``log``. ``report_to`` sits at the top,
+as in every stage's ``train:`` block.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from align.data import DataConfig
 from align.sections import Shorthand
+from align.trackers import ReportTo, report_to_field
 from align.training import LRScheduler
 
 log = logging.getLogger("align.ppo")
@@ -184,7 +186,6 @@ class LogSettings(BaseModel):
         None, description="Optional `module:function` fn(prompt, response) -> float scored on every rollout and "
                           "logged as objective/gold (to plot reward over-optimisation)."
     )
-    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description="tensorboard or none.")
     progress: bool = Field(True, description="Show a tqdm progress bar over steps.")
 
 
@@ -218,6 +219,7 @@ class PPOSettings(BaseModel):
     )
     save_steps: int = Field(50, gt=0, description="Write a checkpoint every N steps (resume point after a kill).")
     save_total_limit: int = Field(2, gt=0, description="Keep only the newest N checkpoints.")
+    report_to: ReportTo = report_to_field()
 
     rollout: RolloutSettings = Field(default_factory=RolloutSettings, description="Sampling the rollouts.")
     advantage: AdvantageSettings = Field(default_factory=AdvantageSettings, description="The advantage estimator.")
@@ -261,9 +263,6 @@ class PPOSettings(BaseModel):
                         "kl.penalty reward puts the KL in those returns: near-flat groups get KL noise scaled up "
                         "regardless of kl.init_coef (exactly flat ones are left unscaled). GRPO puts the KL in the "
                         "loss (kl.penalty: loss, the grpo default); or use advantage.dr_grpo: true")
-        unknown = set(self.log.report_to) - {"tensorboard", "none"}
-        if unknown:
-            raise ValueError(f"log.report_to {sorted(unknown)} is not supported; use tensorboard or none")
         return self
 
     @property

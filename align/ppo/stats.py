@@ -1,4 +1,4 @@
-"""Per-step statistics (alpaca_farm / TRL names) and where they go: stats.jsonl, tensorboard, samples."""
+"""Per-step statistics (alpaca_farm / TRL names) and where they go: stats.jsonl, the trackers, samples."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from align.ppo.queries import last_user_message
 from align.ppo.rollout import Rollouts
 from align.ppo.update import Advantages
 from align.rl import masked_mean
+from align.trackers import Trackers
 
 
 def record_step_stats(r: Rollouts, adv: Advantages, update: dict[str, float], kl_coef: float) -> dict[str, float]:
@@ -44,24 +45,17 @@ def record_step_stats(r: Rollouts, adv: Advantages, update: dict[str, float], kl
 
 
 class StatsLog:
-    """Append-only stats.jsonl / samples.jsonl plus an optional tensorboard writer."""
+    """Append-only stats.jsonl / samples.jsonl; each step's stats also go to the trackers (train.report_to)."""
 
-    def __init__(self, stage_dir: Path, tensorboard: bool, start_step: int) -> None:
+    def __init__(self, stage_dir: Path, trackers: Trackers) -> None:
         self.stats_file = stage_dir / "stats.jsonl"
         self.samples_file = stage_dir / "samples.jsonl"
-        self.writer = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # purge_step drops events a killed run wrote after the checkpoint we resume from
-            self.writer = SummaryWriter(str(stage_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+        self.trackers = trackers
 
     def log(self, step: int, stats: dict[str, float]) -> None:
         with self.stats_file.open("a") as f:
             f.write(json.dumps({"step": step, **stats}) + "\n")
-        if self.writer is not None:
-            for key, value in stats.items():
-                self.writer.add_scalar(key, value, step)
+        self.trackers.log(step, stats)
 
     def samples(self, step: int, r: Rollouts, n: int) -> None:
         with self.samples_file.open("a") as f:
@@ -75,9 +69,7 @@ class StatsLog:
                 f.write(json.dumps(rec) + "\n")
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.flush()
-            self.writer.close()
+        self.trackers.close()
 
 
 def read_stats(path: Path) -> list[dict]:

@@ -340,6 +340,7 @@ def build_trainer(cfg: Config, ctx: StageContext):
     from transformers import set_seed
 
     from align.models import guard_4bit_cpu_gradients, load_tokenizer, pick_precision
+    from align.trackers import run_name
     from align.training import held_out_eval_args, trainer_args
 
     train_rows, held_rows, info = load_rows(cfg, ctx)
@@ -352,7 +353,7 @@ def build_trainer(cfg: Config, ctx: StageContext):
         args_cls, cfg.train, ctx.stage_dir / "checkpoints", precision, ctx.seed, **cfg.method.trl_args(),
         max_length=cfg.train.max_length,
         **held_out_eval_args(cfg.train, bool(held_rows)),
-        dataset_num_proc=None,
+        dataset_num_proc=None, run_name=run_name(ctx.run_dir, ctx.name),
     )
     trainer = trainer_cls(
         model=model, args=args, processing_class=tokenizer,

@@ -6,7 +6,7 @@ Details of RLHF with PPO" (Huang et al. 2024) and alpaca_farm's split. Each step
     rollouts = rollout(queries)                      # sample, cut after EOS, score, old log-probs/values
     adv      = estimate_advantages(rollouts, beta)   # score - beta * KL per token, GAE (or rloo/grpo)
     stats    = step_with_rollouts(rollouts, adv)     # ppo_epochs of clipped policy + value updates
-    record_step_stats(...); kl_ctl.update(kl)        # stats.jsonl / tensorboard, adapt beta
+    record_step_stats(...); kl_ctl.update(kl)        # stats.jsonl and train.report_to, adapt beta
 
 With a LoRA policy one copy of the base weights serves every role (see align.ppo.policy).
 With ``train.advantage.estimator: rloo`` or ``grpo`` each query is sampled rollout.group_size
@@ -31,6 +31,7 @@ from align.errors import AlignError
 from align.models import AdapterConfig, ModelConfig, adapter_problem
 from align.ppo.config import PPOSettings, RewardConfig
 from align.stages import StageContext, StageResult
+from align.trackers import Trackers, check_installed, run_name
 
 log = logging.getLogger("align")
 
@@ -82,6 +83,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     from align.rl import AdaptiveKLController, FixedKLController
 
     s = cfg.train
+    check_installed(s.report_to, "ppo.train.report_to")  # before any model loads
     distributed.init_from_env()  # before loading models: on CUDA it picks this process's GPU
     rank, world = distributed.rank(), distributed.world_size()
     main = distributed.is_main()
@@ -136,7 +138,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     if main:
         for name in ("stats.jsonl", "samples.jsonl"):
             truncate_jsonl(ctx.stage_dir / name, start_step)
-        logger = StatsLog(ctx.stage_dir, "tensorboard" in s.log.report_to, start_step)
+        trackers = Trackers(s.report_to, ctx.stage_dir / "tensorboard", start_step, tracker_args(s, ctx), roles.model)
+        logger = StatsLog(ctx.stage_dir, trackers)
 
     # ---- the loop
     bar = tqdm(range(start_step, s.steps), desc="ppo", initial=start_step, total=s.steps,
@@ -211,6 +214,15 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     if roles.value_head is not None:
         outputs["value_head"] = str(value_head_file)
     return StageResult(outputs=outputs, metrics=metrics)
+
+
+def tracker_args(s: PPOSettings, ctx: StageContext) -> dict[str, Any]:
+    """The TrainingArguments fields the trackers show for this run (the loop's own settings where one fits)."""
+    return {"output_dir": str(ctx.stage_dir), "run_name": run_name(ctx.run_dir, ctx.name), "seed": ctx.seed,
+            "learning_rate": s.lr, "max_steps": s.steps, "lr_scheduler_type": s.lr_schedule,
+            "weight_decay": s.weight_decay, "adam_epsilon": s.adam_eps, "max_grad_norm": s.max_grad_norm,
+            "per_device_train_batch_size": s.mini_batch_size, "gradient_accumulation_steps": s.grad_accum,
+            "save_steps": s.save_steps}
 
 
 def _speed_notes(roles: Any, s: PPOSettings) -> None:

@@ -172,7 +172,8 @@ class GroupDataset:
 
 def build_trainer(model, tokenizer, groups: list, train: TrainConfig, output_dir: Path, precision, seed: int, *,
                   text_format: str = "chat", margin: float = 0.0, loss: str = "pairwise",
-                  disable_dropout: bool = True, group_by_length: bool = True, cache_frozen_layers_gib: float = 0.0):
+                  disable_dropout: bool = True, group_by_length: bool = True, cache_frozen_layers_gib: float = 0.0,
+                  run_name: str | None = None):
     """A Trainer over prompt groups: one batch element per prompt, all its responses in one forward.
 
     Every row is truncated to max_length when encoded (once, before training), batches are padded to
@@ -191,7 +192,7 @@ def build_trainer(model, tokenizer, groups: list, train: TrainConfig, output_dir
     for item in items:  # a stable id per response row: the trunk cache's key
         item["row_ids"] = list(range(next_id, next_id + len(item["responses"])))
         next_id += len(item["responses"])
-    args = trainer_args(TrainingArguments, train, output_dir, precision, seed)
+    args = trainer_args(TrainingArguments, train, output_dir, precision, seed, run_name=run_name)
     if disable_dropout:  # not TRL's disable_dropout_in_model: it also zeroes an adapter's own lora dropout setting
         for name, module in model.named_modules():
             if isinstance(module, torch.nn.Dropout) and "lora_dropout" not in name:
@@ -291,6 +292,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         normalization_stats,
         pair_metrics,
     )
+    from align.trackers import run_name as tracker_run_name
     from align.training import loss_history, mean_train_loss, train
 
     if cfg.loss == "plackett_luce" and cfg.margin:
@@ -341,7 +343,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     trainer = build_trainer(model, tokenizer, usable, cfg.train, checkpoints, precision, ctx.seed,
                             text_format=text_format, margin=cfg.margin, loss=cfg.loss,
                             disable_dropout=cfg.disable_dropout, group_by_length=cfg.group_by_length,
-                            cache_frozen_layers_gib=cfg.cache_frozen_layers_gib)
+                            cache_frozen_layers_gib=cfg.cache_frozen_layers_gib,
+                            run_name=tracker_run_name(ctx.run_dir, ctx.name))
     guard_4bit_cpu_gradients(trainer.model)
     started = time.perf_counter()
     output, resume, resumed_step = train(trainer, "reward")  # stops at the first NaN/inf; resumes from the last checkpoint

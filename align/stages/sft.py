@@ -61,6 +61,7 @@ def build_trainer(cfg: Config, ctx: StageContext):
         peft_config,
         pick_precision,
     )
+    from align.trackers import run_name
     from align.training import held_out_eval_args, trainer_args
 
     model_cfg = cfg.model
@@ -86,6 +87,7 @@ def build_trainer(cfg: Config, ctx: StageContext):
     extra = {"eos_token": turn_end} if turn_end else {}  # TRL then makes it the tokenizer's EOS (saved with the model)
     args = trainer_args(
         SFTConfig, cfg.train, ctx.stage_dir / "checkpoints", precision, ctx.seed, **extra,
+        run_name=run_name(ctx.run_dir, ctx.name),
         max_length=cfg.train.max_length, packing=cfg.packing, completion_only_loss=True,
         **held_out_eval_args(cfg.train, bool(eval_examples)),
         dataset_num_proc=None,

@@ -81,7 +81,7 @@ def test_ppo_stops_before_sampling_from_a_nan_policy(tmp_path, capsys, monkeypat
     monkeypatch.chdir(REPO)
     out = tmp_path / "run"
     ppo = [f"ppo.train.{k}" for k in ("lr=1e30", "steps=3", "rollout.batch_size=4", "mini_batch_size=4",
-                                      "ppo_epochs=1", "save_steps=1", "log.report_to=[none]", "log.progress=false",
+                                      "ppo_epochs=1", "save_steps=1", "report_to=[none]", "log.progress=false",
                                       "rollout.max_new_tokens=8")]
     code, err = run_cli(capsys, "ppo-tiny.yaml", out, [*SHORT_SFT, "reward.train.max_steps=4", *ppo])
     assert code == 2

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 TINY_PPO = ["ppo.prompts.max_samples=4", *[f"ppo.train.{key}" for key in (
     "steps=1", "rollout.batch_size=2", "mini_batch_size=2", "rollout.max_new_tokens=8", "ppo_epochs=1",
-    "log.report_to=[none]", "save_steps=1", "log.sample_every=1", "log.progress=false", "log.gold_fn=null")]]
+    "report_to=[none]", "save_steps=1", "log.sample_every=1", "log.progress=false", "log.gold_fn=null")]]
 
 
 @pytest.fixture(autouse=True)

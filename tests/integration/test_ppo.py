@@ -93,8 +93,8 @@ def ppo_config(policy: str, files: dict[str, str], **train) -> Config:
     """The ppo stage's Config; `train` changes ppo.train keys (sections as dicts: kl={"adaptive": True})."""
     settings = dict(steps=30, mini_batch_size=8, ppo_epochs=4, lr=2e-4, max_approxkl=0.2, save_steps=15,
                     rollout={"batch_size": 16, "temperature": 1.0, "max_new_tokens": 12}, kl={"init_coef": 0.1},
-                    log={"sample_every": 10, "num_samples": 2, "gold_fn": files["gold"], "report_to": ["tensorboard"],
-                         "progress": False})
+                    report_to=["tensorboard"],
+                    log={"sample_every": 10, "num_samples": 2, "gold_fn": files["gold"], "progress": False})
     return Config.model_validate({"policy": policy, "reward": files["reward"], "prompts": files["prompts"],
                                   "train": merged(settings, train)})
 
@@ -153,7 +153,7 @@ def test_adaptive_kl_controller_moves_the_coefficient(sft_adapter, files, tmp_pa
     out.mkdir()
     cfg = ppo_config(str(sft_adapter), files, steps=5, kl={"adaptive": True, "target": 0.01, "horizon": 100,
                                                            "init_coef": 0.2},
-                     lr=1e-3, log={"report_to": ["none"], "gold_fn": None})
+                     lr=1e-3, report_to=["none"], log={"gold_fn": None})
     run(cfg, StageContext("ppo", out, tmp_path, seed=0, upstream={}))
     stats = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
     coefs = [s["objective/kl_coef"] for s in stats]
@@ -170,7 +170,7 @@ def test_ppo_tiny_recipe_runs_through_the_cli(tmp_path, monkeypatch, align_cache
     out = tmp_path / "run"
     code = main(["run", "recipes/ppo-tiny.yaml", "sft.train.max_steps=2",
                  "rank.prompts={path: examples/data/alpaca_tiny.json, max_samples: 8}", "reward.train.max_steps=2",
-                 "ppo.train.steps=2", "ppo.train.rollout.max_new_tokens=8", "ppo.train.log.report_to=[none]", "--out", str(out)])
+                 "ppo.train.steps=2", "ppo.train.rollout.max_new_tokens=8", "ppo.train.report_to=[none]", "--out", str(out)])
     assert code == 0
     metrics = json.loads((out / "ppo" / "metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["reward"] == "reward_adapter_on_shared_base"

@@ -73,7 +73,8 @@ def test_a_few_ppo_steps_run_on_a_4bit_policy(tiny_model_dir, tmp_path):
         "prompts": str(tmp_path / "p.jsonl"),
         "adapter": {"r": 4, "alpha": 8, "dropout": 0.0},
         "train": {"steps": 2, "mini_batch_size": 2, "grad_accum": 2, "ppo_epochs": 1, "lr": 1e-3,
-                  "rollout": {"batch_size": 4, "max_new_tokens": 6}, "log": {"report_to": ["none"], "progress": False}},
+                  "rollout": {"batch_size": 4, "max_new_tokens": 6}, "report_to": ["none"],
+                  "log": {"progress": False}},
     })
     out = tmp_path / "ppo"
     out.mkdir()

@@ -27,7 +27,7 @@ def test_critic_free_estimator_raises_the_reward(name, sft_adapter, files, tmp_p
     out = tmp_path / "ppo"
     out.mkdir()
     cfg = ppo_config(str(sft_adapter), files, steps=24, rollout={"group_size": 4}, lr=1e-3, save_steps=24,
-                     log={"gold_fn": None, "report_to": ["none"]}, **ESTIMATORS[name])
+                     report_to=["none"], log={"gold_fn": None}, **ESTIMATORS[name])
     result = run(cfg, StageContext("ppo", out, tmp_path, seed=0, upstream={}))
     stats = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
     scores = [s["objective/scores"] for s in stats]

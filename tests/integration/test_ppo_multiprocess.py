@@ -28,7 +28,7 @@ QUERIES = [[{"role": "user", "content": text}] for text in (
 )]  # the long ones in the first half: rank 1's queries are narrower, and the gather must pad them
 SETTINGS = dict(mini_batch_size=4, grad_accum=2, ppo_epochs=2, lr=1e-2,
                 rollout={"batch_size": 8, "max_new_tokens": 10, "temperature": 0.9}, kl={"init_coef": 0.05},
-                log={"report_to": ["none"], "progress": False})
+                report_to=["none"], log={"progress": False})
 KL_COEF = 0.05
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -155,7 +155,7 @@ ppo:
   prompts: {REPO}/examples/data/alpaca_tiny.json
   train: {{steps: 3, mini_batch_size: 2, ppo_epochs: 2, lr: 1.0e-3, save_steps: 2,
            rollout: {{batch_size: 4, max_new_tokens: 8}},
-           log: {{sample_every: 1, num_samples: 4, report_to: [tensorboard], progress: false}}}}
+           report_to: [tensorboard], log: {{sample_every: 1, num_samples: 4, progress: false}}}}
 """)
     return path
 

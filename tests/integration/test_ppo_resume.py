@@ -47,7 +47,7 @@ def config(tmp_path: Path) -> dict:
         "train": {"steps": 12, "mini_batch_size": 2, "grad_accum": 2, "ppo_epochs": 2, "lr": 3e-3, "save_steps": 2,
                   "save_total_limit": 2, "rollout": {"batch_size": 4, "max_new_tokens": 6},
                   "kl": {"adaptive": True, "target": 0.5, "horizon": 50},
-                  "log": {"sample_every": 1, "num_samples": 1, "report_to": ["tensorboard"], "progress": False}},
+                  "report_to": ["tensorboard"], "log": {"sample_every": 1, "num_samples": 1, "progress": False}},
     }
 
 
@@ -102,7 +102,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_pa
 def test_finished_run_resumes_to_the_same_outputs(tiny_model_dir, tmp_path):
     """Re-running a finished stage (e.g. killed while writing outputs) redoes no step."""
     raw = config(tmp_path)
-    raw["train"] = merged(raw["train"], {"steps": 2, "log": {"report_to": ["none"]}})
+    raw["train"] = merged(raw["train"], {"steps": 2, "report_to": ["none"]})
     out = tmp_path / "ppo"
     out.mkdir()
     first = run(Config.model_validate(raw), StageContext("ppo", out, tmp_path, seed=0, upstream={}))

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def settings(**kw) -> PPOSettings:
     """Small PPO settings; `kw` changes keys of ppo.train (sections as dicts: kl={"init_coef": 0.0})."""
     base = dict(mini_batch_size=8, grad_accum=1, ppo_epochs=2, lr=1e-2, rollout={"batch_size": 8, "max_new_tokens": 10,
-                "temperature": 0.9}, kl={"init_coef": 0.05}, log={"report_to": ["none"], "progress": False})
+                "temperature": 0.9}, kl={"init_coef": 0.05}, report_to=["none"], log={"progress": False})
     return PPOSettings(**merged(base, kw))
 
 

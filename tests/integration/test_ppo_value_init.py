@@ -100,7 +100,7 @@ def test_ppo_stage_runs_with_value_init_and_resumes(tiny_model_dir, tmp_path):
     prompts.write_text("".join(json.dumps({"prompt": q[-1]["content"]}) + "\n" for q in QUERIES))
     settings = {"steps": 2, "mini_batch_size": 2, "ppo_epochs": 1, "save_steps": 1,
                 "rollout": {"batch_size": 4, "max_new_tokens": 6}, "value": {"model": "adapter", "init": "reward"},
-                "log": {"report_to": ["none"], "progress": False}}
+                "report_to": ["none"], "log": {"progress": False}}
     cfg = Config.model_validate({"policy": "tiny-llama", "reward": str(reward_dir), "prompts": str(prompts),
                                  "adapter": {"r": 4, "alpha": 8, "dropout": 0.0}, "train": settings})
     stage_dir = tmp_path / "ppo"

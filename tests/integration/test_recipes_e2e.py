@@ -40,7 +40,7 @@ TINY_INSTRUCTGPT = [
     "ppo.prompts.max_samples=8",
     *[f"ppo.train.{key}" for key in (
         "steps=2", "rollout.batch_size=4", "mini_batch_size=2", "grad_accum=1", "rollout.max_new_tokens=12",
-        "rollout.generation_batch_size=4", "kl.horizon=16", "log.report_to=[none]", "log.progress=false",
+        "rollout.generation_batch_size=4", "kl.horizon=16", "report_to=[none]", "log.progress=false",
         "save_steps=1", "log.sample_every=1")],
     "eval.num_prompts=4", "eval.max_new_tokens=12", "eval.batch_size=4",
 ]
