@@ -219,7 +219,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
 def tracker_args(s: PPOSettings, ctx: StageContext) -> dict[str, Any]:
     """The TrainingArguments fields the trackers show for this run (the loop's own settings where one fits)."""
     return {"output_dir": str(ctx.stage_dir), "run_name": run_name(ctx.run_dir, ctx.name), "seed": ctx.seed,
-            "learning_rate": s.lr, "max_steps": s.steps, "lr_scheduler_type": s.lr_schedule,
+            "learning_rate": s.lr, "max_steps": s.steps, "lr_scheduler_type": s.lr_scheduler,
             "weight_decay": s.weight_decay, "adam_epsilon": s.adam_eps, "max_grad_norm": s.max_grad_norm,
             "per_device_train_batch_size": s.mini_batch_size, "gradient_accumulation_steps": s.grad_accum,
             "save_steps": s.save_steps}
