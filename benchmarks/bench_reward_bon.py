@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run", help="a run folder with finished sft and reward stages")
     parser.add_argument("--n", type=int, default=8, help="samples per prompt (best-of-1, 2, 4, ... up to n)")
     parser.add_argument("--prompts", type=int, default=75, help="held-out eval prompts to use")
+    parser.add_argument("--prompt-set", default=None,
+                        help="a gold prompt set (default: the run's eval.prompts, else gold:heldout)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(RESULTS / "reward_bon.md"))
@@ -54,8 +56,7 @@ def main(argv: list[str] | None = None) -> None:
 
     run = Path(args.run)
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())
-    spec = recipe["eval"]["prompts"]
-    spec = recipe.get("vars", {}).get("heldout_prompts", spec) if spec.startswith("${") else spec
+    spec = args.prompt_set or (recipe.get("eval") or {}).get("prompts") or "gold:heldout"
     prompts = load_prompt_set(spec, args.prompts)
     chats = [[{"role": "user", "content": p.prompt}] for p in prompts]
 
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
                      f"[{row['ci'][0]:+.3f}, {row['ci'][1]:+.3f}] |")
     lines += ["", f"The reward model orders {100 * result['sample_pair_accuracy']:.1f}% of {total} pairs of these "
               "samples (pairs the labeler does not tie) the way the labeler does.",
-              f"Generation {generate_s:.0f} s, scoring {score_s:.0f} s on 2 CPU cores.", ""]
+              f"Generation {generate_s:.0f} s, scoring {score_s:.0f} s (wall time, {torch.get_num_threads()} torch threads).", ""]
     out.write_text("\n".join(lines))
     print("\n".join(lines))
 

@@ -1,0 +1,32 @@
+"""benchmarks/bench_reward_bon.py on a tiny finished run: best-of-n by the reward model, scored by the labeler."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_reward_bon", REPO / "benchmarks" / "bench_reward_bon.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_best_of_n_rows_are_consistent(tiny_pipeline_run, tmp_path, one_thread):
+    out = tmp_path / "bon.md"
+    _bench().main([str(tiny_pipeline_run), "--n", "4", "--prompts", "3", "--max-new-tokens", "6",
+                   "--prompt-set", "gold:focus:heldout", "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert [row["n"] for row in result["rows"]] == [1, 2, 4]
+    first = result["rows"][0]
+    assert first["rm_best"] == first["random"] == first["oracle_best"]  # best of one sample is that sample
+    for row in result["rows"]:
+        assert row["oracle_best"] >= row["rm_best"] - 1e-9  # no pick beats the labeler's own best
+        assert row["oracle_best"] >= row["random"] - 1e-9
+        assert abs(row["rm_minus_random"] - (row["rm_best"] - row["random"])) < 1e-9
+    assert result["prompts"] == 3 and 0.0 <= result["sample_pair_accuracy"] <= 1.0
+    assert "| 4 |" in out.read_text()
