@@ -14,9 +14,11 @@ policy by KL = log n - (n-1)/n nats, so it shows what RL against this reward mod
 KL if the optimiser were perfect: a reward model whose best-of-4 does not beat random sampling gives
 PPO nothing real to climb.
 
-    .venv/bin/python benchmarks/bench_reward_bon.py runs/quickstart [--n 8] [--prompts 75]
+    .venv/bin/python benchmarks/bench_reward_bon.py runs/quickstart [--n 8] [--prompts 75] [--rl LABEL=RUN ...]
 
-Writes benchmarks/results/reward_bon.md (and .json).
+Writes benchmarks/results/reward_bon.md (and .json, and .png: the best-of-n curve against KL, with the
+held-out gold gain and KL of each ``--rl`` run's RL policy drawn on the same axes). ``--render`` redraws the
+.md and .png from the .json without sampling again.
 """
 
 from __future__ import annotations
@@ -34,15 +36,26 @@ RESULTS = Path(__file__).parent / "results"
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", help="a run folder with finished sft and reward stages")
+    parser.add_argument("run", nargs="?", help="a run folder with finished sft and reward stages")
     parser.add_argument("--n", type=int, default=8, help="samples per prompt (best-of-1, 2, 4, ... up to n)")
     parser.add_argument("--prompts", type=int, default=75, help="held-out eval prompts to use")
     parser.add_argument("--prompt-set", default=None,
                         help="a gold prompt set (default: the run's eval.prompts, else gold:heldout)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rl", nargs="*", default=[], metavar="LABEL=RUN",
+                        help="finished runs whose eval gold gain and KL of their RL policy to plot on the curve")
+    parser.add_argument("--render", action="store_true", help="redraw the .md and .png from the .json")
     parser.add_argument("--out", default=str(RESULTS / "reward_bon.md"))
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.render:
+        result = json.loads(out.with_suffix(".json").read_text())
+        result["rl"] = rl_points(args.rl) or result.get("rl", [])
+        write(result, out)
+        return
+    if not args.run:
+        parser.error("give a run folder (or --render)")
 
     import torch
     from peft import AutoPeftModelForCausalLM
@@ -97,30 +110,93 @@ def main(argv: list[str] | None = None) -> None:
                 if abs(g[i] - g[j]) > 1e-9:
                     total += 1
                     agree += (g[i] > g[j]) == (r[i] > r[j])
-    result = {"run": str(run), "prompts": len(prompts), "n": args.n, "max_new_tokens": args.max_new_tokens,
+    result = {"run": str(run), "prompt_set": spec, "prompts": len(prompts), "n": args.n,
+              "max_new_tokens": args.max_new_tokens,
               "seed": args.seed, "sample_pair_accuracy": agree / max(total, 1), "sample_pairs": total,
               "generate_seconds": round(generate_s, 1), "score_seconds": round(score_s, 1), "rows": rows,
+              "timing": f"Generation {generate_s:.0f} s, scoring {score_s:.0f} s (wall time, "
+                        f"{torch.get_num_threads()} torch threads).",
               "mean_random_gold": sum(random_gold) / len(prompts)}
 
-    out = Path(args.out)
+    result["rl"] = rl_points(args.rl)
+    write(result, out)
+
+
+def rl_points(specs: list[str]) -> list[dict]:
+    """Each LABEL=RUN's RL policy: its held-out gold gain over the eval baseline (with CI) and KL."""
+    points = []
+    for spec in specs:
+        label, _, run = spec.rpartition("=")
+        metrics = json.loads((Path(run) / "eval" / "metrics.json").read_text())
+        for name, policy in metrics["policies"].items():
+            if name != metrics["baseline"] and "gold_gain" in policy:
+                gain = policy["gold_gain"]
+                points.append({"label": label or Path(run).name, "policy": name, "kl": policy.get("kl"),
+                               "gain": gain["gain"], "ci": [gain["ci_low"], gain["ci_high"]]})
+    return points
+
+
+def write(result: dict, out: Path) -> None:
+    rows, n = result["rows"], result["n"]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     lines = ["# Best-of-n by the reward model, scored by the labeler, on held-out prompts", "",
-             f"Run `{run.name}`: the SFT policy's {args.n} samples (temperature 1, {args.max_new_tokens} new tokens) "
-             f"to each of {len(prompts)} held-out prompts (`{spec}`), seed {args.seed}. The reward model "
-             f"(`{run.name}/reward/model`) picks one of the first n; the labeler scores every sample. Written by "
-             "`benchmarks/bench_reward_bon.py`.", "",
+             f"Run `{Path(result['run']).name}`: the SFT policy's {n} samples (temperature 1, "
+             f"{result['max_new_tokens']} new tokens) to each of {result['prompts']} held-out prompts "
+             f"(`{result['prompt_set']}`), seed {result['seed']}. The reward model picks one of the first n; the "
+             "labeler scores every sample. Written by `benchmarks/bench_reward_bon.py`.", "",
              "| n | KL (nats) | random sample | RM best-of-n | oracle best-of-n | RM − random [95% CI] |",
              "|---:|---:|---:|---:|---:|---|"]
     for row in rows:
         lines.append(f"| {row['n']} | {row['kl_nats']:.2f} | {row['random']:.3f} | {row['rm_best']:.3f} | "
                      f"{row['oracle_best']:.3f} | {row['rm_minus_random']:+.3f} "
                      f"[{row['ci'][0]:+.3f}, {row['ci'][1]:+.3f}] |")
-    lines += ["", f"The reward model orders {100 * result['sample_pair_accuracy']:.1f}% of {total} pairs of these "
-              "samples (pairs the labeler does not tie) the way the labeler does.",
-              f"Generation {generate_s:.0f} s, scoring {score_s:.0f} s (wall time, {torch.get_num_threads()} torch threads).", ""]
+    lines += ["", f"The reward model orders {100 * result['sample_pair_accuracy']:.1f}% of {result['sample_pairs']} "
+              "pairs of these samples (pairs the labeler does not tie) the way the labeler does.",
+              result.get("timing", ""), ""]
+    if result.get("rl"):
+        lines += ["RL policies on the same held-out prompts (greedy responses; gain over the SFT policy's greedy "
+                  "responses, KL to it from sampled responses):", "",
+                  "| run | policy | KL (nats) | gold gain [95% CI] |", "|---|---|---:|---|"]
+        lines += [f"| {p['label']} | {p['policy']} | {p['kl']:.2f} | {p['gain']:+.3f} "
+                  f"[{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}] |" for p in result["rl"]]
+        lines.append("")
+    plot(result, out.with_suffix(".png"))
+    lines += [f"![best-of-n vs RL]({out.with_suffix('.png').name})", ""]
     out.write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def plot(result: dict, path: Path) -> None:
+    """Labeler gain against KL: the reward model's best-of-n, the oracle's, and each RL policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    kl = [r["kl_nats"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    ax.plot(kl, [r["oracle_best"] - r["random"] for r in rows], "o--", color="0.6", label="oracle best-of-n")
+    gains = [r["rm_minus_random"] for r in rows]
+    ax.errorbar(kl, gains, yerr=[[g - r["ci"][0] for g, r in zip(gains, rows)],
+                                 [r["ci"][1] - g for g, r in zip(gains, rows)]],
+                fmt="o-", color="tab:blue", capsize=3, label="reward model best-of-n")
+    for r in rows:
+        ax.annotate(f"n={r['n']}", (r["kl_nats"], r["rm_minus_random"]), textcoords="offset points",
+                    xytext=(4, -12), fontsize=8, color="tab:blue")
+    colors = ["tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown"]
+    for i, p in enumerate(result.get("rl", [])):
+        ax.errorbar([p["kl"]], [p["gain"]], yerr=[[p["gain"] - p["ci"][0]], [p["ci"][1] - p["gain"]]],
+                    fmt="s", capsize=3, color=colors[i % len(colors)], label=f"RL: {p['label']}")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("KL from the SFT policy (nats)")
+    ax.set_ylabel("labeler score gain over SFT")
+    ax.set_title("Held-out gain: best-of-n by the reward model vs RL", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

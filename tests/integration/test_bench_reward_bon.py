@@ -30,3 +30,13 @@ def test_best_of_n_rows_are_consistent(tiny_pipeline_run, tmp_path, one_thread):
         assert abs(row["rm_minus_random"] - (row["rm_best"] - row["random"])) < 1e-9
     assert result["prompts"] == 3 and 0.0 <= result["sample_pair_accuracy"] <= 1.0
     assert "| 4 |" in out.read_text()
+
+    # --render redraws from the .json, with an RL policy's held-out gain and KL read from its eval metrics
+    rl_run = tmp_path / "rl-run"
+    (rl_run / "eval").mkdir(parents=True)
+    (rl_run / "eval" / "metrics.json").write_text(json.dumps({"baseline": "sft", "policies": {
+        "sft": {"kl": 0.0}, "ppo": {"kl": 0.5, "gold_gain": {"gain": 0.02, "ci_low": -0.01, "ci_high": 0.05}}}}))
+    _bench().main(["--render", "--rl", f"short run={rl_run}", "--out", str(out)])
+    assert "| short run | ppo | 0.50 | +0.020 [-0.010, +0.050] |" in out.read_text()
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert json.loads(out.with_suffix(".json").read_text())["rl"][0]["kl"] == 0.5
