@@ -177,7 +177,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from align.serve import serve
 
-    serve(args.model, host=args.host, port=args.port, model_name=args.model_name)
+    timeout = {} if args.read_timeout is None else {"read_timeout_s": args.read_timeout}
+    serve(args.model, host=args.host, port=args.port, model_name=args.model_name, **timeout)
     return 0
 
 
@@ -281,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model-name", help="Name clients use for the model (default: the reference).")
+    p.add_argument("--read-timeout", type=float, metavar="SECONDS",
+                   help="Close a connection that sends nothing for this long (a stalled request body is answered "
+                        "408; default 30).")
 
     p = sub.add_parser("self-instruct", help="Generate instruction data with a teacher (Self-Instruct / Alpaca).")
     p.add_argument("--seeds", help="Seed tasks JSONL (default: the 175 shipped Self-Instruct seeds).")
@@ -328,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labeler", help="Your name, stored with each label (default: your user name).")
     p.add_argument("--token", help="Require this token on every request (?token=... or X-Label-Token header).")
     p.add_argument("--allow-remote", action="store_true", help="Allow binding to a non-local address.")
+    p.add_argument("--read-timeout", type=float, metavar="SECONDS",
+                   help="Close a connection that sends nothing for this long (a stalled request body is answered "
+                        "408; default 5).")
     p.add_argument("--json", action="store_true", help="With `stats`: print JSON.")
     return parser
 

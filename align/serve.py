@@ -30,6 +30,9 @@ from align.httpd import BodyLengthError, body_length, in_background
 
 log = logging.getLogger("align.serve")
 
+# Longer than the labeling page's 5 s: API clients keep idle keep-alive connections in a pool, and a server
+# that closes them sooner only makes them reconnect more often.
+READ_TIMEOUT_S = 30.0
 FAILURE_KINDS = ("408", "429", "500", "502", "503", "504", "timeout", "disconnect")
 
 
@@ -146,7 +149,10 @@ class OpenAIServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], backend: ModelBackend, model_name: str, *,
                  fail_first: dict[str, int] | None = None, stall_s: float = 10.0, delay_s: float = 0.0,
-                 api_key: str | None = None):
+                 api_key: str | None = None, read_timeout_s: float = READ_TIMEOUT_S):
+        if not read_timeout_s > 0:
+            raise AlignError(f"serve: read timeout must be a positive number of seconds, got {read_timeout_s!r}")
+        self.read_timeout_s = read_timeout_s
         super().__init__(address, Handler)
         self.backend = backend
         self.model_name = model_name
@@ -180,6 +186,12 @@ class Handler(BaseHTTPRequestHandler):
     server: OpenAIServer
     protocol_version = "HTTP/1.1"  # keep-alive, as the openai client expects
 
+    def setup(self) -> None:
+        # Every read and write on the connection gives up after read_timeout_s without progress: a client that
+        # stops mid-request (or holds an idle keep-alive connection) frees its thread instead of holding it.
+        self.timeout = self.server.read_timeout_s
+        super().setup()
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s %s", self.address_string(), format % args)
 
@@ -193,8 +205,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header(key, value)
             self.end_headers()
             self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (e.g. its timeout)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True  # the client gave up (e.g. its timeout) or stopped reading
 
     def _error(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
                headers: dict[str, str] | None = None) -> int:
@@ -235,7 +247,12 @@ class Handler(BaseHTTPRequestHandler):
         except BodyLengthError as exc:
             self.close_connection = True  # the body was not read: the connection is out of step
             raise RequestError(exc.status, exc.message) from None
-        raw = self.rfile.read(length) if length else b""
+        try:
+            raw = self.rfile.read(length) if length else b""
+        except TimeoutError:
+            self.close_connection = True  # part of the body may still come: the connection is out of step
+            raise RequestError(408, f"incomplete request body: Content-Length announced {length} bytes and nothing "
+                                    f"more came for {self.server.read_timeout_s:g} s") from None
         try:
             body = json.loads(raw or b"{}")
         except json.JSONDecodeError as exc:
@@ -315,17 +332,20 @@ class Handler(BaseHTTPRequestHandler):
 
 def make_server(model_ref: str, host: str = "127.0.0.1", port: int = 8000, *, model_name: str | None = None,
                 fail_first: dict[str, int] | None = None, stall_s: float = 10.0, delay_s: float = 0.0,
-                api_key: str | None = None, backend: ModelBackend | None = None) -> OpenAIServer:
+                api_key: str | None = None, backend: ModelBackend | None = None,
+                read_timeout_s: float = READ_TIMEOUT_S) -> OpenAIServer:
     """A server bound to host:port (port 0 = a free port; see `.url`), not yet serving.
 
     fail_first: inject failures for the first requests, e.g. {"429": 1, "500": 1, "timeout": 1}.
     stall_s: how long a "timeout" failure stalls. delay_s: latency added to every POST (tests of
-    concurrency). api_key: when set, POSTs need `Authorization: Bearer <api_key>`.
+    concurrency). api_key: when set, POSTs need `Authorization: Bearer <api_key>`. read_timeout_s: how long
+    a connection may send nothing the server waits for (a request, the rest of a body) before it is answered
+    408 or closed; other connections are served meanwhile.
     """
     backend = backend or ModelBackend(model_ref)
     try:
         return OpenAIServer((host, port), backend, model_name or model_ref, fail_first=fail_first, stall_s=stall_s,
-                            delay_s=delay_s, api_key=api_key)
+                            delay_s=delay_s, api_key=api_key, read_timeout_s=read_timeout_s)
     except OSError as exc:
         raise AlignError(f"serve: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
@@ -338,9 +358,10 @@ def running_server(model_ref: str, **kwargs: Any) -> Iterator[OpenAIServer]:
         yield server
 
 
-def serve(model_ref: str, host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None) -> None:
+def serve(model_ref: str, host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None,
+          read_timeout_s: float = READ_TIMEOUT_S) -> None:
     """Serve until interrupted (the `align serve` command)."""
-    server = make_server(model_ref, host, port, model_name=model_name)
+    server = make_server(model_ref, host, port, model_name=model_name, read_timeout_s=read_timeout_s)
     print(f"align serve: {server.model_name} at {server.url} (POST /chat/completions, /completions; GET /models)",
           flush=True)
     try:

@@ -30,6 +30,7 @@ def run_label_command(args: argparse.Namespace) -> int:
         raise AlignError("align label needs --out RANKINGS.jsonl (where the labels are written)")
     from align.label.server import serve
 
+    timeout = {} if args.read_timeout is None else {"read_timeout_s": args.read_timeout}
     serve(args.tasks, args.out, host=args.host, port=args.port, labeler=args.labeler or default_labeler(),
-          token=args.token, allow_remote=args.allow_remote)
+          token=args.token, allow_remote=args.allow_remote, **timeout)
     return 0

@@ -171,3 +171,45 @@ def test_bad_content_length_is_answered_at_once(server, length, status):
     with socket.create_connection((url.hostname, url.port), timeout=60) as sock:  # a hang guard
         sock.sendall(head.encode() + b'\r\n{"prompt": "a"}')
         assert sock.recv(4096).split(b"\r\n", 1)[0].split(b" ")[1] == status
+
+
+def test_a_stalled_body_gets_408_and_frees_its_thread(backend):
+    """A client that announces more bytes than it sends is answered 408 after the read timeout and dropped;
+    other clients are served meanwhile."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from align.errors import AlignError
+    from align.serve import READ_TIMEOUT_S, make_server
+
+    assert 1 <= READ_TIMEOUT_S <= 120
+    with running_server("tiny-llama", backend=backend, read_timeout_s=0.3) as srv:
+        url = urlsplit(srv.url)
+        head = (f"POST /v1/completions HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
+                "Content-Length: 100\r\n\r\n")
+        with socket.create_connection((url.hostname, url.port), timeout=120) as sock:  # a hang guard
+            sock.sendall(head.encode() + b'{"prompt": "a"}')  # 15 of the 100 bytes, then silence
+            assert http("GET", srv.url + "/models")[0] == 200  # others are served meanwhile
+            reply = b""
+            while chunk := sock.recv(4096):  # until the server closes the connection
+                reply += chunk
+        status, _, rest = reply.partition(b"\r\n")
+        assert status.split(b" ")[1] == b"408", reply[:200]
+        assert b"Content-Length announced 100 bytes" in rest
+        assert srv.stats["status_408"] == 1
+    with pytest.raises(AlignError, match="read timeout must be a positive"):
+        make_server("tiny-llama", port=0, backend=backend, read_timeout_s=0)
+
+
+def test_read_timeout_flags_reach_the_servers(monkeypatch):
+    from align import cli
+
+    seen = {}
+    monkeypatch.setattr("align.serve.serve", lambda model, **kw: seen.setdefault("serve", kw))
+    monkeypatch.setattr("align.label.server.serve", lambda tasks, out, **kw: seen.setdefault("label", kw))
+    assert cli.main(["serve", "tiny-llama", "--read-timeout", "2.5"]) == 0
+    assert cli.main(["label", "tasks.jsonl", "--out", "labels.jsonl", "--read-timeout", "7"]) == 0
+    assert seen["serve"]["read_timeout_s"] == 2.5 and seen["label"]["read_timeout_s"] == 7
+    seen.clear()
+    assert cli.main(["serve", "tiny-llama"]) == 0
+    assert "read_timeout_s" not in seen["serve"]  # the server's own default
