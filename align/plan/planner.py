@@ -122,13 +122,15 @@ class Planner:
             return produced_model(stage, section)
         return next((r for r in find_roles(section or {}) if r.key in ("model", "policy")), None)
 
-    def reward_group_size(self, data: str, max_records: int | None) -> tuple[int, str]:
+    def reward_group_size(self, data: str, max_records: int | None,
+                          max_bad_records: float = 0.0) -> tuple[int, str]:
         """K, the responses one reward batch element holds (all of a prompt's responses), and where it comes from.
 
         - the planner's explicit `reward_k` when given;
         - `rank.k` when `data` is the rank stage's output (`@rank`);
         - a local rankings / pairs file: the largest prompt group align.rankings makes of it (records sharing
-          a prompt are merged, as the reward stage does; `max_records` respected);
+          a prompt are merged, as the reward stage does; `max_records` and the stage's `max_bad_records`
+          tolerance respected, so a file the stage trains on is a file the planner reads);
         - anything else (a hub dataset, which the planner never downloads, or another stage's output):
           DEFAULT_REWARD_K = 2, preference pairs such as Anthropic HH.
         """
@@ -142,12 +144,12 @@ class Planner:
             return DEFAULT_REWARD_K, f"{data} is not the rank stage: pairs assumed"
         if not Path(data).expanduser().exists():
             return DEFAULT_REWARD_K, f"{data} is not a local file: pairs assumed (K = 2, e.g. Anthropic HH)"
-        key = (data, max_records)
+        key = (data, max_records, max_bad_records)
         if key not in self._group_sizes:
-            from align.rankings import group_by_prompt, read_rankings
+            from align.rankings import group_by_prompt, read_rankings_checked
 
             try:
-                groups = group_by_prompt(read_rankings(data, max_records))
+                groups = group_by_prompt(read_rankings_checked(data, max_records, max_bad_records)[0])
                 k = max(len(g.responses) for g in groups)
                 self._group_sizes[key] = (max(k, 2), f"largest prompt group in {data}")
             except AlignError as exc:  # unreadable here: the reward stage will say why

@@ -157,10 +157,11 @@ class RewardView:
     train: TrainView
     data: str
     max_records: int | None
+    max_bad_records: float = 0.0
 
 
 def reward_view(cfg: BaseModel) -> RewardView:
-    return RewardView(_train_view(cfg, packing=False), cfg.data, cfg.max_records)
+    return RewardView(_train_view(cfg, packing=False), cfg.data, cfg.max_records, cfg.max_bad_records)
 
 
 def rank_k(cfg: BaseModel) -> int:

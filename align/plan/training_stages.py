@@ -79,7 +79,7 @@ def reward(planner: Planner, name: str, cfg: BaseModel) -> StageEstimate:
     """transformers.Trainer over prompt groups: all K responses of a prompt in one forward, a scalar head;
     peft's prepare_model_for_kbit_training upcasts the non-quantized weights to fp32."""
     view = reward_view(cfg)
-    k, why = planner.reward_group_size(view.data, view.max_records)
+    k, why = planner.reward_group_size(view.data, view.max_records, view.max_bad_records)
     est = _trained(planner, name, view.train, head="classifier", seqs_per_example=k, trainer="own",
                    upcast_non_quantized=view.train.model.quantization != "none")
     est.notes.append(f"{k} responses per prompt ({why}); train.batch_size counts prompts")

@@ -171,6 +171,20 @@ def test_reward_k_of_a_local_rankings_file_is_its_largest_prompt_group(recipe_fi
     assert scores_bytes(est) == 2 * 4 * 64 * 4  # only the first record is read
 
 
+def test_reward_k_reads_the_file_with_the_stages_bad_record_tolerance(recipe_file, tmp_path):
+    """A file the reward stage trains on (one unusable record in 101, within max_bad_records) is a file the
+    planner reads: K = 4 from its rankings, not the pairs fallback."""
+    data = tmp_path / "rankings.jsonl"
+    rows = [{"prompt": f"p{i}", "responses": ["1", "2", "3", "4"], "ranking": [0, 1, 2, 3]} for i in range(100)]
+    rows.insert(50, {"prompt": "bad", "responses": ["1", "2"], "ranking": [0, 7]})  # ranks a response it lacks
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    est = estimate(recipe_of(recipe_file, f"reward.data={data}", "reward.max_bad_records=0.02"), "reward")
+    assert scores_bytes(est) == 2 * 4 * 64 * 4
+    assert any(f"4 responses per prompt (largest prompt group in {data})" in n for n in est.notes)
+    est = estimate(recipe_of(recipe_file, f"reward.data={data}", "reward.max_bad_records=0"), "reward")
+    assert scores_bytes(est) == 2 * 2 * 64 * 4 and any("unreadable" in n for n in est.notes)
+
+
 def test_reward_k_explicit_setting_wins(recipe_file):
     est = estimate(recipe_of(recipe_file, "reward.data=Anthropic/hh-rlhf"), "reward", reward_k=9)
     assert scores_bytes(est) == 2 * 9 * 64 * 4 and any("(set explicitly)" in n for n in est.notes)
