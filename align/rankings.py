@@ -243,11 +243,16 @@ def split_hh(chosen: str, rejected: str, where: str) -> tuple[list[dict], str, s
     return messages, chosen_response, rejected_response
 
 
-def _same_turns(a: list[dict], b: list[dict]) -> bool:
+def _same_turns(a: list, b: list) -> bool:
     """Same roles and same texts up to whitespace: a doubled space or a trailing newline in one copy of a
-    shared turn is not a different conversation (public HH files have both)."""
-    return len(a) == len(b) and all(x["role"] == y["role"] and x["content"].split() == y["content"].split()
-                                    for x, y in zip(a, b))
+    shared turn is not a different conversation (public HH files have both). Anything that is not a
+    {role, content: str} message compares exactly (the caller's checks report it)."""
+    def same(x: Any, y: Any) -> bool:
+        if not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in (x, y)):
+            return x == y
+        return x.get("role") == y.get("role") and x["content"].split() == y["content"].split()
+
+    return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
 
 
 def _split_hh(chosen: str, rejected: str, where: str) -> tuple[list[dict], str, str, bool]:
@@ -308,7 +313,7 @@ def _implicit_prompt_pair(chosen: list, rejected: list, where: str) -> tuple[lis
     Usually the two message lists share every turn but the last. Lists that differ earlier are split as
     HH transcripts are (`_split_hh`): at the last shared user turn, each response the rest of its list
     (an assistant turn, then possibly more turns) in HH markup, read back as real turns."""
-    if chosen[:-1] == rejected[:-1] and chosen[:-1]:
+    if chosen[:-1] and _same_turns(chosen[:-1], rejected[:-1]):  # chosen's texts, as they are
         return (prompt_messages(chosen[:-1], where), _response(chosen[-1:], where, "chosen"),
                 _response(rejected[-1:], where, "rejected"), False)
     for key, turns in (("chosen", chosen), ("rejected", rejected)):
@@ -318,7 +323,8 @@ def _implicit_prompt_pair(chosen: list, rejected: list, where: str) -> tuple[lis
                 raise AlignError(f"{where}: '{key}' must be a list of {{'role': 'user'|'assistant', 'content': "
                                  f"str}} messages, got {turn!r:.80}")
     shared = 0
-    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+    while shared < min(len(chosen), len(rejected)) and _same_turns(chosen[shared : shared + 1],
+                                                                    rejected[shared : shared + 1]):
         shared += 1
     while shared and chosen[shared - 1]["role"] != "user":
         shared -= 1  # the prompt ends with the user turn the responses answer

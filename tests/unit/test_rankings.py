@@ -338,3 +338,21 @@ def test_hh_crlf_transcripts_are_read_like_lf(tmp_path):
     assert record.prompt == [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."},
                              {"role": "user", "content": "Bye?"}]
     assert record.responses == ["Bye!", "No."] and not record.split_early
+
+
+def test_trl_message_pairs_compare_shared_turns_whitespace_normalised(tmp_path):
+    """A trailing newline or doubled space in one copy of a shared turn is the same conversation (as for HH):
+    the pair keeps its one-turn responses and chosen's texts, not an early split."""
+    u1, a1 = {"role": "user", "content": "Name a  fruit."}, {"role": "assistant", "content": "Apple."}
+    u2 = {"role": "user", "content": "Another?"}
+    path = write_jsonl(tmp_path / "c.jsonl", [
+        {"chosen": [u1, a1, u2, {"role": "assistant", "content": "Pear."}],
+         "rejected": [{"role": "user", "content": "Name a fruit.\n"}, {"role": "assistant", "content": "Apple. "},
+                      u2, {"role": "assistant", "content": "Rock."}]},
+        {"chosen": [u1, a1, u2, {"role": "assistant", "content": "Pear."}],
+         "rejected": [{"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "A  rock."},
+                      u2, {"role": "assistant", "content": "Stone."}]},
+    ])
+    same, differs = read_rankings(path)
+    assert not same.split_early and same.prompt == [u1, a1, u2] and same.responses == ["Pear.", "Rock."]
+    assert differs.split_early and differs.prompt == [u1]  # a real difference in turn 2 still splits there
