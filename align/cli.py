@@ -175,7 +175,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 @command
 def cmd_serve(args: argparse.Namespace) -> int:
-    from align.serve import serve
+    from align.sharing.serve import serve
 
     timeout = {} if args.read_timeout is None else {"read_timeout_s": args.read_timeout}
     serve(args.model, host=args.host, port=args.port, model_name=args.model_name, **timeout)
@@ -203,7 +203,7 @@ def cmd_self_instruct(args: argparse.Namespace) -> int:
 
 @command
 def cmd_score(args: argparse.Namespace) -> int:
-    from align.reward_model import load_reward_model
+    from align.preferences.reward_model import load_reward_model
 
     reward_model = load_reward_model(args.model)
     prompts = [_chat_messages(args.prompt, args.system)] * len(args.response)
@@ -215,7 +215,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 @command
 def cmd_export(args: argparse.Namespace) -> int:
-    from align.share import export_model
+    from align.sharing.export import export_model
 
     out = export_model(args.stage, args.out, merge=args.merge, dtype=args.dtype)
     print(f"wrote {out} (its README.md says how to load it)")
@@ -224,7 +224,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 @command
 def cmd_push(args: argparse.Namespace) -> int:
-    from align.share import push_model
+    from align.sharing.push import push_model
 
     url = push_model(args.stage, args.repo_id, private=args.private, merge=args.merge, dtype=args.dtype)
     print(f"pushed to {url}")
@@ -233,7 +233,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 @command
 def cmd_label(args: argparse.Namespace) -> int:
-    from align.label.command import run_label_command
+    from align.preferences.label.command import run_label_command
 
     return run_label_command(args)
 

@@ -237,7 +237,7 @@ def check_recipe_inputs(recipe: BaseModel, source: str = "<recipe>", stages: lis
     from align.data import check_data_source
     from align.eval.gold import check_prompt_set
     from align.models import check_model_ref
-    from align.rankings import check_rankings_source
+    from align.preferences.rankings import check_rankings_source
     from align.trackers import check_installed
 
     checks = {"model": check_model_ref, "data": check_data_source, "rankings": check_rankings_source,

@@ -334,7 +334,7 @@ def _run_stage(name: str, cfg: BaseModel, digest: str, stage_dir: Path, run_dir:
         (stage_dir / "metrics.json").write_text(json.dumps(result.metrics, indent=2, default=str))
         (stage_dir / COMPLETE).write_text(digest)
         (stage_dir / IN_PROGRESS).unlink(missing_ok=True)
-        from align.model_card import write_stage_cards
+        from align.sharing.model_card import write_stage_cards
 
         write_stage_cards(stage_dir, result.outputs)  # README.md model card in each model folder it wrote
     return StageRecord(name, "ran", seconds, result.metrics, result.outputs)

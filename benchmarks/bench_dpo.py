@@ -93,7 +93,7 @@ def worker_trl(args, work: Path, separate_reference: bool) -> dict:
     from trl import DPOConfig, DPOTrainer
 
     from align.models import load_tokenizer, resolve_model_ref
-    from align.rankings import preference_pairs, read_rankings
+    from align.preferences.rankings import preference_pairs, read_rankings
 
     started = time.perf_counter()
     path = resolve_model_ref(args.model)

@@ -370,8 +370,8 @@ def worker_ppo(job: dict) -> dict:
     from align.models import AdapterConfig, ModelConfig
     from align.ppo.config import PPOSettings, RewardConfig
     from align.ppo.policy import load_roles
-    from align.ppo.rewards import load_scorer
     from align.ppo.rollout import encode_queries, rollout
+    from align.ppo.scoring import load_scorer
     from align.ppo.update import estimate_advantages, step_with_rollouts
 
     meter = Meter()

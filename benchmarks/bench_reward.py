@@ -72,14 +72,14 @@ def make_rankings(n_prompts: int, k: int, seed: int) -> list[dict]:
 
 
 def to_groups(rows: list[dict]):
-    from align.rankings import group_by_prompt, parse_record
+    from align.preferences.rankings import group_by_prompt, parse_record
 
     return group_by_prompt([parse_record(r, f"row {i}") for i, r in enumerate(rows)])
 
 
 def expand_to_pair_groups(groups):
     """Each ranking → K·(K−1)/2 independent (chosen, rejected) elements, as pair-based trainers see it."""
-    from align.rankings import PromptGroup
+    from align.preferences.rankings import PromptGroup
 
     return [PromptGroup(g.prompt, [g.responses[b], g.responses[w]], [(0, 1)], 2) for g in groups for b, w in g.pairs]
 
@@ -136,7 +136,7 @@ class RowCounter:
 
 
 def heldout_accuracy(model, tokenizer, groups, max_length: int) -> float:
-    from align.reward_model import RewardModel, pair_metrics
+    from align.preferences.reward_model import RewardModel, pair_metrics
 
     rm = RewardModel(model, tokenizer, "chat", max_length)
     return pair_metrics(rm.score_groups(groups, 32), groups)["accuracy"]
@@ -258,11 +258,11 @@ def long_worker(spec: dict) -> dict:
     """One contender of the long case, in its own process (so its peak RSS is its own)."""
     from functools import partial
 
-    import align.reward_model as rm_mod
+    import align.preferences.reward_model as rm_mod
     from align.jsonl import iter_jsonl
     from align.models import pick_precision, resolve_model_ref
-    from align.rankings import group_by_prompt, read_rankings_checked
-    from align.reward_model import RewardModel
+    from align.preferences.rankings import group_by_prompt, read_rankings_checked
+    from align.preferences.reward_model import RewardModel
     from align.training import TrainConfig
 
     torch.set_num_threads(spec["threads"])
@@ -292,7 +292,7 @@ def long_worker(spec: dict) -> dict:
         from datasets import Dataset
         from trl import RewardConfig, RewardTrainer
 
-        from align.rankings import hh_messages
+        from align.preferences.rankings import hh_messages
         from align.training import trainer_args
 
         rows = [row for _, row in iter_jsonl(spec["train_file"])]
@@ -341,7 +341,7 @@ def accuracy(margins: list[float]) -> float | None:
 
 def trl_ids(tokenizer, transcript: str, fmt: str, max_length: int) -> list[int]:
     """A whole HH transcript as TRL tokenizes it (chat template, or text + EOS), keeping its last max_length."""
-    from align.rankings import hh_messages
+    from align.preferences.rankings import hh_messages
 
     if fmt == "chat":
         text = tokenizer.apply_chat_template(hh_messages(transcript, "row"), tokenize=False)
@@ -358,7 +358,7 @@ def is_long(tokenizer, row: dict, fmt: str, max_length: int) -> bool:
 
 
 def score_texts(model, tokenizer, texts: list[str], max_length: int) -> list[float]:
-    from align.reward_model import pad_rows
+    from align.preferences.reward_model import pad_rows
 
     out = []
     with torch.no_grad():
@@ -500,7 +500,7 @@ def make_tied_rankings(n_prompts: int, k: int, levels: int, seed: int) -> list[d
 
 def time_loss_alone(k: int = 8, prompts: int = 4, repeats: int = 300) -> dict:
     """Microseconds per forward + backward of each loss alone on one batch (4 prompts, K = 8, no ties)."""
-    from align.reward_model import plackett_luce_loss, ranking_loss
+    from align.preferences.reward_model import plackett_luce_loss, ranking_loss
 
     better, worse, pair_prompt = [], [], []
     for b in range(prompts):

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     from align.eval.labeler import careful_scores
     from align.generation import generate_chat
     from align.models import load_tokenizer
-    from align.reward_model import load_reward_model
+    from align.preferences.reward_model import load_reward_model
 
     run = Path(args.run)
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())

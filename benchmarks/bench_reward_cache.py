@@ -31,7 +31,7 @@ WORDS = ["the", "a", "river", "stone", "quietly", "bread", "warm", "fire", "tree
 
 
 def rankings(n_prompts: int, k: int, seed: int):
-    from align.rankings import PromptGroup
+    from align.preferences.rankings import PromptGroup
 
     rng = random.Random(seed)
     groups = []

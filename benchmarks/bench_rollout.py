@@ -203,8 +203,8 @@ def bench_bf16_drift(assets: dict[str, str]) -> dict:
     from align.ppo.config import PPOSettings, RewardConfig
     from align.ppo.policy import find_frozen_layers, load_roles
     from align.ppo.queries import load_queries
-    from align.ppo.rewards import load_scorer
     from align.ppo.rollout import encode_queries, rollout, score_logprobs_values
+    from align.ppo.scoring import load_scorer
 
     roles = load_roles(ModelConfig(name=assets["sft"]), AdapterConfig(), "head")
     scorer = load_scorer(RewardConfig(source=assets["reward"]), assets["reward"], roles)

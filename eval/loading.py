@@ -158,13 +158,14 @@ def load_views(specs: list[ModelSpec], settings: ModelSettings | None) -> dict[t
 
 
 def load_reward(path: str, settings: ModelSettings | None):
-    """The reward model: as trained (align.reward_model.load_reward_model) unless eval.model says how."""
-    from align.reward_model import load_reward_model
+    """The reward model: as trained (align.preferences.reward_model.load_reward_model) unless eval.model says
+    how."""
+    from align.preferences.reward_model import load_reward_model
 
     if settings is None:
         return load_reward_model(path)
     from align.models import load_sequence_classifier
-    from align.reward_model import read_saved_reward_model
+    from align.preferences.reward_model import read_saved_reward_model
 
     saved = read_saved_reward_model(path)
     folder = str(saved.folder)

@@ -67,7 +67,7 @@ def compare_to_baseline(prompts: Sequence[GoldPrompt], responses: dict[str, list
 
 def _llm_judge(settings):
     """A position-swappable pairwise judge backed by a teacher (local model or OpenAI-compatible)."""
-    from align.judges import pairwise_judge_fn
+    from align.preferences.judges import pairwise_judge_fn
     from align.teachers import make_teacher
 
     return pairwise_judge_fn(make_teacher(settings.teacher))

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 PROMPT_GUESS = 256  # prompt tokens assumed where a stage has no prompt-length setting
 JUDGE_NEW_TOKENS = 256  # what an LLM judge is assumed to write per call
-REWARD_SCORE_ROWS = 8  # align.reward_model.RewardModel.score: rows per scoring forward
+REWARD_SCORE_ROWS = 8  # align.preferences.reward_model.RewardModel.score: rows per scoring forward
 # A stage align does not know: its batch and lengths when it names none.
 GENERIC_BATCH, GENERIC_NEW_TOKENS, GENERIC_PROMPT = 8, 256, 256
 
@@ -82,7 +82,7 @@ def eval_stage(planner: Planner, name: str, cfg: BaseModel) -> StageEstimate:
     copy of it. Per policy: greedy generation, then (with a reference) KL sampling and the reference's
     scoring forward; the reward model scores after every policy is freed. `model` (precision,
     quantization) applies to all of them; without it the reward model loads as trained: its base in the
-    reward stage's quantization, in fp32 (align.reward_model.load_reward_model)."""
+    reward stage's quantization, in fp32 (align.preferences.reward_model.load_reward_model)."""
     from align.eval.kl import KL_LOGITS_ELEMENTS
 
     v = eval_view(cfg)

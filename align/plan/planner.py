@@ -128,9 +128,9 @@ class Planner:
 
         - the planner's explicit `reward_k` when given;
         - `rank.k` when `data` is the rank stage's output (`@rank`);
-        - a local rankings / pairs file: the largest prompt group align.rankings makes of it (records sharing
-          a prompt are merged, as the reward stage does; `max_records` and the stage's `max_bad_records`
-          tolerance respected, so a file the stage trains on is a file the planner reads);
+        - a local rankings / pairs file: the largest prompt group align.preferences.rankings makes of it
+          (records sharing a prompt are merged, as the reward stage does; `max_records` and the stage's
+          `max_bad_records` tolerance respected, so a file the stage trains on is a file the planner reads);
         - anything else (a hub dataset, which the planner never downloads, or another stage's output):
           DEFAULT_REWARD_K = 2, preference pairs such as Anthropic HH.
         """
@@ -146,7 +146,7 @@ class Planner:
             return DEFAULT_REWARD_K, f"{data} is not a local file: pairs assumed (K = 2, e.g. Anthropic HH)"
         key = (data, max_records, max_bad_records)
         if key not in self._group_sizes:
-            from align.rankings import group_by_prompt, read_rankings_checked
+            from align.preferences.rankings import group_by_prompt, read_rankings_checked
 
             try:
                 groups = group_by_prompt(read_rankings_checked(data, max_records, max_bad_records)[0])

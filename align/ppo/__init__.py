@@ -3,7 +3,7 @@
 - ``config``: the recipe settings (pydantic; imported when recipes are validated, so no torch).
 - ``queries``: prompts for rollouts, from any data source.
 - ``policy``: the model roles (policy, ref_policy, value_model, reward adapter) on one shared base.
-- ``rewards``: scoring responses: a reward model (shared-base adapter or separate) or a Python function.
+- ``scoring``: responses to scores, by a reward model (shared-base adapter or separate) or a Python function.
 - ``rollout``: generate responses, score them, and record log-probs and values.
 - ``update``: advantages and the clipped PPO update over minibatches.
 - ``checkpoint``: save and resume the whole training state.

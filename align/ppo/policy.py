@@ -9,7 +9,7 @@ With a LoRA policy, the base is loaded once (4-bit when asked) and every role is
   model, not the pretrained base underneath it;
 - value_model: a scalar head on the policy trunk's last hidden state (``head``), or its own
   trainable adapter ``value`` plus a head (``adapter``); none at all for critic-free estimators;
-- reward_model: optionally a frozen adapter ``reward`` plus its score head (see ``rewards``).
+- reward_model: optionally a frozen adapter ``reward`` plus its score head (see ``scoring``).
 
 A full (non-adapter) policy trains every weight and its ref_policy is a frozen deep copy.
 Dropout stays off throughout (the model is never put in train mode): with dropout the log-probs

@@ -23,7 +23,7 @@ from align.divergence import FiniteLogits
 from align.ppo.config import PPOSettings
 from align.ppo.policy import ModelRoles, merged_for_sampling, policy_forward, ref_forward, trunk_capture
 from align.ppo.queries import Conversation
-from align.ppo.rewards import FunctionScorer, Scorer
+from align.ppo.scoring import FunctionScorer, Scorer
 from align.rl import apply_missing_eos_penalty, has_eos, logprobs_from_logits, truncate_after_eos
 
 

@@ -35,7 +35,7 @@ from align.rl.masked import (
     masked_var,
     masked_whiten,
 )
-from align.rl.rewards import (
+from align.rl.shaping import (
     RunningMoments,
     apply_missing_eos_penalty,
     has_eos,

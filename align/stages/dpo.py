@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 
 from align.errors import AlignError
 from align.models import AdapterConfig, ModelConfig
-from align.rankings import MAX_BAD_RECORDS_HELP
+from align.preferences.rankings import MAX_BAD_RECORDS_HELP
 from align.sections import Shorthand
 from align.stages import StageContext, StageResult
 from align.training import TrainConfig
@@ -231,7 +231,7 @@ class Config(BaseModel):
 def method_rows(cfg: Config, records: list) -> tuple[list[dict], list[str]]:
     """Rows in TRL's format for the method: (chosen, rejected) pairs, or KTO's labelled completions; plus the
     ids of records that give none."""
-    from align.rankings import kto_examples, preference_pairs
+    from align.preferences.rankings import kto_examples, preference_pairs
 
     if isinstance(cfg.method, KTOMethod):
         return kto_examples(records, cfg.method.desirable_top, cfg.method.undesirable_bottom)
@@ -240,7 +240,7 @@ def method_rows(cfg: Config, records: list) -> tuple[list[dict], list[str]]:
 
 def load_rows(cfg: Config, ctx: StageContext) -> tuple[list[dict], list[dict], dict[str, Any]]:
     """Train / held-out rows in TRL's format for the method (pairs, or KTO's labelled completions)."""
-    from align.rankings import drop_duplicate_rows, read_stage_rankings, split_records_by_prompt
+    from align.preferences.rankings import drop_duplicate_rows, read_stage_rankings, split_records_by_prompt
 
     records, read_info = read_stage_rankings(cfg.data, "dpo", cfg.max_records, cfg.max_bad_records)
     train_records, held_records = split_records_by_prompt(records, cfg.eval_fraction, ctx.seed)
@@ -476,7 +476,7 @@ def heldout_metrics(result: dict[str, float], cfg: Config) -> dict[str, Any]:
 def extra_eval(cfg: Config, ctx: StageContext, trainer) -> dict[str, float]:
     from datasets import Dataset
 
-    from align.rankings import read_stage_rankings
+    from align.preferences.rankings import read_stage_rankings
 
     records, _ = read_stage_rankings(cfg.eval_data, "dpo", None, cfg.max_bad_records)
     rows, _ = method_rows(cfg, records)

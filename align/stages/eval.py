@@ -42,8 +42,8 @@ from align.errors import AlignError
 from align.eval.guards import DEFAULT_FIXED_STRINGS
 from align.eval.harness import LmEvalConfig
 from align.eval.ifeval import IFEvalConfig
-from align.judges import LLMJudgeConfig
 from align.models import ModelSettings
+from align.preferences.judges import LLMJudgeConfig
 from align.stages import StageContext, StageResult
 
 log = logging.getLogger("align.eval")

@@ -76,8 +76,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     )
     from align.ppo.policy import load_roles, save_policy
     from align.ppo.queries import QuerySampler, load_queries
-    from align.ppo.rewards import FunctionScorer, load_scorer, start_value_from_reward
     from align.ppo.rollout import encode_queries, rollout
+    from align.ppo.scoring import FunctionScorer, load_scorer, start_value_from_reward
     from align.ppo.stats import StatsLog, read_stats, record_step_stats
     from align.ppo.update import PtxBatches, estimate_advantages, rows_per_process, step_with_rollouts
     from align.rl import AdaptiveKLController, FixedKLController

@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from align.data import DataConfig
 from align.errors import AlignError
-from align.judges import JudgeConfig
 from align.models import ModelConfig
+from align.preferences.judges import JudgeConfig
 from align.stages import StageContext, StageResult
 
 log = logging.getLogger("align.rank")
@@ -65,10 +65,10 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     import time
 
     from align.generation import generate_chat
-    from align.judges import GoldJudge, make_judge
     from align.lora_merge import lora_merge_blocker, lora_merged
     from align.models import load_causal_lm, load_tokenizer
-    from align.rankings import RANKINGS_FILE, JsonlAppender, RankingRecord, prompt_text
+    from align.preferences.judges import GoldJudge, make_judge
+    from align.preferences.rankings import RANKINGS_FILE, JsonlAppender, RankingRecord, prompt_text
 
     data_cfg = cfg.prompts
     policy_cfg = cfg.policy
@@ -179,7 +179,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
 def written_so_far(path, keys: set[str]) -> tuple[int, int]:
     """(rankings already in the file for these prompts, how many of them are informative), for resume."""
     from align.jsonl import iter_jsonl
-    from align.rankings import JsonlAppender
+    from align.preferences.rankings import JsonlAppender
 
     drawn = informative = 0
     for _, row in iter_jsonl(path, missing_ok=True):

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from align.errors import AlignError
 from align.models import AdapterConfig, ModelConfig, adapter_problem
-from align.rankings import MAX_BAD_RECORDS_HELP
+from align.preferences.rankings import MAX_BAD_RECORDS_HELP
 from align.stages import StageContext, StageResult
 from align.training import TrainConfig
 
@@ -64,7 +64,7 @@ class Config(BaseModel):
     loss: Literal["pairwise", "plackett_luce"] = Field(
         "pairwise", description="pairwise: InstructGPT's mean −log σ(r_b − r_w) over a prompt's pairs; "
         "plackett_luce: the listwise likelihood of each ranking (a tied response competes only with those "
-        "ranked below it; see align.reward_model.plackett_luce_loss).")
+        "ranked below it; see align.preferences.reward_model.plackett_luce_loss).")
     format: Literal["auto", "chat", "pair"] = Field(
         "auto", description="chat: chat template (causal LMs); pair: 'prompt [SEP] response' (encoders).")
     normalize_data: str | None = Field(None, description="Responses whose mean reward is set to 0 (prompt/completion "
@@ -99,7 +99,7 @@ def make_trainer_class():
     """Trainer with our loss; built lazily so recipe validation does not import transformers."""
     from transformers import Trainer
 
-    from align.reward_model import plackett_luce_loss, ranking_loss
+    from align.preferences.reward_model import plackett_luce_loss, ranking_loss
 
     class RankingRewardTrainer(Trainer):
         """Only compute_loss (and logging its stats) changes; the training loop is transformers'."""
@@ -184,7 +184,7 @@ def build_trainer(model, tokenizer, groups: list, train: TrainConfig, output_dir
     import torch
     from transformers import TrainingArguments
 
-    from align.reward_model import collate_groups, encode_group
+    from align.preferences.reward_model import collate_groups, encode_group
     from align.training import trainer_args
 
     items = [encode_group(tokenizer, g, text_format, train.max_length) for g in groups]
@@ -243,7 +243,7 @@ def score_training_groups(trainer, groups_per_batch: int, pad_token_id: int,
     """
     import torch
 
-    from align.reward_model import collate_groups
+    from align.preferences.reward_model import collate_groups
 
     cache, items = trainer.trunk_cache, trainer.train_dataset.items
     if indices is not None:
@@ -283,8 +283,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         peft_config,
         pick_precision,
     )
-    from align.rankings import group_by_prompt, read_stage_rankings, split_by_prompt
-    from align.reward_model import (
+    from align.preferences.rankings import group_by_prompt, read_stage_rankings, split_by_prompt
+    from align.preferences.reward_model import (
         META_FILE,
         NORM_FILE,
         RewardModel,

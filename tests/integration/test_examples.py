@@ -75,7 +75,7 @@ def test_chat_with_adapter_matches_aligns_own_generation(tiny_pipeline_run, one_
 
 
 def test_score_with_reward_model_matches_align(tiny_pipeline_run, tmp_path, one_thread):
-    from align.reward_model import load_reward_model
+    from align.preferences.reward_model import load_reward_model
 
     rows = [{"prompt": "Name a colour.", "response": r} for r in ("Blue.", "Seven dogs ran", "Green, like grass.")]
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -119,7 +119,7 @@ def test_custom_judge_ranks_in_the_rank_stage(tiny_pipeline_run, tmp_path, monke
 
 
 def test_custom_constraint_scores_prompts_and_serves_as_a_judge(tmp_path, monkeypatch):
-    from align.judges import GoldJudgeConfig, make_judge
+    from align.preferences.judges import GoldJudgeConfig, make_judge
 
     path = tmp_path / "my_gold.jsonl"
     monkeypatch.setenv("GOLD_PROMPTS", str(path))
@@ -134,7 +134,7 @@ def test_custom_constraint_scores_prompts_and_serves_as_a_judge(tmp_path, monkey
 
 
 def test_self_instruct_from_a_local_openai_server(tmp_path, monkeypatch):
-    from align.serve import running_server
+    from align.sharing.serve import running_server
 
     monkeypatch.setenv("EXAMPLE_TEACHER_KEY", "sk-example-test")
     with running_server("scripted", backend=ScriptedBackend(), api_key="sk-example-test") as srv:

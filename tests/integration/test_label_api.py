@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from align.errors import AlignError
-from align.label.server import CSP, make_server, running_server
-from align.label.tasks import load_tasks, task_id
-from align.rankings import parse_record
+from align.preferences.label.server import CSP, make_server, running_server
+from align.preferences.label.tasks import load_tasks, task_id
+from align.preferences.rankings import parse_record
 
 TASKS = [
     {"prompt": "Say hi.", "responses": ["hi", "hello", "hey there"]},
@@ -250,7 +250,7 @@ def test_a_body_shorter_than_its_content_length_gets_408_after_the_read_timeout(
     """A client that announces more bytes than it sends is answered 408 and dropped; others are served meanwhile."""
     import socket
 
-    from align.label.server import READ_TIMEOUT_S
+    from align.preferences.label.server import READ_TIMEOUT_S
 
     assert 1 <= READ_TIMEOUT_S <= 30  # a few seconds by default
     with running_server(tasks_file, tmp_path / "labels.jsonl", read_timeout_s=0.3) as srv:

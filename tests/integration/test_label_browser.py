@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from align.label.server import running_server
+from align.preferences.label.server import running_server
 
 
 def write_tasks(path: Path, tasks: list[dict]) -> Path:

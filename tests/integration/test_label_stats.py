@@ -8,7 +8,7 @@ import pytest
 
 from align.cli import main
 from align.errors import AlignError
-from align.label.stats import label_stats
+from align.preferences.label.stats import label_stats
 
 
 def rec(task: str, k: int, labeler: str, ranking=None, flags=None, skipped=False) -> dict:

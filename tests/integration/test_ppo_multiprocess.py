@@ -103,8 +103,8 @@ def free_port() -> int:
 
 def test_two_process_update_equals_the_single_process_update(tiny_model_dir, tmp_path, reward_spec):
     from align.ppo.config import PPOSettings
-    from align.ppo.rewards import FunctionScorer
     from align.ppo.rollout import encode_queries, rollout
+    from align.ppo.scoring import FunctionScorer
 
     roles = fresh_roles()
     before = trainable(roles)

@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from align.models import AdapterConfig, ModelConfig
 from align.ppo.config import RewardConfig
 from align.ppo.policy import REF_ADAPTER, load_roles, policy_forward, position_ids_for, ref_forward
-from align.ppo.rewards import SeparateRewardScorer, SharedBaseRewardScorer, load_scorer
 from align.ppo.rollout import encode_queries, left_pad
+from align.ppo.scoring import SeparateRewardScorer, SharedBaseRewardScorer, load_scorer
 from align.rl import logprobs_from_logits
 from tests.conftest import make_reward_adapter
 
@@ -108,7 +108,7 @@ def test_policy_from_an_adapter_keeps_that_adapter_as_ref_policy(tiny_model_dir,
 def test_reward_adapter_on_shared_base_scores_like_standalone_peft(tiny_model_dir, tmp_path):
     from peft import PeftModel
 
-    from align.reward_model import encode, load_reward_model, pad_rows
+    from align.preferences.reward_model import encode, load_reward_model, pad_rows
 
     reward_dir = make_reward_adapter(tmp_path / "rm", tiny_model_dir, mean=0.25)
     roles = load_roles(ModelConfig(name="tiny-llama"), AdapterConfig(r=4, alpha=8, dropout=0.0))
@@ -143,7 +143,8 @@ def test_reward_adapter_on_shared_base_scores_like_standalone_peft(tiny_model_di
 
 
 def test_reward_adapter_on_another_base_loads_separately(tiny_model_dir, tmp_path):
-    """share_base off (or another base): the reward model is its own model, via align.reward_model."""
+    """share_base off (or another base): the reward model is its own model, loaded by
+    align.preferences.reward_model."""
     reward_dir = make_reward_adapter(tmp_path / "rm", tiny_model_dir)
     roles = load_roles(ModelConfig(name="tiny-llama"), AdapterConfig(r=4, alpha=8, dropout=0.0))
     scorer = load_scorer(RewardConfig(source=str(reward_dir), share_base=False), str(reward_dir), roles)
@@ -162,7 +163,8 @@ def test_bad_reward_source_is_a_clear_error(tiny_model_dir, source):
 
 
 def test_full_checkpoint_reward_model_scores_like_its_adapter(tiny_model_dir, tmp_path):
-    """A full reward checkpoint (here: the adapter merged) goes through align.reward_model, same scores."""
+    """A full reward checkpoint (here: the adapter merged) goes through align.preferences.reward_model, with
+    the same scores."""
     from peft import PeftModel
 
     reward_dir = make_reward_adapter(tmp_path / "rm", tiny_model_dir, mean=0.25)

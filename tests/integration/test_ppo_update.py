@@ -10,8 +10,8 @@ import torch
 from align.models import AdapterConfig, ModelConfig
 from align.ppo.config import PPOSettings
 from align.ppo.policy import load_roles, policy_forward
-from align.ppo.rewards import FunctionScorer
 from align.ppo.rollout import encode_queries, eos_ids, left_pad, rollout
+from align.ppo.scoring import FunctionScorer
 from align.ppo.update import estimate_advantages, step_with_rollouts
 from align.rl import logprobs_from_logits
 from tests.conftest import merged

@@ -12,9 +12,9 @@ from align.errors import AlignError
 from align.models import AdapterConfig, ModelConfig
 from align.ppo.config import PPOSettings, RewardConfig, RewardTerm
 from align.ppo.policy import REWARD_ADAPTER, VALUE_ADAPTER, load_roles, policy_forward
-from align.ppo.rewards import SharedBaseRewardScorer, WeightedSumScorer, load_scorer, start_value_from_reward
 from align.ppo.rollout import left_pad
-from align.reward_model import encode
+from align.ppo.scoring import SharedBaseRewardScorer, WeightedSumScorer, load_scorer, start_value_from_reward
+from align.preferences.reward_model import encode
 from tests.conftest import make_reward_adapter
 from tests.integration.test_ppo_shared_base import QUERIES, RESPONSES, perturb_adapter
 

@@ -9,8 +9,8 @@ import pytest
 
 from align.data import DataConfig
 from align.errors import AlignError
-from align.judges import ranking_from_scores
-from align.rankings import read_rankings
+from align.preferences.judges import ranking_from_scores
+from align.preferences.rankings import read_rankings
 from align.stages import StageContext
 from align.stages.rank import Config, load_prompts, run
 
@@ -208,7 +208,8 @@ def test_load_prompts_formats_filter_and_duplicates(tmp_path):
 def test_bad_settings_fail_before_loading_the_policy(setup):
     root, prompts = setup
     with pytest.raises(AlignError, match="has no attribute 'nope'"):
-        run_stage(root / "a", settings(root, prompts, judge={"type": "gold", "function": "align.judges:nope"}))
+        judge = {"type": "gold", "function": "align.preferences.judges:nope"}
+        run_stage(root / "a", settings(root, prompts, judge=judge))
     with pytest.raises(ValueError, match="less than or equal to 9"):
         Config.model_validate(settings(root, prompts, k=10))
     with pytest.raises(ValueError, match="greater than 0"):

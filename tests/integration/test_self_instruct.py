@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from test_self_instruct_scripted import ScriptedBackend, ScriptedTeacher, read_jsonl
 
-from align.serve import ModelBackend, running_server
+from align.sharing.serve import ModelBackend, running_server
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from align.serve import ModelBackend, running_server
+from align.sharing.serve import ModelBackend, running_server
 
 
 @pytest.fixture(scope="module")

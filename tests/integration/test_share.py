@@ -19,7 +19,8 @@ import yaml
 
 from align.cli import main
 from align.errors import AlignError
-from align.share import export_model, push_model
+from align.sharing.export import export_model
+from align.sharing.push import push_model
 
 MODEL_STAGES = ("sft", "reward", "dpo", "ppo")
 PROMPTS = ["Give three tips for staying healthy.", "What is the capital of France?", "Write a haiku about rain."]
@@ -84,7 +85,7 @@ def test_card_code_loads_the_trained_models(tiny_pipeline_run):
 
     from align.generation import generate_chat
     from align.models import load_for_generation
-    from align.reward_model import load_reward_model
+    from align.preferences.reward_model import load_reward_model
 
     run = tiny_pipeline_run
     for stage in ("sft", "dpo", "ppo"):
@@ -139,7 +140,7 @@ def test_export_merge_gives_a_plain_transformers_model_with_the_adapters_outputs
 def test_export_merge_of_a_reward_model_is_a_sequence_classifier(tiny_pipeline_run, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from align.reward_model import load_reward_model
+    from align.preferences.reward_model import load_reward_model
 
     run = tiny_pipeline_run
     out = export_model(run / "reward", tmp_path / "rm", merge=True)

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from align.errors import AlignError
-from align.serve import ModelBackend, running_server
+from align.sharing.serve import ModelBackend, running_server
 from align.teachers import TeacherConfig, backoff_delay, make_teacher
 
 PROMPTS = ["Come up with a series of tasks:\n1.", "Task: name a fruit.\nOutput:", "Hello", "1. Write a poem"]

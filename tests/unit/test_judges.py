@@ -7,7 +7,7 @@ import re
 import pytest
 
 from align.errors import AlignError
-from align.judges import (
+from align.preferences.judges import (
     GoldJudge,
     GoldJudgeConfig,
     LLMJudge,
@@ -31,7 +31,7 @@ def test_ranking_from_scores_groups_ties_best_first():
 
 
 def test_gold_function_from_module_and_file(tmp_path):
-    fn = load_gold_function("align.judges:gold_target_length")
+    fn = load_gold_function("align.preferences.judges:gold_target_length")
     assert fn("p", "one two three") == -9
     script = tmp_path / "my_gold.py"
     script.write_text("def score(prompt, response):\n    return response.count('!')\n")
@@ -43,8 +43,8 @@ def test_gold_function_from_module_and_file(tmp_path):
 @pytest.mark.parametrize("spec, needle", [
     ("no_colon_here", "expected 'module:function'"),
     ("align_no_such_module_xyz:f", "cannot import 'align_no_such_module_xyz': ModuleNotFoundError"),
-    ("align.judges:no_such_fn", "module 'align.judges' has no attribute 'no_such_fn'"),
-    ("align.judges:PAIRWISE_TEMPLATE", "'PAIRWISE_TEMPLATE' is a str, not callable"),
+    ("align.preferences.judges:no_such_fn", "'align.preferences.judges' has no attribute 'no_such_fn'"),
+    ("align.preferences.judges:PAIRWISE_TEMPLATE", "'PAIRWISE_TEMPLATE' is a str, not callable"),
     ("/nonexistent/gold.py:f", "file /nonexistent/gold.py not found"),
 ])
 def test_gold_function_errors_are_clear(spec, needle):
@@ -198,7 +198,7 @@ def test_parse_choice_reads_the_final_verdict(answer, verdict):
 
 
 def test_pairwise_prompt_asks_for_a_verdict_line_and_ties_count_half_without_being_unparsed():
-    from align.judges import pairwise_question
+    from align.preferences.judges import pairwise_question
 
     question = pairwise_question("q", "x", "y")[-1]["content"]
     assert 'Verdict: A", "Verdict: B" or "Verdict: tie"' in question

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import yaml
 
-from align.model_card import describe_model, find_key, front_matter, is_hub_id, render_card, write_stage_cards
+from align.sharing.model_card import (
+    describe_model,
+    find_key,
+    front_matter,
+    is_hub_id,
+    render_card,
+    write_stage_cards,
+)
 
 
 def fake_stage(run: Path, stage: str, config: dict, metrics: dict, adapter: dict | None = None) -> Path:

@@ -13,7 +13,7 @@ from align.errors import AlignError
 from align.ppo.checkpoint import checkpoints, latest_checkpoint, truncate_jsonl
 from align.ppo.config import PPOSettings, RewardConfig
 from align.ppo.queries import QuerySampler, last_user_message, load_queries
-from align.ppo.rewards import FunctionScorer, is_function_spec, load_function
+from align.ppo.scoring import FunctionScorer, is_function_spec, load_function
 from align.stages.ppo import Config, summarize
 
 REPO = Path(__file__).resolve().parents[2]
@@ -131,7 +131,7 @@ def test_function_specs(tmp_path):
         load_function(f"{tmp_path}/r.py:missing")
     with pytest.raises(AlignError, match="cannot import"):
         load_function("no_such_module_xyz:f")
-    assert load_function("align.judges:gold_clean_text")("p", "clean") == 1.0
+    assert load_function("align.preferences.judges:gold_clean_text")("p", "clean") == 1.0
 
 
 # --------------------------------------------------------------------------- logs and checkpoints

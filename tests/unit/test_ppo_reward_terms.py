@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from align.config import load_recipe
 from align.ppo.config import RewardConfig, RewardTerm
-from align.ppo.rewards import FunctionScorer, WeightedSumScorer, load_scorer
+from align.ppo.scoring import FunctionScorer, WeightedSumScorer, load_scorer
 
 REPO = Path(__file__).resolve().parents[2]
 QUERIES = [[{"role": "user", "content": "say hi"}], [{"role": "user", "content": "say bye"}]]

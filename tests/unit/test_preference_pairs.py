@@ -7,7 +7,7 @@ import json
 import pytest
 
 from align.errors import AlignError
-from align.rankings import (
+from align.preferences.rankings import (
     RankingRecord,
     kto_examples,
     kto_labels,

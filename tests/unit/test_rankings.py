@@ -7,7 +7,7 @@ import json
 import pytest
 
 from align.errors import AlignError
-from align.rankings import (
+from align.preferences.rankings import (
     JsonlAppender,
     _split_hh,
     bad_record_limit,
@@ -189,7 +189,7 @@ def test_appender_drops_partial_last_line_and_knows_done_prompts(tmp_path):
 def test_skipped_label_records_are_ignored(tmp_path):
     import json
 
-    from align.rankings import read_rankings
+    from align.preferences.rankings import read_rankings
 
     path = tmp_path / "labels.jsonl"
     rows = [{"prompt": "p", "responses": ["a", "b"], "ranking": [[1], [0]], "labeler": "x"},
@@ -216,7 +216,7 @@ def test_identical_responses_at_different_ranks_tie_instead_of_contradicting(tmp
 
 
 def test_identical_responses_keep_the_groups_outside_their_span():
-    from align.rankings import RankingRecord, tie_identical_responses
+    from align.preferences.rankings import RankingRecord, tie_identical_responses
 
     assert tie_identical_responses(["a", "b", "c", "a", "d"], [[0], [1], [3], [2], [4]]) == [[0, 1, 3], [2], [4]]
     assert tie_identical_responses(["a", "b", "a", "b"], [[0], [1], [3], [2]]) == [[0, 1, 3, 2]]
@@ -290,7 +290,7 @@ def test_bad_record_limit_fraction_or_count():
 def test_trl_message_pairs_without_prompt_split_at_the_last_shared_user_turn(tmp_path):
     """Conversational pairs (TRL's implicit-prompt format): sharing all but the last turn, or differing
     earlier (then split like HH transcripts: the responses span the remaining turns)."""
-    from align.rankings import response_messages
+    from align.preferences.rankings import response_messages
 
     u1, a1 = {"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "Apple."}
     u2 = {"role": "user", "content": "Another?"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from align.rankings import PromptGroup, group_by_prompt
-from align.reward_model import (
+from align.preferences.rankings import PromptGroup, group_by_prompt
+from align.preferences.reward_model import (
     collate_groups,
     normalization_stats,
     pair_metrics,
@@ -133,7 +133,7 @@ def test_plackett_luce_equals_pairwise_for_pairs_and_is_finite_for_large_gaps():
 
 
 def test_duplicate_records_give_each_pair_once_so_plackett_luce_is_not_double_counted():
-    from align.rankings import parse_record
+    from align.preferences.rankings import parse_record
 
     hh = {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go away"}
     records = [parse_record(hh, "f:1"), parse_record(hh, "f:2"), parse_record({**hh, "chosen": hh["chosen"] + "!"}, "f:3")]
@@ -151,7 +151,7 @@ def test_duplicate_records_give_each_pair_once_so_plackett_luce_is_not_double_co
 
 
 def test_duplicate_dpo_and_kto_rows_are_dropped_and_counted():
-    from align.rankings import drop_duplicate_rows, kto_examples, parse_record, preference_pairs
+    from align.preferences.rankings import drop_duplicate_rows, kto_examples, parse_record, preference_pairs
 
     rec = {"prompt": "q", "chosen": "a", "rejected": "b"}
     records = [parse_record(rec, "f:1"), parse_record(rec, "f:2"), parse_record({**rec, "rejected": "c"}, "f:3")]

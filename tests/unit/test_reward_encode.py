@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from align.rankings import split_hh
-from align.reward_model import encode, encode_pair, format_for_reward
+from align.preferences.rankings import split_hh
+from align.preferences.reward_model import encode, encode_pair, format_for_reward
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ def default_labeler() -> str:
 
 def run_label_command(args: argparse.Namespace) -> int:
     if args.tasks == "stats" and args.rankings:
-        from align.label.stats import format_stats, label_stats
+        from align.preferences.label.stats import format_stats, label_stats
 
         stats = label_stats(args.rankings)
         print(json.dumps(stats, indent=2, ensure_ascii=False) if args.json else format_stats(stats, args.rankings))
@@ -28,7 +28,7 @@ def run_label_command(args: argparse.Namespace) -> int:
                          "| align label stats RANKINGS.jsonl")
     if not args.out:
         raise AlignError("align label needs --out RANKINGS.jsonl (where the labels are written)")
-    from align.label.server import serve
+    from align.preferences.label.server import serve
 
     timeout = {} if args.read_timeout is None else {"read_timeout_s": args.read_timeout}
     serve(args.tasks, args.out, host=args.host, port=args.port, labeler=args.labeler or default_labeler(),

@@ -1,4 +1,4 @@
-"""align.rl.rewards: reward shaping, EOS handling and score normalisation on hand-computed cases."""
+"""align.rl.shaping: reward shaping, EOS handling and score normalisation on hand-computed cases."""
 
 import math
 

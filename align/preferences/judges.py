@@ -1,7 +1,7 @@
 """Judges: put K responses to a prompt in order, best first (the `rank` stage's labeler).
 
 Every judge has ``rank(prompts, responses) -> [ranking per prompt]`` where a ranking is a list of
-tie groups of response indices, best first (see `align.rankings`). Three kinds:
+tie groups of response indices, best first (see `align.preferences.rankings`). Three kinds:
 
 - ``gold``: a Python function ``fn(prompt: str, response: str) -> float`` named ``module:function``
   (or ``path/to/file.py:function``); equal scores form a tie group.
@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from align.callables import load_callable
 from align.errors import AlignError
-from align.rankings import Ranking
+from align.preferences.rankings import Ranking
 from align.teachers import TeacherConfig
 
 GoldFn = Callable[[str, str], float]

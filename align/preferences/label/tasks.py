@@ -40,7 +40,7 @@ def task_id(index: int, prompt: Any) -> str:
 
 def parse_task(index: int, rec: dict, where: str) -> Task:
     """A ``{prompt, responses}`` record → Task; anything else is an error naming file:line."""
-    from align.rankings import prompt_messages
+    from align.preferences.rankings import prompt_messages
 
     if "prompt" not in rec or "responses" not in rec:
         raise AlignError(f"{where}: a labeling task needs 'prompt' and 'responses' (got keys {sorted(rec)}); "

@@ -74,7 +74,7 @@ class FunctionScorer:
 
 def read_reward_info(model_dir: Path) -> dict:
     """align_reward.json and reward_normalization.json of a saved reward model (defaults when absent)."""
-    from align.reward_model import META_FILE, NORM_FILE
+    from align.preferences.reward_model import META_FILE, NORM_FILE
 
     meta_file, norm_file = model_dir / META_FILE, model_dir / NORM_FILE
     info = json.loads(meta_file.read_text()) if meta_file.exists() else {}
@@ -154,11 +154,12 @@ class SharedBaseRewardScorer:
         return self.roles.model.get_base_model().base_model
 
     def raw_scores(self, queries: list[Conversation], responses: list[str]) -> list[float]:
-        """The head's output, on exactly the tokens the standalone reward model reads (align.reward_model)."""
+        """The head's output, on exactly the tokens the standalone reward model reads
+        (align.preferences.reward_model)."""
         import torch
 
         from align.ppo.policy import REWARD_ADAPTER, use_adapter
-        from align.reward_model import encode, pad_rows
+        from align.preferences.reward_model import encode, pad_rows
 
         out: list[float] = []
         with torch.no_grad(), use_adapter(self.roles.model, REWARD_ADAPTER), self.roles.autocast(no_grad=True):
@@ -185,7 +186,7 @@ class SeparateRewardScorer:
     kind = "separate_reward_model"
 
     def __init__(self, path: Path, batch_size: int) -> None:
-        from align.reward_model import load_reward_model
+        from align.preferences.reward_model import load_reward_model
 
         self.model = load_reward_model(str(path))
         self.batch_size = batch_size
@@ -244,7 +245,7 @@ def load_source_scorer(cfg: RewardConfig, source: str, roles: ModelRoles) -> Sco
         roles.notes.append(f"reward = Python function {source}")
         return FunctionScorer(source)
     from align.models import resolve_model_ref
-    from align.reward_model import find_reward_dir
+    from align.preferences.reward_model import find_reward_dir
 
     if not Path(source).expanduser().exists():
         raise AlignError(f"ppo: reward {source!r} is neither a directory nor a `module:function`")

@@ -1,4 +1,4 @@
-"""`python -m align.label ...` = `align label ...`."""
+"""`python -m align.preferences.label ...` = `align label ...`."""
 
 import sys
 

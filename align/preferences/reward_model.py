@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from align.errors import AlignError
-from align.rankings import PromptGroup, prompt_messages, response_messages
+from align.preferences.rankings import PromptGroup, prompt_messages, response_messages
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +68,7 @@ def encode(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict], respons
     chat: the conversation through the chat template; longer ones lose their BEGINNING (the score is
     read at the end of the response).
     pair: see `encode_pair`: the prompt keeps its latest turns, the response its start.
-    A response spanning several turns (`align.rankings.response_messages`) is read as those turns.
+    A response spanning several turns (`align.preferences.rankings.response_messages`) is read as those turns.
     """
     if text_format == "pair":
         return encode_pair(tokenizer, pair_text(prompt), pair_text(response_messages(response)), max_length)

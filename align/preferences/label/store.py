@@ -27,7 +27,7 @@ from typing import Any
 
 from align.errors import AlignError
 from align.jsonl import iter_jsonl
-from align.label.tasks import Task
+from align.preferences.label.tasks import Task
 
 try:
     import fcntl

@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from align.errors import AlignError
-from align.label.store import FLAGS, read_label_lines
+from align.preferences.label.store import FLAGS, read_label_lines
 
 NO_LABELER = "(none)"
 
 
 def _rank_of(ranking: list, k: int, where: str) -> list[int]:
     """Tie groups → each response's group number (0 = best)."""
-    from align.rankings import normalize_ranking
+    from align.preferences.rankings import normalize_ranking
 
     rank = [0] * k
     for g, group in enumerate(normalize_ranking(ranking, k, where)):

@@ -32,8 +32,8 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from align.errors import AlignError
 from align.httpd import BodyLengthError, body_length, in_background
-from align.label.store import FLAGS, LabelStore, SubmissionError, check_submission, label_record
-from align.label.tasks import Task, load_tasks
+from align.preferences.label.store import FLAGS, LabelStore, SubmissionError, check_submission, label_record
+from align.preferences.label.tasks import Task, load_tasks
 
 log = logging.getLogger("align.label")
 

@@ -1,24 +1,21 @@
-"""`align export` and `align push`: a finished stage's model as a folder, or a Hub repo, others can use.
+"""`align export`: a finished stage's model as a folder others can use (`align push` uploads this folder).
 
 export copies the stage's ``model/`` folder (adapter or full checkpoint, tokenizer, model card), or with
 ``merge`` writes the adapter folded into its base: a plain transformers model (causal LM, or a
 sequence-classification model for reward models) in full precision. A base that was trained quantized
 (QLoRA) is loaded quantized as in training and dequantized before the merge, so the merged weights are
 the ones the adapter was trained against (NF4 values in float), not the original unquantized weights.
-
-push uploads the same folder with `huggingface_hub` (HfApi.create_repo + upload_folder).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from align.errors import AlignError
-from align.model_card import ALIAS_HUB_IDS, describe_model, find_key, is_model_dir, write_model_card
+from align.sharing.model_card import ALIAS_HUB_IDS, describe_model, find_key, is_model_dir, write_model_card
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -138,29 +135,3 @@ def merge_adapter(model_dir: Path, out: Path, info: Any, dtype: str) -> None:
         meta = {k: v for k, v in info.reward_meta.items() if k != "base"}
         (out / "align_reward.json").write_text(json.dumps({**meta, "adapter": False, "quantization": "none"},
                                                           indent=2))
-
-
-def push_model(stage: str | Path, repo_id: str, private: bool = False, merge: bool = False,
-               dtype: str = "float32", api: Any = None) -> str:
-    """Upload the stage's model folder (or its merged export) to the Hub repo `repo_id`; returns the repo URL.
-
-    api: an object with huggingface_hub.HfApi's create_repo / upload_folder (default HfApi(); token from
-    HF_TOKEN or `hf auth login`).
-    """
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise AlignError(f"--repo-id {repo_id!r}: expected NAMESPACE/NAME, e.g. my-user/my-model")
-    with tempfile.TemporaryDirectory(prefix="align-push-") as tmp:
-        folder = export_model(stage, Path(tmp) / "model", merge=merge, dtype=dtype, location=repo_id)
-        if api is None:
-            from huggingface_hub import HfApi
-
-            api = HfApi()
-        try:
-            url = api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
-            api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
-                              commit_message=f"Upload {Path(stage).name} model from align")
-        except AlignError:
-            raise
-        except Exception as exc:  # network, authentication, permissions: huggingface_hub raises many types
-            raise AlignError(f"push to {repo_id} failed: {type(exc).__name__}: {exc}") from exc
-    return str(url)
