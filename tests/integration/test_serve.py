@@ -180,7 +180,7 @@ def test_a_stalled_body_gets_408_and_frees_its_thread(backend):
     from urllib.parse import urlsplit
 
     from align.errors import AlignError
-    from align.serve import READ_TIMEOUT_S, make_server
+    from align.sharing.serve import READ_TIMEOUT_S, make_server
 
     assert 1 <= READ_TIMEOUT_S <= 120
     with running_server("tiny-llama", backend=backend, read_timeout_s=0.3) as srv:
@@ -205,8 +205,8 @@ def test_read_timeout_flags_reach_the_servers(monkeypatch):
     from align import cli
 
     seen = {}
-    monkeypatch.setattr("align.serve.serve", lambda model, **kw: seen.setdefault("serve", kw))
-    monkeypatch.setattr("align.label.server.serve", lambda tasks, out, **kw: seen.setdefault("label", kw))
+    monkeypatch.setattr("align.sharing.serve.serve", lambda model, **kw: seen.setdefault("serve", kw))
+    monkeypatch.setattr("align.preferences.label.server.serve", lambda tasks, out, **kw: seen.setdefault("label", kw))
     assert cli.main(["serve", "tiny-llama", "--read-timeout", "2.5"]) == 0
     assert cli.main(["label", "tasks.jsonl", "--out", "labels.jsonl", "--read-timeout", "7"]) == 0
     assert seen["serve"]["read_timeout_s"] == 2.5 and seen["label"]["read_timeout_s"] == 7
