@@ -30,8 +30,7 @@ import time
 from pathlib import Path
 
 import yaml
-
-RESULTS = Path(__file__).parent / "results"
+from _common import RESULTS, write_results
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -139,7 +138,6 @@ def rl_points(specs: list[str]) -> list[dict]:
 def write(result: dict, out: Path) -> None:
     rows, n = result["rows"], result["n"]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     lines = ["# Best-of-n by the reward model, scored by the labeler, on held-out prompts", "",
              f"Run `{Path(result['run']).name}`: the SFT policy's {n} samples (temperature 1, "
              f"{result['max_new_tokens']} new tokens) to each of {result['prompts']} held-out prompts "
@@ -163,8 +161,7 @@ def write(result: dict, out: Path) -> None:
         lines.append("")
     plot(result, out.with_suffix(".png"))
     lines += [f"![best-of-n vs RL]({out.with_suffix('.png').name})", ""]
-    out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results(out.stem, result, "\n".join(lines), out.parent)
 
 
 def plot(result: dict, path: Path) -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _bench():
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))  # as when run as a script: its helpers sit beside it
     spec = importlib.util.spec_from_file_location("bench_reward_bon", REPO / "benchmarks" / "bench_reward_bon.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
