@@ -17,6 +17,7 @@ is a torn tail like any other.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,3 +106,33 @@ def read_records(path: str | Path) -> list[tuple[str, dict]]:
         if not isinstance(rec, dict):
             raise AlignError(f"{path}: record {i}: expected a JSON object, got a JSON {json_kind(rec)}")
     return [(f"{path} record {i}", rec) for i, rec in enumerate(records)]
+
+
+def repair_torn_tail(path: str | Path) -> int:
+    """Truncate a torn final line (bytes after the last newline: a write a kill interrupted), durably, before
+    a resumed run appends; returns how many bytes were removed (0 when the file does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        # Read backwards in blocks until the last newline is found.
+        end = size
+        block = 4096
+        keep = 0
+        while end > 0:
+            start = max(0, end - block)
+            f.seek(start)
+            chunk = f.read(end - start)
+            idx = chunk.rfind(b"\n")
+            if idx >= 0:
+                keep = start + idx + 1
+                break
+            end = start
+        if keep < size:
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+        return size - keep

@@ -2,8 +2,8 @@
 
 A record counts as written once its line, newline included, is on disk: ``RecordWriter.append`` writes
 the whole line in one call, then flushes and fsyncs. If the process dies mid-write, the file ends in a
-torn line with no newline; ``repair`` (run by the writer on open and by ``load_records``) truncates it
-away, so resuming neither loses a committed record nor sees half of one. A newline-terminated line that
+torn line with no newline; ``align.jsonl.repair_torn_tail`` (run by the writer on open and by
+``load_records``) truncates it away, so resuming neither loses a committed record nor sees half of one. A newline-terminated line that
 is not valid JSON is real corruption and raises an error naming the file and line.
 """
 
@@ -14,36 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from align.jsonl import parse_jsonl
-
-
-def repair(path: str | Path) -> int:
-    """Truncate a torn final line (bytes after the last newline); returns how many bytes were removed."""
-    path = Path(path)
-    if not path.exists():
-        return 0
-    with open(path, "rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return 0
-        # Read backwards in blocks until the last newline is found.
-        end = size
-        block = 4096
-        keep = 0
-        while end > 0:
-            start = max(0, end - block)
-            f.seek(start)
-            chunk = f.read(end - start)
-            idx = chunk.rfind(b"\n")
-            if idx >= 0:
-                keep = start + idx + 1
-                break
-            end = start
-        if keep < size:
-            f.truncate(keep)
-            f.flush()
-            os.fsync(f.fileno())
-        return size - keep
+from align.jsonl import parse_jsonl, repair_torn_tail
 
 
 def _committed(path: Path) -> list[dict[str, Any]]:
@@ -62,7 +33,7 @@ def load_records(path: str | Path, fix: bool = True) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     if fix:
-        repair(path)
+        repair_torn_tail(path)
     return _committed(path)
 
 
@@ -85,7 +56,7 @@ class RecordWriter:
         self.path = Path(path)
         self.fsync = fsync
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        repair(self.path)
+        repair_torn_tail(self.path)
         self.count = len(_committed(self.path)) if self.path.exists() else 0
         self._file = open(self.path, "ab")  # noqa: SIM115 - closed in close()/__exit__
 

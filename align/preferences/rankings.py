@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from align.errors import AlignError
-from align.jsonl import iter_jsonl, read_records
+from align.jsonl import iter_jsonl, read_records, repair_torn_tail
 
 log = logging.getLogger("align.rankings")
 
@@ -676,7 +676,7 @@ class JsonlAppender:
         self.path = Path(path)
         self.done: set[str] = set()
         if self.path.exists():
-            self._repair_tail()
+            repair_torn_tail(self.path)
             self.done = {self.key(rec.get(key_field)) for _, rec in iter_jsonl(self.path)}
         self.key_field = key_field
         self._fh = self.path.open("a", encoding="utf-8")
@@ -684,13 +684,6 @@ class JsonlAppender:
     @staticmethod
     def key(value: Any) -> str:
         return json.dumps(value, sort_keys=True, ensure_ascii=False)
-
-    def _repair_tail(self) -> None:
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            with self.path.open("r+b") as fh:
-                fh.truncate(end)
 
     def write(self, record: dict) -> None:
         self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")

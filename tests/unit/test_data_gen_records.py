@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from align.data_gen.records import RecordWriter, count_records, load_records, repair
+from align.data_gen.records import RecordWriter, count_records, load_records
 from align.errors import AlignError
+from align.jsonl import repair_torn_tail
 
 ENDLESS = 10**9  # the child never finishes on its own: the kill always lands mid-run
 PAYLOAD = "x" * 500
@@ -86,7 +87,7 @@ def test_torn_last_line_is_ignored_then_truncated(tmp_path):
 def test_line_missing_only_its_newline_is_treated_as_uncommitted(tmp_path):
     path = tmp_path / "out.jsonl"
     path.write_text('{"i": 0}\n{"i": 1}')
-    assert repair(path) == len('{"i": 1}')
+    assert repair_torn_tail(path) == len('{"i": 1}')
     assert load_records(path) == [{"i": 0}]
 
 
@@ -103,7 +104,7 @@ def test_corrupt_middle_line_is_an_error_naming_the_line(tmp_path):
 def test_missing_and_empty_files(tmp_path):
     assert load_records(tmp_path / "nope.jsonl") == []
     assert count_records(tmp_path / "nope.jsonl") == 0
-    assert repair(tmp_path / "nope.jsonl") == 0
+    assert repair_torn_tail(tmp_path / "nope.jsonl") == 0
     (tmp_path / "empty.jsonl").write_text("")
     assert load_records(tmp_path / "empty.jsonl") == []
     (tmp_path / "torn_only.jsonl").write_text('{"i": 0')
